@@ -1,0 +1,55 @@
+"""`python -m prelabel_backend`: serve the backend through gunicorn on $HOST:$PORT.
+
+Each worker builds the app and loads its models before it serves (no preload in the master:
+torch's thread pool does not survive a fork); /health answers 503 until they are loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .settings import Settings
+
+
+class _Server(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bind": f"{s.host}:{s.port}",
+            "workers": s.workers,
+            "threads": s.threads,
+            "worker_class": "gthread",
+            "timeout": 300,  # a 32-image request on CPU is seconds; a model load is more
+            "graceful_timeout": 30,
+            "loglevel": s.log_level.lower(),
+            "accesslog": "-",
+            # The access log never includes request headers (Authorization stays out of logs).
+            "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(L)ss',
+            "worker_tmp_dir": "/dev/shm" if sys.platform.startswith("linux") else None,
+        }
+        for key, value in options.items():
+            if value is not None:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .app import create_app
+
+        return create_app(self.settings)
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _Server(settings).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The flask app: Label Studio's ML-backend protocol and auth. No model logic lives here.
+
+    GET  /health, /   {"status": "UP", "model_class": ...}; 503 with a reason while models load
+    POST /setup       {project, schema, hostname, access_token, extra_params} -> {"model_version"}
+    POST /predict     {tasks, label_config, project, params} -> {"results": [one per task, in order]}
+    POST /webhook     training events acknowledged (201); others 200 {"status": "Unknown event"}
+    GET  /metrics     Prometheus text
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .label_config import ConfigError, LabelConfig, UnsupportedConfig, parse
+from .media import MediaFetcher
+from .metrics import Metrics
+from .models import ModelStore
+from .predictor import Predictor
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+MODEL_CLASS = "PrelabelYOLO"
+TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING"}
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400, **details: Any) -> None:
+        super().__init__(message)
+        self.status, self.details = status, details
+
+
+class Backend:
+    """What the routes share: models, media, parsed configs, readiness."""
+
+    def __init__(self, settings: Settings, store: ModelStore | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = store or ModelStore(settings)
+        self.media = MediaFetcher(settings)
+        self.predictor = Predictor(settings, self.store, self.media, self.metrics)
+        self.state, self.reason = "LOADING", "loading the default models"
+        self._configs: OrderedDict[str, LabelConfig] = OrderedDict()
+        self._project_schema: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def load_defaults(self) -> None:
+        """Loads every default model that exists, so the first request pays no load time."""
+        loaded, missing = [], []
+        for task, model_file in self.settings.default_models.items():
+            try:
+                model = self.store.get(model_file)
+            except ConfigError as exc:
+                missing.append(f"{task}: {exc}")
+                continue
+            loaded.append(model_file)
+            self.metrics.model_load.labels(model.path.name).set(model.load_seconds)
+        for line in missing:
+            log.warning("default model not available, controls needing it will be refused: %s", line)
+        if loaded:
+            self.state, self.reason = "UP", ""
+            self.metrics.ready.set(1)
+        else:
+            self.state, self.reason = "ERROR", "no default model could be loaded: " + "; ".join(missing)
+
+    def config(self, xml: str) -> LabelConfig:
+        with self._lock:
+            if xml in self._configs:
+                self._configs.move_to_end(xml)
+                return self._configs[xml]
+        config = parse(xml, self.settings)
+        self.predictor.check(config)
+        with self._lock:
+            self._configs[xml] = config
+            while len(self._configs) > 32:
+                self._configs.popitem(last=False)
+        return config
+
+    def remember_schema(self, project: str, xml: str) -> None:
+        with self._lock:
+            self._project_schema[project] = xml
+
+    def schema_for(self, project: str) -> str | None:
+        with self._lock:
+            return self._project_schema.get(project)
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object (Content-Type: application/json)")
+    return body
+
+
+def _project_id(body: dict[str, Any]) -> str:
+    """Label Studio sends "<id>.<created timestamp>"; the id is the part before the dot."""
+    project = body.get("project")
+    return str(project).split(".", 1)[0] if project not in (None, "") else ""
+
+
+def _config_or_error(backend: Backend, xml: Any) -> LabelConfig:
+    if not isinstance(xml, str) or not xml.strip():
+        raise BadRequest("no labeling config: send it as 'label_config' (or call /setup with 'schema' first)")
+    try:
+        return backend.config(xml)
+    except UnsupportedConfig as exc:
+        raise BadRequest(str(exc), 422, found=exc.found, supported=exc.supported) from None
+    except ConfigError as exc:
+        raise BadRequest(str(exc), 422) from None
+
+
+def create_app(settings: Settings | None = None, backend: Backend | None = None, load: str = "background") -> Flask:
+    """load: "background" (serve /health 503 while loading), "now" (load before returning), "none"."""
+    settings = settings or Settings.from_env()
+    backend = backend or Backend(settings)
+    app = Flask(__name__)
+    app.config["BACKEND"] = backend
+    if load == "now":
+        backend.load_defaults()
+    elif load == "background":
+        threading.Thread(target=backend.load_defaults, name="load-models", daemon=True).start()
+
+    @app.before_request
+    def _start() -> Response | None:
+        g.started = time.monotonic()
+        credentials = settings.basic_auth
+        if credentials is None or (request.path == "/webhook" and not settings.webhook_require_auth):
+            return None
+        auth = request.authorization
+        if auth is None or auth.type != "basic" or not (
+            hmac.compare_digest(auth.username or "", credentials[0]) and hmac.compare_digest(auth.password or "", credentials[1])
+        ):
+            response = jsonify({"error": "authentication required"})
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = 'Basic realm="prelabel-backend"'
+            return response
+        return None
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        backend.metrics.requests.labels(route, str(response.status_code)).inc()
+        backend.metrics.latency.labels(route).observe(time.monotonic() - g.get("started", time.monotonic()))
+        return response
+
+    @app.errorhandler(BadRequest)
+    def _bad_request(exc: BadRequest) -> tuple[Response, int]:
+        return jsonify({"error": str(exc), **exc.details}), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> tuple[Response, int]:
+        return jsonify({"error": exc.description}), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return jsonify({"error": f"internal error ({type(exc).__name__}); see the backend's log"}), 500
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> tuple[Response, int]:
+        body: dict[str, Any] = {"status": backend.state, "model_class": MODEL_CLASS}
+        if backend.state != "UP":
+            body["reason"] = backend.reason
+            return jsonify(body), 503
+        body["models"] = {m.path.name: m.task for m in backend.store.loaded()}
+        return jsonify(body), 200
+
+    @app.post("/setup")
+    def setup() -> Response:
+        body = _json_body()
+        project = _project_id(body)
+        xml = body.get("schema")
+        config = _config_or_error(backend, xml)
+        if project:
+            backend.remember_schema(project, xml)
+            backend.media.remember_setup(project, body.get("hostname"), body.get("access_token"))
+        return jsonify({"model_version": backend.predictor.model_version(config)})
+
+    @app.post("/predict")
+    def predict() -> Response:
+        body = _json_body()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("'tasks' must be a list of task objects")
+        project = _project_id(body)
+        config = _config_or_error(backend, body.get("label_config") or backend.schema_for(project))
+        predictions = backend.predictor.predict(config, tasks, project or None)
+        return jsonify({"results": [p.as_json() for p in predictions]})
+
+    @app.post("/webhook")
+    def webhook() -> tuple[Response, int]:
+        body = _json_body()
+        event = body.get("action")
+        if not isinstance(event, str):
+            raise BadRequest("'action' (the webhook event name) is missing")
+        if event not in TRAIN_EVENTS:
+            return jsonify({"status": "Unknown event"}), 200
+        # This backend serves fixed weights: training events are acknowledged, nothing is trained.
+        return jsonify({"status": "ok", "event": event, "trained": False}), 201
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(backend.metrics.render(), mimetype=backend.metrics.content_type)
+
+    return app

@@ -1,0 +1,210 @@
+"""The labeling config (Label Studio's XML) parsed into the controls this backend predicts.
+
+Conventions kept from HumanSignal's YOLO example so a project's config needs no change:
+- `predicted_values="a,b"` on a <Label> maps model classes a and b to that label; otherwise a model
+  class maps to the label with the same value, exactly, then case-insensitively.
+- `model_score_threshold` (legacy `score_threshold`) per control, `model_path`, `model_skip`,
+  `model_obb="true"` on RectangleLabels, and on KeyPointLabels `model_index` per <Label>,
+  `model_add_bboxes`, `model_point_size`, `model_point_threshold`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from defusedxml import ElementTree
+
+from .settings import Settings
+
+# control tag -> the kind of model it needs, and the object tags it can label
+SUPPORTED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "RectangleLabels": ("detect", ("Image",)),
+    "PolygonLabels": ("segment", ("Image",)),
+    "BrushLabels": ("segment", ("Image",)),
+    "Choices": ("classify", ("Image",)),
+    "KeyPointLabels": ("pose", ("Image",)),
+}
+TRUE = {"1", "true", "yes"}
+
+
+class ConfigError(ValueError):
+    """The labeling config cannot be served; the message says what to change."""
+
+
+class UnsupportedConfig(ConfigError):
+    """The config is valid XML but has no control this backend can predict."""
+
+    def __init__(self, found: list[str]) -> None:
+        self.found = found
+        self.supported = sorted(SUPPORTED)
+        shown = ", ".join(found) or "none"
+        super().__init__(
+            f"no control in the labeling config can be served: found {shown}; "
+            f"supported are {', '.join(self.supported)} on an <Image>"
+        )
+
+
+@dataclass(frozen=True)
+class Control:
+    tag: str  # e.g. "RectangleLabels"
+    name: str  # from_name
+    to_name: str
+    data_key: str  # the task data field holding the media, "image" for value="$image"
+    task: str  # detect, obb, segment, classify or pose
+    model_file: str  # file name under MODEL_ROOT (or a packaged weight)
+    threshold: float
+    labels: tuple[str, ...]
+    predicted_values: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> model classes
+    point_indexes: dict[str, tuple[str, int]] = field(default_factory=dict)  # label -> (model class, keypoint index)
+    attrs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def result_type(self) -> str:
+        return self.tag.lower()
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.attrs.get(name)
+        return default if raw is None else raw.strip().lower() in TRUE
+
+    def number(self, name: str, default: float) -> float:
+        raw = self.attrs.get(name)
+        try:
+            return float(raw) if raw not in (None, "") else default
+        except ValueError as exc:
+            raise ConfigError(f'<{self.tag} name="{self.name}">: {name} must be a number, got {raw!r}') from exc
+
+    def label_map(self, model_names: list[str]) -> dict[str, str]:
+        """Model class name -> label value: predicted_values first, then exact, then case-insensitive."""
+        mapping: dict[str, str] = {}
+        for label, classes in self.predicted_values.items():
+            for cls in classes:
+                mapping.setdefault(cls, label)
+        by_lower = {label.lower(): label for label in self.labels}
+        for name in model_names:
+            if name in mapping:
+                continue
+            if name in self.labels:
+                mapping[name] = name
+            elif name.lower() in by_lower:
+                mapping[name] = by_lower[name.lower()]
+        return mapping
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    controls: tuple[Control, ...]
+    found: tuple[str, ...]  # every control tag seen, supported or not
+    control_names: frozenset[str]  # every control's name, to know which extra regions may be emitted
+    digest: str  # identifies the parts of the config that change predictions
+
+    def has_control(self, name: str, tag: str) -> bool:
+        return f"{tag}:{name}" in self.control_names
+
+
+def _attr_float(attrs: dict[str, str], tag: str, name: str, keys: tuple[str, ...], default: float) -> float:
+    for key in keys:
+        raw = attrs.get(key)
+        if raw not in (None, ""):
+            try:
+                value = float(raw)
+            except ValueError as exc:
+                raise ConfigError(f'<{tag} name="{name}">: {key} must be a number, got {raw!r}') from exc
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f'<{tag} name="{name}">: {key} must be between 0 and 1, got {raw}')
+            return value
+    return default
+
+
+def resolve_model_file(settings: Settings, requested: str | None, task: str, where: str) -> str:
+    """The control's model file, checked to stay under MODEL_ROOT."""
+    if not requested or not settings.allow_custom_model_path:
+        return settings.default_models[task]
+    path = PurePosixPath(requested)
+    if path.is_absolute() or ".." in path.parts or requested.startswith("~"):
+        raise ConfigError(f"{where}: model_path {requested!r} must be a relative path under MODEL_ROOT")
+    return str(path)
+
+
+def parse(xml: str, settings: Settings) -> LabelConfig:
+    if not xml or not xml.strip():
+        raise ConfigError("the labeling config is empty")
+    try:
+        root = ElementTree.fromstring(xml)
+    except Exception as exc:  # defusedxml raises several types; all mean "not a config we accept"
+        raise ConfigError(f"the labeling config is not valid XML: {exc}") from exc
+
+    objects = {el.get("name"): el for el in root.iter() if el.get("value", "").startswith("$") and el.get("name")}
+    found: list[str] = []
+    names: set[str] = set()
+    controls: list[Control] = []
+    for el in root.iter():
+        to_name = el.get("toName")
+        if not to_name or el.get("name") is None:
+            continue
+        tag, name = el.tag, el.get("name", "")
+        found.append(tag)
+        names.add(f"{tag}:{name}")
+        if tag not in SUPPORTED:
+            continue
+        attrs = dict(el.attrib)
+        if attrs.get("model_skip", "").lower() in TRUE:
+            continue
+        task, object_tags = SUPPORTED[tag]
+        target = objects.get(to_name.split(",")[0])
+        if target is None or target.tag not in object_tags:
+            continue
+        if tag == "RectangleLabels" and attrs.get("model_obb", "").lower() in TRUE:
+            task = "obb"
+        where = f'<{tag} name="{name}">'
+        labels, predicted, points = [], {}, {}
+        for child in el:
+            value = child.get("value")
+            if child.tag not in ("Label", "Choice") or value is None:
+                continue
+            labels.append(value)
+            if child.get("predicted_values"):
+                predicted[value] = tuple(v.strip() for v in child.get("predicted_values", "").split(",") if v.strip())
+            if child.get("model_index") not in (None, ""):
+                try:
+                    index = int(child.get("model_index", ""))
+                except ValueError as exc:
+                    raise ConfigError(f'{where} <Label value="{value}">: model_index must be an integer') from exc
+                source = predicted.get(value, ())
+                if not source:
+                    raise ConfigError(f'{where} <Label value="{value}">: model_index needs predicted_values (the model class)')
+                points[value] = (source[0], index)
+        controls.append(
+            Control(
+                tag=tag,
+                name=name,
+                to_name=to_name,
+                data_key=target.get("value", "$")[1:],
+                task=task,
+                model_file=resolve_model_file(settings, attrs.get("model_path"), task, where),
+                threshold=_attr_float(attrs, tag, name, ("model_score_threshold", "score_threshold"), settings.model_score_threshold),
+                labels=tuple(labels),
+                predicted_values=predicted,
+                point_indexes=points,
+                attrs=attrs,
+            )
+        )
+    if not controls:
+        raise UnsupportedConfig(found)
+    digest = hashlib.sha256(repr(sorted((c.name, c.task, c.model_file, c.threshold, sorted(c.predicted_values.items()), c.labels) for c in controls)).encode()).hexdigest()
+    return LabelConfig(controls=tuple(controls), found=tuple(found), control_names=frozenset(names), digest=digest)
+
+
+def model_path(settings: Settings, model_file: str) -> Path:
+    """Where a model file lives: under MODEL_ROOT, else among the packaged weights. Never outside."""
+    from .settings import PACKAGED_WEIGHTS
+
+    for root in (settings.model_root, PACKAGED_WEIGHTS):
+        base = root.resolve()
+        candidate = (base / model_file).resolve()
+        if not candidate.is_relative_to(base):
+            raise ConfigError(f"model_path {model_file!r} resolves outside MODEL_ROOT")
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"model file {model_file!r} not found under MODEL_ROOT ({settings.model_root})")

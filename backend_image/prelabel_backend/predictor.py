@@ -1,0 +1,107 @@
+"""One /predict request: fetch every task's media in parallel, run each model once over all the
+tasks that need it (batched), convert per control, and answer one result per task, in order.
+
+A task whose media cannot be fetched or decoded gets an empty result; the others are unaffected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import results
+from .label_config import LabelConfig
+from .media import MediaError, MediaFetcher
+from .metrics import Metrics
+from .models import ModelStore
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    result: list[dict[str, Any]]
+    score: float
+    model_version: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"result": self.result, "score": self.score, "model_version": self.model_version}
+
+
+class Predictor:
+    def __init__(self, settings: Settings, store: ModelStore, media: MediaFetcher, metrics: Metrics) -> None:
+        self.settings, self.store, self.media, self.metrics = settings, store, media, metrics
+        self._pool = ThreadPoolExecutor(max_workers=settings.media_fetch_threads, thread_name_prefix="media")
+
+    def model_version(self, config: LabelConfig) -> str:
+        """Changes when any weight file this config uses, or the config's prediction-relevant parts, change."""
+        digest = hashlib.sha256(config.digest.encode())
+        for model_file in sorted({c.model_file for c in config.controls}):
+            digest.update(self.store.get(model_file).sha256.encode())
+        return f"prelabel-{digest.hexdigest()[:12]}"
+
+    def check(self, config: LabelConfig) -> None:
+        """Loads every model the config needs and checks it fits its control (raises ConfigError)."""
+        from .label_config import ConfigError
+
+        for control in config.controls:
+            loaded = self.store.get(control.model_file)
+            expected = control.task
+            if loaded.task != expected:
+                raise ConfigError(
+                    f'<{control.tag} name="{control.name}"> needs a {expected} model but {control.model_file!r} is a {loaded.task} model'
+                )
+
+    def predict(self, config: LabelConfig, tasks: list[dict[str, Any]], project: str | None) -> list[Prediction]:
+        version = self.model_version(config)
+        regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
+        keys = sorted({c.data_key for c in config.controls})
+        images = self._fetch_all(tasks, keys, project)
+        for control in config.controls:
+            loaded = self.store.get(control.model_file)
+            wanted = [i for i, task in enumerate(tasks) if images[i].get(control.data_key) is not None]
+            if not wanted:
+                continue
+            batch = [images[i][control.data_key] for i in wanted]
+            started = time.monotonic()
+            outputs = self.store.predict(loaded, batch, conf=control.threshold)
+            self.metrics.observe_inference(loaded.path.name, len(batch), time.monotonic() - started)
+            for i, output in zip(wanted, outputs):
+                try:
+                    regions[i].extend(results.convert(control, config, output, loaded.names))
+                except ValueError as exc:
+                    log.warning("task %s, control %s: %s", tasks[i].get("id"), control.name, exc)
+                if self.settings.debug_plot:
+                    self._plot(output, tasks[i].get("id"), control.name)
+        return [Prediction(r, results.task_score(r), version) for r in regions]
+
+    def _fetch_all(self, tasks: list[dict[str, Any]], keys: list[str], project: str | None) -> list[dict[str, np.ndarray | None]]:
+        def one(task: dict[str, Any]) -> dict[str, np.ndarray | None]:
+            out: dict[str, np.ndarray | None] = {}
+            data = task.get("data") if isinstance(task, dict) else None
+            for key in keys:
+                try:
+                    if not isinstance(data, dict) or key not in data:
+                        raise MediaError(f"task data has no field {key!r}")
+                    out[key] = self.media.image(data[key], task.get("id"), project)
+                    self.metrics.images.inc()
+                except MediaError as exc:
+                    out[key] = None
+                    self.metrics.media_errors.inc()
+                    log.warning("task %s: no prediction for field %r: %s", task.get("id") if isinstance(task, dict) else "?", key, exc)
+            return out
+
+        return list(self._pool.map(one, tasks))
+
+    def _plot(self, output: Any, task_id: Any, control: str) -> None:
+        folder = Path(self.settings.model_dir) / "debug"
+        folder.mkdir(parents=True, exist_ok=True)
+        output.save(filename=str(folder / f"task-{task_id}-{control}.png"))

@@ -1,0 +1,175 @@
+"""ultralytics Results -> Label Studio result JSON, one function per kind of control.
+
+Regions are in percent of the original image (x, y, width, height; rotation for oriented boxes),
+each with original_width/original_height, a score, and the label mapped by the control's
+label map. Detections below the control's threshold or with no mapped label are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+from label_studio_sdk.converter.brush import mask2rle
+from label_studio_sdk.converter.utils import convert_yolo_obb_to_annotation
+
+from .label_config import Control, LabelConfig
+
+log = logging.getLogger(__name__)
+Region = dict[str, Any]
+
+
+def _region(control: Control, value: dict[str, Any], score: float, width: int, height: int, **extra: Any) -> Region:
+    return {
+        "from_name": control.name,
+        "to_name": control.to_name,
+        "type": control.result_type,
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": value,
+        "score": round(score, 4),
+        **extra,
+    }
+
+
+def _kept(control: Control, names: list[str], label_map: dict[str, str], cls: int, score: float) -> str | None:
+    if score < control.threshold:
+        return None
+    return label_map.get(names[cls])
+
+
+def rectangles(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
+    height, width = result.orig_shape
+    label_map = control.label_map(names)
+    regions = []
+    for (x1, y1, x2, y2), cls, score in zip(result.boxes.xyxy.tolist(), result.boxes.cls.tolist(), result.boxes.conf.tolist()):
+        label = _kept(control, names, label_map, int(cls), score)
+        if label is None:
+            continue
+        value = {"x": x1 / width * 100, "y": y1 / height * 100, "width": (x2 - x1) / width * 100,
+                 "height": (y2 - y1) / height * 100, "rotation": 0, "rectanglelabels": [label]}
+        regions.append(_region(control, value, score, width, height))
+    return regions
+
+
+def oriented_rectangles(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
+    if result.obb is None:
+        raise ValueError(f'<RectangleLabels name="{control.name}"> has model_obb="true" but its model gives plain boxes')
+    height, width = result.orig_shape
+    label_map = control.label_map(names)
+    regions = []
+    for corners, cls, score in zip(result.obb.xyxyxyxy.tolist(), result.obb.cls.tolist(), result.obb.conf.tolist()):
+        label = _kept(control, names, label_map, int(cls), score)
+        if label is None:
+            continue
+        value = dict(convert_yolo_obb_to_annotation(np.asarray(corners).reshape(-1).tolist(), width, height))
+        value = {k: float(v) for k, v in value.items()} | {"rectanglelabels": [label]}
+        regions.append(_region(control, value, score, width, height))
+    return regions
+
+
+def _masks(result: Any) -> list[np.ndarray]:
+    return [] if result.masks is None else [np.asarray(p) for p in result.masks.xy]
+
+
+def polygons(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
+    height, width = result.orig_shape
+    label_map = control.label_map(names)
+    regions = []
+    for outline, cls, score in zip(_masks(result), result.boxes.cls.tolist(), result.boxes.conf.tolist()):
+        label = _kept(control, names, label_map, int(cls), score)
+        if label is None or len(outline) < 3:
+            continue
+        points = [[float(x) / width * 100, float(y) / height * 100] for x, y in outline]
+        regions.append(_region(control, {"points": points, "closed": True, "polygonlabels": [label]}, score, width, height))
+    return regions
+
+
+def brushes(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
+    height, width = result.orig_shape
+    label_map = control.label_map(names)
+    regions = []
+    for outline, cls, score in zip(_masks(result), result.boxes.cls.tolist(), result.boxes.conf.tolist()):
+        label = _kept(control, names, label_map, int(cls), score)
+        if label is None or len(outline) < 3:
+            continue
+        mask = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(mask, [np.round(outline).astype(np.int32)], 255)
+        value = {"format": "rle", "rle": mask2rle(mask), "brushlabels": [label]}
+        regions.append(_region(control, value, score, width, height))
+    return regions
+
+
+def choices(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
+    height, width = result.orig_shape
+    label_map = control.label_map(names)
+    probs = result.probs.data.tolist()
+    ranked = sorted(((p, label_map[names[i]]) for i, p in enumerate(probs) if names[i] in label_map), reverse=True)
+    if control.attrs.get("choice") == "multiple":
+        picked = [(p, label) for p, label in ranked if p >= control.threshold]
+    else:
+        picked = ranked[:1] if ranked and ranked[0][0] >= control.threshold else []
+    if not picked:
+        return []
+    score = float(picked[0][0])
+    return [_region(control, {"choices": [label for _, label in picked]}, score, width, height)]
+
+
+def keypoints(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
+    """One region per keypoint, grouped under a hidden parent box when the config has `<name>_bbox`."""
+    if result.keypoints is None:
+        raise ValueError(f'<KeyPointLabels name="{control.name}"> needs a pose model')
+    height, width = result.orig_shape
+    point_labels = {(cls, index): label for label, (cls, index) in control.point_indexes.items()}
+    classes_with_points = {cls for cls, _ in point_labels}
+    bbox_name = f"{control.name}_bbox"
+    with_boxes = control.flag("model_add_bboxes", True) and config.has_control(bbox_name, "RectangleLabels")
+    point_size = control.number("model_point_size", 1.0)
+    point_threshold = control.number("model_point_threshold", 0.0)
+    regions: list[Region] = []
+    xy = result.keypoints.xy.tolist()
+    conf = result.keypoints.conf.tolist() if result.keypoints.conf is not None else [[1.0] * len(p) for p in xy]
+    for i, (box, cls, score) in enumerate(zip(result.boxes.xyxy.tolist(), result.boxes.cls.tolist(), result.boxes.conf.tolist())):
+        model_class = names[int(cls)]
+        if score < control.threshold or model_class not in classes_with_points:
+            continue
+        group = f"{control.name}-{i}"
+        if with_boxes:
+            x1, y1, x2, y2 = box
+            value = {"x": x1 / width * 100, "y": y1 / height * 100, "width": (x2 - x1) / width * 100,
+                     "height": (y2 - y1) / height * 100, "rotation": 0, "rectanglelabels": [model_class]}
+            regions.append({**_region(control, value, score, width, height), "id": group, "from_name": bbox_name,
+                            "type": "rectanglelabels", "hidden": True, "meta": {"text": [group]}})
+        for index, ((x, y), point_conf) in enumerate(zip(xy[i], conf[i])):
+            label = point_labels.get((model_class, index))
+            if label is None or point_conf < point_threshold:
+                continue
+            value = {"x": x / width * 100, "y": y / height * 100, "width": point_size / width * 100, "keypointlabels": [label]}
+            extra: dict[str, Any] = {"meta": {"text": [group]}}
+            if with_boxes:
+                extra["parentID"] = group
+            regions.append(_region(control, value, float(point_conf), width, height, **extra))
+    return regions
+
+
+CONVERTERS: dict[tuple[str, str], Callable[[Control, LabelConfig, Any, list[str]], list[Region]]] = {
+    ("RectangleLabels", "detect"): rectangles,
+    ("RectangleLabels", "obb"): oriented_rectangles,
+    ("PolygonLabels", "segment"): polygons,
+    ("BrushLabels", "segment"): brushes,
+    ("Choices", "classify"): choices,
+    ("KeyPointLabels", "pose"): keypoints,
+}
+
+
+def convert(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
+    return CONVERTERS[(control.tag, control.task)](control, config, result, names)
+
+
+def task_score(regions: list[Region]) -> float:
+    scores = [r["score"] for r in regions if "score" in r]
+    return round(float(sum(scores) / len(scores)), 4) if scores else 0.0

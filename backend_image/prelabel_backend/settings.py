@@ -1,0 +1,124 @@
+"""Every environment variable the backend reads, with its default and meaning, in one place.
+
+The names and meanings are those of HumanSignal's YOLO example backend, so an existing deployment
+keeps its env; the few additions are marked "Prelabel".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+# The model file each kind of control uses when its tag names no `model_path`. The defaults are the
+# project's own models trained on synthetic shapes (they ship in the package, so the backend starts
+# offline anywhere); point these at official weights (e.g. yolov8n.pt) mounted under MODEL_ROOT.
+DEFAULT_MODEL_ENV = {
+    "detect": ("MODEL_DETECT", "shapes-detect.pt"),
+    "obb": ("MODEL_OBB", "shapes-obb.pt"),
+    "segment": ("MODEL_SEGMENT", "shapes-segment.pt"),
+    "classify": ("MODEL_CLASSIFY", "shapes-classify.pt"),
+    "pose": ("MODEL_POSE", "shapes-pose.pt"),
+}
+
+TRUE = {"1", "true", "yes", "on"}
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    return default if raw is None or raw == "" else raw.strip().lower() in TRUE
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    try:
+        return float(raw) if raw.strip() else default
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- HTTP server -------------------------------------------------------------------------
+    port: int = 9090  # PORT: where gunicorn listens
+    host: str = "0.0.0.0"  # HOST (Prelabel): the bind address; tests and the local mode use 127.0.0.1
+    workers: int = 1  # WORKERS: gunicorn worker processes (each loads the models once)
+    threads: int = 8  # THREADS: threads per worker; concurrent requests share one model lock
+    log_level: str = "INFO"  # LOG_LEVEL: the Authorization header and keys are never logged, at any level
+    basic_auth_user: str | None = None  # BASIC_AUTH_USER: with BASIC_AUTH_PASS, basic auth on every route
+    basic_auth_pass: str | None = None  # BASIC_AUTH_PASS
+    # WEBHOOK_REQUIRE_AUTH (Prelabel): Label Studio's auto-created webhook sends no credentials, and
+    # /webhook only acknowledges (this backend does not train), so by default it is open even with
+    # basic auth on. Set true to require basic auth there too (then add the header to the webhook).
+    webhook_require_auth: bool = False
+    # --- models ------------------------------------------------------------------------------
+    model_root: Path = PACKAGED_WEIGHTS  # MODEL_ROOT: folder of the weight files; model_path resolves under it
+    model_dir: Path = Path("/tmp/prelabel-backend")  # MODEL_DIR: writable folder (debug plots, ultralytics settings)
+    default_models: dict[str, str] = field(default_factory=lambda: {k: v[1] for k, v in DEFAULT_MODEL_ENV.items()})
+    allow_custom_model_path: bool = True  # ALLOW_CUSTOM_MODEL_PATH: honour a control's model_path attribute
+    model_score_threshold: float = 0.5  # MODEL_SCORE_THRESHOLD: default for controls without model_score_threshold
+    device: str = "cpu"  # DEVICE (Prelabel): torch device, "cpu" or "cuda" / "cuda:0"
+    torch_threads: int = 0  # TORCH_THREADS (Prelabel): intra-op threads; 0 = all cores this process may use
+    batch_size: int = 16  # BATCH_SIZE (Prelabel): images per model call
+    debug_plot: bool = False  # DEBUG_PLOT: write each prediction's plot as PNG under MODEL_DIR/debug (never a window)
+    # --- media -------------------------------------------------------------------------------
+    label_studio_url: str | None = None  # LABEL_STUDIO_URL (or LABEL_STUDIO_HOST): base URL for relative media
+    label_studio_api_key: str | None = None  # LABEL_STUDIO_API_KEY (or LABEL_STUDIO_ACCESS_TOKEN): legacy token or PAT
+    verify_ssl: bool = True  # VERIFY_SSL: check TLS certificates when fetching media
+    local_files_document_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT: read /data/local-files/ from disk
+    media_allowed_hosts: tuple[str, ...] = ()  # MEDIA_ALLOWED_HOSTS (Prelabel): comma list; besides Label Studio's host
+    media_max_bytes: int = 50 * 1024 * 1024  # MEDIA_MAX_BYTES (Prelabel): larger downloads are refused
+    media_timeout: float = 15.0  # MEDIA_TIMEOUT (Prelabel): seconds per media request
+    media_cache_items: int = 64  # MEDIA_CACHE_ITEMS (Prelabel): recently fetched media kept in memory
+    media_fetch_threads: int = 8  # MEDIA_FETCH_THREADS (Prelabel): parallel downloads per request
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        if self.basic_auth_user and self.basic_auth_pass:
+            return (self.basic_auth_user, self.basic_auth_pass)
+        return None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        root = env.get("LOCAL_FILES_DOCUMENT_ROOT")
+        hosts = tuple(h.strip().lower() for h in env.get("MEDIA_ALLOWED_HOSTS", "").split(",") if h.strip())
+        return cls(
+            port=_int(env, "PORT", 9090),
+            host=env.get("HOST") or "0.0.0.0",
+            workers=_int(env, "WORKERS", 1),
+            threads=_int(env, "THREADS", 8),
+            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            webhook_require_auth=_bool(env, "WEBHOOK_REQUIRE_AUTH", False),
+            model_root=Path(env.get("MODEL_ROOT") or PACKAGED_WEIGHTS),
+            model_dir=Path(env.get("MODEL_DIR") or "/tmp/prelabel-backend"),
+            default_models={task: env.get(var) or default for task, (var, default) in DEFAULT_MODEL_ENV.items()},
+            allow_custom_model_path=_bool(env, "ALLOW_CUSTOM_MODEL_PATH", True),
+            model_score_threshold=_float(env, "MODEL_SCORE_THRESHOLD", 0.5),
+            device=env.get("DEVICE") or "cpu",
+            torch_threads=_int(env, "TORCH_THREADS", 0),
+            batch_size=max(1, _int(env, "BATCH_SIZE", 16)),
+            debug_plot=_bool(env, "DEBUG_PLOT", False),
+            label_studio_url=(env.get("LABEL_STUDIO_URL") or env.get("LABEL_STUDIO_HOST") or "").rstrip("/") or None,
+            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or env.get("LABEL_STUDIO_ACCESS_TOKEN") or None,
+            verify_ssl=_bool(env, "VERIFY_SSL", True),
+            local_files_document_root=Path(root) if root else None,
+            media_allowed_hosts=hosts,
+            media_max_bytes=_int(env, "MEDIA_MAX_BYTES", 50 * 1024 * 1024),
+            media_timeout=_float(env, "MEDIA_TIMEOUT", 15.0),
+            media_cache_items=_int(env, "MEDIA_CACHE_ITEMS", 64),
+            media_fetch_threads=max(1, _int(env, "MEDIA_FETCH_THREADS", 8)),
+        )

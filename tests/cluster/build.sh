@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds the local Kubernetes control plane from the Go module proxy, at the versions pinned in
+# versions.env, into ~/.cache/prelabel/cluster-<versions>/bin. A warm cache returns in seconds.
+#
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  <- k8s.io/kubernetes, through a
+#       wrapper go.mod that replaces every ./staging module with its published v0.x release
+#       (the pattern kubernetes-sigs/scheduler-plugins uses), with component-base version ldflags
+#   etcd   <- go.etcd.io/etcd/server/v3 (a wrapper module: its go.mod has replace directives)
+#   kwok   <- sigs.k8s.io/kwok/cmd/kwok          helm <- helm.sh/helm/v3/cmd/helm
+#
+# Prints the bin folder on stdout as its last line; progress goes to stderr.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+stamp="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+cache=${PRELABEL_CACHE:-$HOME/.cache/prelabel}
+out="$cache/cluster-$stamp"
+bin="$out/bin"
+components=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
+
+have_all() { for c in "${components[@]}"; do [ -x "$bin/$c" ] || return 1; done; }
+if have_all; then echo "$bin"; exit 0; fi
+
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPROXY=${GOPROXY:-https://proxy.golang.org}
+export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" CGO_ENABLED=0
+mkdir -p "$bin" "$out/src"
+step=0; total=${#components[@]}
+progress() { step=$((step + 1)); printf '[build %d/%d] %s\n' "$step" "$total" "$*" >&2; }
+started=$(date +%s)
+
+# --- Kubernetes components ----------------------------------------------------------------------
+k8s_minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)
+staging_version="v0.${KUBERNETES_VERSION#v1.}"
+wrapper="$out/src/kubernetes"
+mkdir -p "$wrapper"
+if [ ! -f "$wrapper/go.sum" ]; then
+  printf '[build] resolving k8s.io/kubernetes@%s and its staging modules\n' "$KUBERNETES_VERSION" >&2
+  (cd "$wrapper" && rm -f go.mod && go mod init prelabel.local/kubernetes-build >/dev/null 2>&1)
+  upstream_mod=$(cd "$wrapper" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" \
+                 | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  # Every `k8s.io/x => ./staging/src/k8s.io/x` in upstream's go.mod becomes `k8s.io/x => k8s.io/x v0.N.P`.
+  {
+    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+    echo "replace ("
+    sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/k8s.io/.*#\t\1 => \1 '"$staging_version"'#p' "$upstream_mod"
+    echo ")"
+  } >> "$wrapper/go.mod"
+  cat > "$wrapper/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  (cd "$wrapper" && go mod tidy >&2)
+fi
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
+  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  progress "$c $KUBERNETES_VERSION (cold: several minutes)"
+  [ -x "$bin/$c" ] || (cd "$wrapper" && go build -trimpath -ldflags "$ldflags" -o "$bin/$c.tmp" "k8s.io/kubernetes/cmd/$c" && mv "$bin/$c.tmp" "$bin/$c")
+done
+
+# --- etcd ---------------------------------------------------------------------------------------
+progress "etcd $ETCD_VERSION"
+if [ ! -x "$bin/etcd" ]; then
+  etcd_src="$out/src/etcd"; mkdir -p "$etcd_src"
+  (cd "$etcd_src" && { [ -f go.mod ] || go mod init prelabel.local/etcd-build >/dev/null 2>&1; } \
+     && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 \
+     && go build -trimpath -ldflags "-s -w" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3 && mv "$bin/etcd.tmp" "$bin/etcd")
+fi
+
+# --- kwok and helm (plain `go install`: their go.mod files carry no replace directives) ---------
+progress "kwok $KWOK_VERSION"
+[ -x "$bin/kwok" ] || GOBIN="$bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+progress "helm $HELM_VERSION"
+[ -x "$bin/helm" ] || GOBIN="$bin" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+
+have_all || { echo "build incomplete in $bin" >&2; exit 1; }
+printf '[build] done in %ss\n' "$(( $(date +%s) - started ))" >&2
+echo "$bin"
