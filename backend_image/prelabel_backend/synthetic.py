@@ -115,10 +115,10 @@ def _overlaps(a: Shape, b: Shape, margin: float = 4.0) -> bool:
 
 def make_scene(
     rng: np.random.Generator,
-    width: int = 256,
-    height: int = 192,
+    width: int = 192,
+    height: int = 144,
     count: tuple[int, int] = (1, 4),
-    size: tuple[float, float] = (26.0, 72.0),
+    size: tuple[float, float] = (20.0, 54.0),
     rotate: bool = False,
     classes: tuple[str, ...] = CLASSES,
 ) -> Scene:

@@ -5,7 +5,7 @@
 One model per task the backend serves: detect, obb, segment, classify, pose. Each is a narrow
 YOLOv8 (depth 0.33, width 0.125, max 256 channels: about 0.35 M parameters, under 1 MB) trained
 from scratch on images drawn by prelabel_backend.synthetic, deterministically (seed 0), on CPU in
-a few minutes each. The weights land in prelabel_backend/weights/<task>.pt with a JSON card of
+a few minutes each. The weights land in prelabel_backend/weights/shapes-<task>.pt with a JSON card of
 their validation metrics beside them. Nothing is downloaded.
 """
 
@@ -36,11 +36,11 @@ NARROW = [0.33, 0.125, 256]
 
 TASKS = {
     # task: (model yaml in ultralytics, image size, training images, epochs, rotate shapes)
-    "detect": ("yolov8.yaml", 256, 600, 40, False),
-    "obb": ("yolov8-obb.yaml", 256, 600, 50, True),
-    "segment": ("yolov8-seg.yaml", 256, 600, 40, False),
-    "pose": ("yolov8-pose.yaml", 256, 600, 50, False),
-    "classify": ("yolov8-cls.yaml", 96, 600, 20, False),
+    "detect": ("yolov8.yaml", 192, 500, 35, False),
+    "obb": ("yolov8-obb.yaml", 192, 500, 40, True),
+    "segment": ("yolov8-seg.yaml", 192, 500, 35, False),
+    "pose": ("yolov8-pose.yaml", 192, 500, 40, False),
+    "classify": ("yolov8-cls.yaml", 96, 500, 20, False),
 }
 
 
@@ -75,12 +75,12 @@ def write_dataset(task: str, root: Path, train: int, val: int, seed: int = 0) ->
     for split, count in (("train", train), ("val", val)):
         for i in range(count):
             if task == "classify":
-                scene = synthetic.make_scene(rng, width=160, height=160, count=(1, 1), size=(40.0, 100.0))
+                scene = synthetic.make_scene(rng, width=128, height=128, count=(1, 1), size=(32.0, 80.0))
                 folder = root / split / scene.shapes[0].cls
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / f"{i:05d}.png").write_bytes(synthetic.encode_png(scene.image))
                 continue
-            scene = synthetic.make_scene(rng, rotate=rotate)
+            scene = synthetic.make_scene(rng, rotate=rotate)  # the generator's defaults: what tests and the demo draw
             (root / "images" / split).mkdir(parents=True, exist_ok=True)
             (root / "labels" / split).mkdir(parents=True, exist_ok=True)
             (root / "images" / split / f"{i:05d}.png").write_bytes(synthetic.encode_png(scene.image))
@@ -129,17 +129,17 @@ def train(task: str, epochs: int | None, out: Path) -> dict:
         model.train(
             data=str(data), epochs=epochs or default_epochs, imgsz=imgsz, batch=16, workers=1, seed=0,
             deterministic=True, mosaic=0.0, fliplr=0.0, device="cpu", project=str(root / "runs"),
-            name=task, plots=False, verbose=False, amp=False, patience=1000,
+            name=task, plots=False, verbose=False, amp=False, patience=1000, val=False, cache="ram",
         )
         seconds = time.monotonic() - started
-        best = Path(model.trainer.best)
+        best = Path(model.trainer.last)  # val=False during training: the last epoch is the model
         metrics = YOLO(str(best)).val(data=str(data), imgsz=imgsz, batch=16, workers=1, plots=False, verbose=False, device="cpu")
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(best, out / f"{task}.pt")
+        shutil.copyfile(best, out / f"shapes-{task}.pt")
     summary = {k: round(float(v), 4) for k, v in metrics.results_dict.items()}
     card = {"task": task, "imgsz": imgsz, "epochs": epochs or default_epochs, "train_images": n_train,
             "train_seconds": round(seconds, 1), "metrics": summary, "classes": list(synthetic.CLASSES)}
-    (out / f"{task}.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / f"shapes-{task}.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
 
 

@@ -20,7 +20,7 @@ out="$cache/cluster-$stamp"
 bin="$out/bin"
 components=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
 
-have_all() { for c in "${components[@]}"; do [ -x "$bin/$c" ] || return 1; done; }
+have_all() { for c in "${components[@]}"; do [ -x "$bin/$c" ] || return 1; done; [ -s "$bin/kwok-stages.yaml" ]; }
 if have_all; then echo "$bin"; exit 0; fi
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPROXY=${GOPROXY:-https://proxy.golang.org}
@@ -83,6 +83,12 @@ fi
 # --- kwok and helm (plain `go install`: their go.mod files carry no replace directives) ---------
 progress "kwok $KWOK_VERSION"
 [ -x "$bin/kwok" ] || GOBIN="$bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+# kwok's own "fast" stages (nodes Ready at once; pods scheduled -> Running and Ready), from its module.
+kwok_src=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+for f in "$kwok_src"/kustomize/stage/node/fast/*.yaml "$kwok_src"/kustomize/stage/pod/fast/pod-*.yaml; do
+  [ "$(basename "$f")" = kustomization.yaml ] && continue
+  echo "---"; cat "$f"
+done > "$bin/kwok-stages.yaml"
 progress "helm $HELM_VERSION"
 [ -x "$bin/helm" ] || GOBIN="$bin" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 

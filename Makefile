@@ -1,0 +1,39 @@
+# Prelabel's developer commands. Everything installs itself from package registries, caching heavy
+# builds under ~/.cache/prelabel/ (Go build of the control plane, uv's wheel cache, Label Studio).
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/prelabel
+export UV_CACHE_DIR := $(CACHE)/uv
+export UV_LINK_MODE := hardlink
+PY := .venv/bin/python
+STAMP := .venv/.installed-$(shell cat requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: env cluster label-studio test test-unit demo bench lint clean
+
+env: $(STAMP)  ## the project's virtualenv (.venv) with both packages and the test tools
+$(STAMP): requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml
+	@command -v uv >/dev/null || python3 -m pip install -q --user uv
+	@export PATH="$$HOME/.local/bin:$$PATH"; [ -x $(PY) ] || uv venv -q -p python3.11 .venv; \
+	  uv pip install -q -p $(PY) -r requirements-dev.txt
+	@rm -f .venv/.installed-*; touch $@
+
+cluster:  ## build (or reuse) the local Kubernetes control plane binaries
+	@tests/cluster/build.sh >/dev/null
+
+label-studio: env  ## install (or reuse) Label Studio in its own virtualenv
+	@$(PY) -c "from prelabel_operator.dev import labelstudio; labelstudio.ensure_installed()"
+
+test: env cluster label-studio  ## every test: unit, then integration on real Label Studio and Kubernetes
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: env
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: env label-studio  ## pre-label a demo project in a real Label Studio with the embedded models
+	$(PY) -m prelabel_operator.dev.demo
+
+bench: env  ## the backend's /predict throughput beside raw ultralytics, in one run
+	$(PY) bench/predict_bench.py
+
+clean:
+	rm -rf .venv .pytest_cache

@@ -1,0 +1,290 @@
+"""A real Kubernetes control plane as local processes, for tests and the local mode.
+
+etcd + kube-apiserver (client-cert auth, RBAC, service-account signing), and optionally
+kube-controller-manager, kube-scheduler and kwok with fake nodes, so Deployments become Available
+and owners garbage-collect their children. Everything binds to 127.0.0.1 on free ports, lives in
+one work dir, and `stop()` ends exactly the processes it started (by PID).
+
+The Service range is inside 127.0.0.0/8: a ClusterIP is then a loopback address this machine can
+bind, so a process started for a pod (see tests) can serve on its Service's ClusterIP and a real
+Label Studio on this machine reaches it there, with no traffic leaving loopback.
+
+The binaries come from tests/cluster/build.sh (cached under ~/.cache/prelabel/).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SERVICE_CIDR = "127.99.0.0/16"
+POD_CIDR = "10.244.0.0/16"  # only written into pod status by kwok: nothing listens or routes there
+CONTROLLERS = "deployment,replicaset,endpointslice,garbagecollector,serviceaccount,serviceaccount-token,namespace,horizontalpodautoscaling"
+REPO = Path(__file__).resolve().parents[3]
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build(quiet: bool = False) -> Path:
+    """Runs the build script (seconds on a warm cache) and returns the bin folder."""
+    script = REPO / "tests" / "cluster" / "build.sh"
+    done = subprocess.run(["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True,
+                          stderr=subprocess.DEVNULL if quiet else None)
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class LocalCluster:
+    bin_dir: Path
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prelabel-cluster-")))
+    with_controllers: bool = False  # controller-manager + scheduler + kwok
+    nodes: int = 1
+    processes: dict[str, Process] = field(default_factory=dict)
+    api_port: int = 0
+    etcd_port: int = 0
+
+    # -- public -----------------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    def start(self) -> LocalCluster:
+        self._certs()
+        self.etcd_port = free_port()
+        self.api_port = free_port()
+        self._start_etcd()
+        self._start_apiserver()
+        self._write_kubeconfig(self.kubeconfig, "admin", self.workdir / "pki" / "admin.crt", self.workdir / "pki" / "admin.key")
+        if self.with_controllers:
+            self._start_controllers()
+        return self
+
+    def stop(self, keep_logs: bool = False) -> None:
+        for name in reversed(list(self.processes)):
+            self._terminate(self.processes.pop(name))
+        if not keep_logs:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart_apiserver(self) -> None:
+        self._terminate(self.processes.pop("kube-apiserver"))
+        self._start_apiserver()
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=input, text=True, capture_output=True, check=check, timeout=120)
+
+    def logs(self) -> dict[str, str]:
+        return {name: p.log.read_text(errors="replace")[-4000:] for name, p in self.processes.items() if p.log.exists()}
+
+    # -- processes --------------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> Process:
+        log = self.workdir / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        handle = log.open("ab")
+        popen = subprocess.Popen([str(self.bin_dir / name.split("@")[0]), *args], stdout=handle, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        handle.close()
+        proc = Process(name, popen, log)
+        self.processes[name] = proc
+        return proc
+
+    def _terminate(self, proc: Process) -> None:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(timeout=5)
+
+    def _wait(self, what: str, check, timeout: float = 60.0) -> None:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            for proc in self.processes.values():
+                if proc.popen.poll() is not None:
+                    raise ClusterError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log.read_text(errors='replace')[-3000:]}")
+            try:
+                if check():
+                    return
+            except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+                last = exc
+            time.sleep(0.2)
+        raise ClusterError(f"{what} not ready after {timeout:.0f}s (last error: {last})")
+
+    def _start_etcd(self) -> None:
+        peer = free_port()
+        data = self.workdir / "etcd"
+        self._spawn("etcd", [
+            f"--data-dir={data}", "--name=default", "--unsafe-no-fsync",
+            f"--listen-client-urls=http://127.0.0.1:{self.etcd_port}", f"--advertise-client-urls=http://127.0.0.1:{self.etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer}", "--log-level=warn",
+        ])
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.etcd_port}/health", timeout=2) as r:
+                return b'"health":"true"' in r.read()
+
+        self._wait("etcd", healthy, 30)
+
+    def _start_apiserver(self) -> None:
+        pki = self.workdir / "pki"
+        self._spawn("kube-apiserver", [
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.api_port}",
+            f"--cert-dir={pki}", f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=RBAC",
+            "--allow-privileged=false", "--endpoint-reconciler-type=none", "--v=1",
+        ])
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=5) as r:
+                return r.status == 200
+
+        self._wait("kube-apiserver", ready, 90)
+
+    def _start_controllers(self) -> None:
+        pki = self.workdir / "pki"
+        kc = self.kubeconfig
+        self._spawn("kube-controller-manager", [
+            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
+            f"--controllers={CONTROLLERS}", f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}", "--use-service-account-credentials=true",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
+            "--concurrent-deployment-syncs=5", "--v=1",
+        ])
+        self._spawn("kube-scheduler", [
+            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false", "--v=1",
+        ])
+        self._spawn("kwok", [
+            f"--kubeconfig={kc}", f"--config={self.bin_dir / 'kwok-stages.yaml'}", "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--cidr={POD_CIDR}", "--node-ip=127.0.0.1", "--node-port=0", f"--server-address=127.0.0.1:{free_port()}",
+        ])
+        for i in range(self.nodes):
+            self.kubectl("apply", "-f", "-", input=yaml.safe_dump(fake_node(f"kwok-node-{i}")))
+        self._wait("nodes Ready", lambda: self._all_nodes_ready(), 60)
+        # Node admission taints new nodes not-ready; the node-lifecycle controller would lift it on
+        # kubelet heartbeats. kwok nodes have none and that controller is not run, so lift it here.
+        for i in range(self.nodes):
+            self.kubectl("taint", "node", f"kwok-node-{i}", "node.kubernetes.io/not-ready:NoSchedule-", check=False)
+        # The namespace controller and the service-account controllers must have made `default`'s SA.
+        self._wait("default service account", lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0, 60)
+
+    def _all_nodes_ready(self) -> bool:
+        out = self.kubectl("get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}").stdout.split()
+        return len(out) == self.nodes and all(s == "True" for s in out)
+
+    # -- certificates and kubeconfigs -----------------------------------------------------------
+    def _certs(self) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.x509.oid import NameOID
+
+        pki = self.workdir / "pki"
+        pki.mkdir(parents=True, exist_ok=True)
+        now = dt.datetime.now(dt.timezone.utc)
+
+        def write_key(path: Path, key) -> None:  # noqa: ANN001
+            path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                               serialization.NoEncryption()))
+            path.chmod(0o600)
+
+        def issue(name: str, cn: str, org: str | None, issuer_key, issuer_name, ca: bool = False, sans=None):  # noqa: ANN001, ANN202
+            key = ec.generate_private_key(ec.SECP256R1())
+            attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)] + ([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else [])
+            subject = x509.Name(attrs)
+            builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name or subject)
+                       .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                       .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=7))
+                       .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+            if sans:
+                builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            cert = builder.sign(issuer_key or key, hashes.SHA256())
+            (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            write_key(pki / f"{name}.key", key)
+            return key, cert
+
+        ca_key, ca_cert = issue("ca", "prelabel-local-ca", None, None, None, ca=True)
+        service_ip = next(ipaddress.ip_network(SERVICE_CIDR).hosts())
+        sans = [x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                                          "kubernetes.default.svc.cluster.local")]
+        sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(service_ip)]
+        issue("apiserver", "kube-apiserver", None, ca_key, ca_cert.subject, sans=sans)
+        issue("admin", "prelabel-admin", "system:masters", ca_key, ca_cert.subject)
+        sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        write_key(pki / "sa.key", sa)
+        (pki / "sa.pub").write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def _write_kubeconfig(self, path: Path, user: str, cert: Path | None = None, key: Path | None = None,
+                          token: str | None = None) -> Path:
+        credentials: dict[str, str] = {"token": token} if token else {"client-certificate": str(cert), "client-key": str(key)}
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "local",
+            "clusters": [{"name": "local", "cluster": {"server": self.server, "certificate-authority": str(self.workdir / "pki" / "ca.crt")}}],
+            "users": [{"name": user, "user": credentials}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    def token_kubeconfig(self, namespace: str, service_account: str) -> Path:
+        """A kubeconfig that acts as a ServiceAccount, with a short-lived token from the TokenRequest API."""
+        token = self.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
+        return self._write_kubeconfig(self.workdir / f"{namespace}-{service_account}.kubeconfig", f"{namespace}-{service_account}", token=token)
+
+
+def fake_node(name: str) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                     "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                                "type": "kwok"}},
+        "spec": {},
+        "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                   "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                   "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"}},
+    }

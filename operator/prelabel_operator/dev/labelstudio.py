@@ -1,0 +1,123 @@
+"""A real Label Studio server on 127.0.0.1: installed once into its own virtualenv (its pins clash
+with ours), started with its own HOME and data dir, SQLite, a known user and legacy token, and
+stopped by PID. What FACTS.md measured: ~2.5 min to install, 60-80 s for the first start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cluster import free_port
+
+VERSION = "1.23.2"
+CACHE = Path(os.environ.get("PRELABEL_CACHE", Path.home() / ".cache" / "prelabel"))
+
+
+def venv_dir() -> Path:
+    return CACHE / "venvs" / f"label-studio-{VERSION}"
+
+
+def ensure_installed() -> Path:
+    """Installs label-studio into its own venv with uv (cached); returns the `label-studio` executable."""
+    venv = venv_dir()
+    exe, done = venv / "bin" / "label-studio", venv / ".prelabel-complete"
+    if done.exists():
+        return exe
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    env = {**os.environ, "UV_CACHE_DIR": str(CACHE / "uv")}
+    print(f"[label-studio] installing label-studio=={VERSION} into {venv} (first time: a few minutes)", file=sys.stderr)
+    shutil.rmtree(venv, ignore_errors=True)  # a half-made venv from an interrupted install
+    subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(venv)], check=True, env=env)
+    subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), f"label-studio=={VERSION}"], check=True, env=env)
+    done.touch()
+    return exe
+
+
+@dataclass
+class LabelStudio:
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prelabel-ls-")))
+    port: int = 0
+    username: str = "admin@prelabel.local"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    token: str = field(default_factory=lambda: secrets.token_hex(20))  # a legacy API token (40 hex)
+    process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "label-studio.log"
+
+    def start(self, timeout: float = 240) -> LabelStudio:
+        exe = ensure_installed()
+        self.port = self.port or free_port()
+        env = {
+            "PATH": f"{exe.parent}:{os.environ.get('PATH', '')}",
+            "HOME": str(self.workdir / "home"),
+            "LABEL_STUDIO_BASE_DATA_DIR": str(self.workdir / "data"),
+            "LABEL_STUDIO_USERNAME": self.username,
+            "LABEL_STUDIO_PASSWORD": self.password,
+            "LABEL_STUDIO_USER_TOKEN": self.token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            # Backends here live on loopback (and in-cluster on private ranges): lift the SSRF ban on
+            # those ranges, as a Label Studio inside a cluster must (see README).
+            "LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS": "false",
+            "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
+            "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+            **self.extra_env,
+        }
+        (self.workdir / "home").mkdir(parents=True, exist_ok=True)
+        handle = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port)],
+            env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.workdir,
+        )
+        handle.close()
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"Label Studio exited with {self.process.returncode}:\n{self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                request = urllib.request.Request(f"{self.url}/api/projects", headers={"Authorization": f"Token {self.token}"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    if response.status == 200:
+                        json.loads(response.read())
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"Label Studio not ready on {self.url} after {timeout:.0f}s; log: {self.log}")
+
+    def stop(self, keep: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
+            # `label-studio start` runs Django's server in the same process group: end the group.
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self.process = None
+        if not keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
