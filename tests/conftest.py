@@ -74,9 +74,9 @@ class BackendProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"backend exited: {self.log.read_text()[-2000:]}")
             try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}/health", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused while binding, slow while models load
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"backend not ready: {self.log.read_text()[-2000:]}")
@@ -105,3 +105,48 @@ def start_backend(tmp_path: Path) -> Iterator:
     yield start
     for backend in started:
         backend.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio() -> Iterator:
+    """One real Label Studio for the session (first start ~70 s: migrations on a fresh SQLite)."""
+    from prelabel_operator.dev.labelstudio import LabelStudio
+
+    server = LabelStudio().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ls_client(label_studio):  # noqa: ANN001, ANN201
+    from label_studio_sdk import LabelStudio as Client
+
+    return Client(base_url=label_studio.url, api_key=label_studio.token)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+    report = yield
+    if report.failed:
+        item.session.prelabel_failed = True  # type: ignore[attr-defined]
+    return report
+
+
+@pytest.fixture(scope="session")
+def cluster_bin() -> Path:
+    from prelabel_operator.dev.cluster import build
+
+    return build(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_bin: Path, request: pytest.FixtureRequest) -> Iterator:
+    """A real control plane with controller-manager, scheduler and kwok nodes, for one test module."""
+    from prelabel_operator.dev.cluster import LocalCluster
+
+    local = LocalCluster(cluster_bin, with_controllers=True).start()
+    yield local
+    failed = getattr(request.session, "prelabel_failed", False)
+    local.stop(keep_logs=failed)
+    if failed:
+        print(f"\ncontrol-plane logs kept in {local.workdir / 'logs'}")

@@ -1,0 +1,119 @@
+"""The backend registered in a real Label Studio: tasks with uploaded images, "Retrieve
+predictions" through the API, and what Label Studio really stored, against the synthetic truth."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import requests
+
+from prelabel_backend import synthetic
+from tests.conftest import SEED_CONFIG, scenes
+
+pytestmark = pytest.mark.labelstudio
+
+
+def upload_tasks(label_studio, project_id: int, batch: list[synthetic.Scene]) -> dict[int, synthetic.Scene]:  # noqa: ANN001
+    """Uploads one PNG per scene (distinct field names: one task each); returns task id -> scene."""
+    files = {f"file{i}": (f"scene-{i:03d}.png", synthetic.encode_png(s.image), "image/png") for i, s in enumerate(batch)}
+    response = requests.post(f"{label_studio.url}/api/projects/{project_id}/import", files=files,
+                             headers={"Authorization": f"Token {label_studio.token}"}, timeout=60)
+    response.raise_for_status()
+    tasks = requests.get(f"{label_studio.url}/api/tasks", params={"project": project_id, "page_size": 1000},
+                         headers={"Authorization": f"Token {label_studio.token}"}, timeout=30).json()["tasks"]
+    by_task = {}
+    for task in tasks:
+        assert task["data"]["image"].startswith(f"/data/upload/{project_id}/")  # relative, as the backend must handle
+        index = int(re.search(r"scene-(\d+)\.png$", task["data"]["image"]).group(1))
+        by_task[task["id"]] = batch[index]
+    assert len(by_task) == len(batch)
+    return by_task
+
+
+def prelabel(ls_client, project_id: int, backend_url: str, task_ids: list[int]) -> dict[int, list]:  # noqa: ANN001
+    ml = ls_client.ml.create(project=project_id, url=backend_url, title="prelabel", is_interactive=False)
+    assert ml.state == "CO", ml  # connected: Label Studio called /health and /setup
+    ls_client.actions.create(id="retrieve_tasks_predictions", project=project_id, selected_items={"all": False, "included": task_ids})
+    stored: dict[int, list] = {}
+    for task_id in task_ids:
+        stored[task_id] = list(ls_client.predictions.list(task=task_id))
+    return stored
+
+
+def test_seed_config_rectangles_are_stored_in_label_studio(label_studio, ls_client, start_backend) -> None:  # noqa: ANN001
+    backend = start_backend({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token})
+    project = ls_client.projects.create(title="seed rectangles", label_config=SEED_CONFIG)
+    truth = upload_tasks(label_studio, project.id, scenes(301, 6))
+    stored = prelabel(ls_client, project.id, backend.url, list(truth))
+    version = requests.post(f"{backend.url}/setup", json={"project": f"{project.id}.0", "schema": SEED_CONFIG}, timeout=30).json()["model_version"]
+    titles = {"square": "Square", "circle": "Circle", "triangle": "Triangle"}
+    for task_id, scene in truth.items():
+        (prediction,) = stored[task_id]
+        assert prediction.model_version == version
+        assert 0.25 <= prediction.score <= 1
+        regions = prediction.result
+        assert len(regions) == len(scene.shapes)
+        for shape in scene.shapes:
+            x1, y1, x2, y2 = shape.box()
+            near = [r for r in regions if r["value"]["rectanglelabels"] == [titles[shape.cls]]
+                    and abs(r["value"]["x"] - x1 / scene.width * 100) < 5 and abs(r["value"]["y"] - y1 / scene.height * 100) < 5
+                    and abs(r["value"]["width"] - (x2 - x1) / scene.width * 100) < 6 and abs(r["value"]["height"] - (y2 - y1) / scene.height * 100) < 6]
+            assert near, (shape, regions)
+
+
+def test_polygons_choices_and_keypoints_are_stored(label_studio, ls_client, start_backend) -> None:  # noqa: ANN001
+    backend = start_backend({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token})
+    configs = {
+        "polygon": """<View><Image name="image" value="$image"/><PolygonLabels name="poly" toName="image">
+            <Label value="Square" predicted_values="square"/><Label value="Circle" predicted_values="circle"/>
+            <Label value="Triangle" predicted_values="triangle"/></PolygonLabels></View>""",
+        "choices": """<View><Image name="image" value="$image"/><Choices name="shape" toName="image">
+            <Choice value="square"/><Choice value="circle"/><Choice value="triangle"/></Choices></View>""",
+        "keypoints": """<View><Image name="image" value="$image"/><KeyPointLabels name="kp" toName="image">
+            <Label value="apex" predicted_values="triangle" model_index="0"/></KeyPointLabels></View>""",
+    }
+    batches = {
+        "polygon": scenes(302, 4),
+        "choices": scenes(303, 4, width=128, height=128, count=(1, 1), size=(32.0, 80.0)),
+        "keypoints": scenes(304, 4, classes=("triangle",)),
+    }
+    for kind, xml in configs.items():
+        project = ls_client.projects.create(title=f"{kind} project", label_config=xml)
+        truth = upload_tasks(label_studio, project.id, batches[kind])
+        stored = prelabel(ls_client, project.id, backend.url, list(truth))
+        for task_id, scene in truth.items():
+            (prediction,) = stored[task_id]
+            regions = prediction.result
+            if kind == "polygon":
+                assert sorted(r["value"]["polygonlabels"][0].lower() for r in regions) == sorted(s.cls for s in scene.shapes)
+                assert all(len(r["value"]["points"]) >= 3 for r in regions)
+            elif kind == "choices":
+                assert [r["value"]["choices"] for r in regions] == [[scene.shapes[0].cls]]
+            else:
+                apexes = [r for r in regions if r["value"]["keypointlabels"] == ["apex"]]
+                for shape in scene.shapes:
+                    ax, ay = shape.keypoints()[0]
+                    assert any(math.dist((r["value"]["x"] * scene.width / 100, r["value"]["y"] * scene.height / 100), (ax, ay)) < 0.2 * shape.size
+                               for r in apexes), (shape, regions)
+
+
+def test_personal_access_token_fetches_uploads(label_studio, ls_client, start_backend) -> None:  # noqa: ANN001
+    """A PAT (a JWT refresh token) works as LABEL_STUDIO_API_KEY: the backend exchanges it for an access token."""
+    pat = ls_client.tokens.create().token
+    backend = start_backend({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": pat})
+    project = ls_client.projects.create(title="pat project", label_config=SEED_CONFIG)
+    truth = upload_tasks(label_studio, project.id, scenes(305, 2))
+    stored = prelabel(ls_client, project.id, backend.url, list(truth))
+    assert all(len(stored[t][0].result) == len(s.shapes) for t, s in truth.items())
+
+
+def test_a_backend_that_cannot_serve_the_config_is_refused_by_label_studio(label_studio, ls_client, start_backend) -> None:  # noqa: ANN001
+    backend = start_backend({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token})
+    xml = '<View><Text name="text" value="$text"/><Labels name="ner" toName="text"><Label value="PER"/></Labels></View>'
+    project = ls_client.projects.create(title="text project", label_config=xml)
+    with pytest.raises(Exception) as err:
+        ls_client.ml.create(project=project.id, url=backend.url, title="prelabel")
+    assert "422" in str(err.value) or "supported" in str(err.value)
+    assert list(ls_client.ml.list(project=project.id)) == []
