@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import base64
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from prelabel_backend import synthetic
 from prelabel_backend.settings import Settings
+from prelabel_operator.dev.backend import BackendProcess
+from prelabel_operator.dev.demo import SEED_LABEL_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image" model_score_threshold="0.25">
-    <Label value="Square" background="red" predicted_values="square"/>
-    <Label value="Circle" background="blue" predicted_values="circle"/>
-    <Label value="Triangle" background="green" predicted_values="triangle"/>
-  </RectangleLabels>
-</View>"""
+SEED_CONFIG = SEED_LABEL_CONFIG  # the seed's labeling config, as the demo uses it
 
 
 def data_uri(image: np.ndarray) -> str:
@@ -51,56 +40,14 @@ def scenes(seed: int, count: int, **kwargs) -> list[synthetic.Scene]:  # noqa: A
     return [synthetic.make_scene(rng, **kwargs) for _ in range(count)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class BackendProcess:
-    """`python -m prelabel_backend` as a real gunicorn process on 127.0.0.1."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "MODEL_DIR": str(log.parent / "model-dir"), **env}
-        self.proc = subprocess.Popen([sys.executable, "-m", "prelabel_backend"], env=full_env, stdout=log.open("wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"backend exited: {self.log.read_text()[-2000:]}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:  # refused while binding, slow while models load
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"backend not ready: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
-
-
 @pytest.fixture
 def start_backend(tmp_path: Path) -> Iterator:
     started: list[BackendProcess] = []
 
-    def start(env: dict[str, str] | None = None, wait: bool = True) -> BackendProcess:
-        backend = BackendProcess(env or {}, tmp_path / f"backend-{len(started)}.log")
+    def start(env: dict[str, str] | None = None) -> BackendProcess:
+        backend = BackendProcess(env or {}, tmp_path / f"backend-{len(started)}" / "backend.log")
         started.append(backend)
-        if wait:
-            backend.wait_ready()
-        return backend
+        return backend.wait_ready()
 
     yield start
     for backend in started:

@@ -4,7 +4,6 @@ predictions" through the API, and what Label Studio really stored, against the s
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import requests
@@ -16,20 +15,11 @@ pytestmark = pytest.mark.labelstudio
 
 
 def upload_tasks(label_studio, project_id: int, batch: list[synthetic.Scene]) -> dict[int, synthetic.Scene]:  # noqa: ANN001
-    """Uploads one PNG per scene (distinct field names: one task each); returns task id -> scene."""
-    files = {f"file{i}": (f"scene-{i:03d}.png", synthetic.encode_png(s.image), "image/png") for i, s in enumerate(batch)}
-    response = requests.post(f"{label_studio.url}/api/projects/{project_id}/import", files=files,
-                             headers={"Authorization": f"Token {label_studio.token}"}, timeout=60)
-    response.raise_for_status()
-    tasks = requests.get(f"{label_studio.url}/api/tasks", params={"project": project_id, "page_size": 1000},
-                         headers={"Authorization": f"Token {label_studio.token}"}, timeout=30).json()["tasks"]
-    by_task = {}
-    for task in tasks:
-        assert task["data"]["image"].startswith(f"/data/upload/{project_id}/")  # relative, as the backend must handle
-        index = int(re.search(r"scene-(\d+)\.png$", task["data"]["image"]).group(1))
-        by_task[task["id"]] = batch[index]
-    assert len(by_task) == len(batch)
-    return by_task
+    """Uploads one PNG per scene; returns task id -> scene."""
+    names = {f"scene-{i:03d}.png": scene for i, scene in enumerate(batch)}
+    task_ids = label_studio.upload_images(project_id, {name: synthetic.encode_png(s.image) for name, s in names.items()})
+    assert sorted(task_ids) == sorted(names)
+    return {task_ids[name]: scene for name, scene in names.items()}
 
 
 def prelabel(ls_client, project_id: int, backend_url: str, task_ids: list[int]) -> dict[int, list]:  # noqa: ANN001

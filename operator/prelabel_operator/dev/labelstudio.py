@@ -19,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
+
 from .cluster import free_port
 
 VERSION = "1.23.2"
@@ -108,6 +110,19 @@ class LabelStudio:
                 pass
             time.sleep(1)
         raise RuntimeError(f"Label Studio not ready on {self.url} after {timeout:.0f}s; log: {self.log}")
+
+    def upload_images(self, project_id: int, images: dict[str, bytes]) -> dict[str, int]:
+        """Uploads images as tasks (one task each: distinct multipart field names); returns file name -> task id."""
+        headers = {"Authorization": f"Token {self.token}"}
+        files = {f"file{i}": (name, data, "image/png") for i, (name, data) in enumerate(images.items())}
+        requests.post(f"{self.url}/api/projects/{project_id}/import", files=files, headers=headers, timeout=120).raise_for_status()
+        tasks = requests.get(f"{self.url}/api/tasks", params={"project": project_id, "page_size": 10000}, headers=headers, timeout=60).json()["tasks"]
+        by_name = {}
+        for task in tasks:
+            # Label Studio stores uploads as /data/upload/<project>/<8 hex>-<original name>
+            stored = task["data"]["image"].rsplit("/", 1)[-1]
+            by_name[stored.split("-", 1)[1] if "-" in stored else stored] = task["id"]
+        return by_name
 
     def stop(self, keep: bool = False) -> None:
         if self.process is not None and self.process.poll() is None:

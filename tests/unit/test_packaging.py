@@ -1,0 +1,35 @@
+"""Images and packaging: Dockerfiles pass hadolint; the backend's pinned lock covers its deps."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("dockerfile", sorted(p.name for p in REPO.glob("Dockerfile.*")))
+def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    done = subprocess.run([hadolint, str(REPO / dockerfile)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_backend_lock_pins_every_declared_dependency() -> None:
+    declared = tomllib.loads((REPO / "backend_image" / "pyproject.toml").read_text())["project"]["dependencies"]
+    locked = {line.split("==")[0].lower() for line in (REPO / "backend_image" / "requirements.lock").read_text().splitlines() if "==" in line}
+    names = {d.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower() for d in declared}
+    assert names <= locked, names - locked
+
+
+def test_packaged_weights_exist_for_every_default_model() -> None:
+    from prelabel_backend.settings import DEFAULT_MODEL_ENV, PACKAGED_WEIGHTS
+
+    for _, filename in DEFAULT_MODEL_ENV.values():
+        weight = PACKAGED_WEIGHTS / filename
+        assert weight.is_file() and weight.stat().st_size < 2 * 1024 * 1024, weight
