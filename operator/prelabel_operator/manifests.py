@@ -1,0 +1,156 @@
+"""Pure functions: an MLBackend spec in, the Kubernetes objects that run its backend out. No I/O.
+
+The Deployment carries what the seed's hand-written YAML set (LABEL_STUDIO_URL, the API key,
+MODEL_SCORE_THRESHOLD, port 9090, probes on /health), with the key read from its Secret instead of
+pasted in, a hardened pod, and an annotation hashing the referenced Secrets' data so that rotating
+a key rolls the pods.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any
+
+from .spec import MLBackendSpec
+
+CONTAINER_PORT = 9090
+MANAGED_BY = "prelabel-operator"
+SECRETS_HASH_ANNOTATION = "prelabel.dev/secrets-hash"
+
+
+def labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "prelabel-backend", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def selector(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "prelabel-backend", "app.kubernetes.io/instance": name}
+
+
+def object_name(name: str) -> str:
+    return f"{name}-backend"
+
+
+def secrets_hash(secret_data: dict[str, dict[str, str]]) -> str:
+    """A digest of the referenced Secrets' data (name -> key -> base64 value), never the values."""
+    digest = hashlib.sha256()
+    for secret in sorted(secret_data):
+        for key in sorted(secret_data[secret]):
+            digest.update(f"{secret}/{key}=".encode())
+            digest.update(secret_data[secret][key].encode())
+    return digest.hexdigest()[:16]
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def env(spec: MLBackendSpec) -> list[dict[str, Any]]:
+    ls = spec.label_studio
+    out: list[dict[str, Any]] = [
+        {"name": "LABEL_STUDIO_URL", "value": ls.url},
+        _secret_env("LABEL_STUDIO_API_KEY", ls.api_key.name, ls.api_key.key),
+        {"name": "MODEL_SCORE_THRESHOLD", "value": str(spec.score_threshold)},
+        {"name": "DEVICE", "value": spec.device},
+        {"name": "PORT", "value": str(CONTAINER_PORT)},
+        {"name": "MODEL_DIR", "value": "/tmp/prelabel"},
+    ]
+    if spec.basic_auth:
+        out += [_secret_env("BASIC_AUTH_USER", spec.basic_auth.name, spec.basic_auth.username_key),
+                _secret_env("BASIC_AUTH_PASS", spec.basic_auth.name, spec.basic_auth.password_key)]
+    declared = {e["name"] for e in spec.env}
+    return [e for e in out if e["name"] not in declared] + [dict(e) for e in spec.env]
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Overlay wins; mappings merge recursively; lists are replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def deployment(name: str, spec: MLBackendSpec, secrets_digest: str) -> dict[str, Any]:
+    probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    container = {
+        "name": "backend",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "env": env(spec),
+        "resources": spec.resources or {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+        # /health is 503 until the models are loaded: not Ready (no traffic, no registration) until then.
+        "readinessProbe": {**probe, "failureThreshold": 3},
+        "startupProbe": {**probe, "failureThreshold": 60},
+        "livenessProbe": {**probe, "failureThreshold": 6},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "readOnlyRootFilesystem": True,
+                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "automountServiceAccountToken": False,  # the backend never talks to the Kubernetes API
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": 10001},
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.affinity:
+        pod_spec["affinity"] = dict(spec.affinity)
+    template: dict[str, Any] = {
+        "metadata": {"labels": labels(name), "annotations": {SECRETS_HASH_ANNOTATION: secrets_digest}},
+        "spec": pod_spec,
+    }
+    template = _merge(template, spec.pod_template)
+    body: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": object_name(name), "labels": labels(name)},
+        "spec": {"selector": {"matchLabels": selector(name)}, "template": template,
+                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}},
+    }
+    if not spec.autoscaling.enabled:
+        body["spec"]["replicas"] = spec.replicas  # with an HPA, the HPA owns the count
+    return body
+
+
+def service(name: str, spec: MLBackendSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": object_name(name), "labels": labels(name)},
+        "spec": {"type": spec.service_type, "selector": selector(name),
+                 "ports": [{"name": "http", "port": spec.service_port, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def autoscaler(name: str, spec: MLBackendSpec) -> dict[str, Any] | None:
+    if not spec.autoscaling.enabled:
+        return None
+    a = spec.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": object_name(name), "labels": labels(name)},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(name)},
+                 "minReplicas": a.min_replicas, "maxReplicas": a.max_replicas,
+                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu}}}]},
+    }
+
+
+def backend_url(name: str, namespace: str, spec: MLBackendSpec, cluster_ip: str | None) -> str | None:
+    """The address Label Studio is given: None while it cannot be known yet (no ClusterIP)."""
+    mode = spec.label_studio.address_mode
+    if mode == "URL":
+        return spec.label_studio.address_url
+    if mode == "ServiceDNS":
+        return f"http://{object_name(name)}.{namespace}.svc:{spec.service_port}"
+    if not cluster_ip or cluster_ip == "None":
+        return None
+    return f"http://{cluster_ip}:{spec.service_port}"

@@ -1,0 +1,130 @@
+"""The MLBackend spec as typed data. The CRD's schema defaults and validates; these defaults repeat
+the schema's so a spec read from anywhere (a test, an old object) means the same thing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AddressMode = Literal["ClusterIP", "ServiceDNS", "URL"]
+
+
+class SpecError(ValueError):
+    """The spec cannot be acted on; the message names the field to fix."""
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ProjectRef:
+    id: int | None = None
+    title: str | None = None
+
+    def describe(self) -> str:
+        return f"project {self.id}" if self.id is not None else f"project titled {self.title!r}"
+
+
+@dataclass(frozen=True)
+class LabelStudioSpec:
+    url: str
+    api_key: SecretKeyRef
+    projects: tuple[ProjectRef, ...]
+    title: str = "prelabel"
+    interactive: bool = False
+    timeout_seconds: int = 100
+    address_mode: AddressMode = "ClusterIP"
+    address_url: str | None = None
+
+
+@dataclass(frozen=True)
+class BasicAuthRef:
+    name: str
+    username_key: str = "username"
+    password_key: str = "password"
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    enabled: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 3
+    target_cpu: int = 70
+
+
+@dataclass(frozen=True)
+class MLBackendSpec:
+    label_studio: LabelStudioSpec
+    image: str = "ghcr.io/prelabel/prelabel-backend:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    replicas: int = 1
+    score_threshold: float = 0.5
+    device: str = "cpu"
+    env: tuple[dict[str, Any], ...] = ()
+    resources: dict[str, Any] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] = field(default_factory=dict)
+    service_type: str = "ClusterIP"
+    service_port: int = 9090
+    basic_auth: BasicAuthRef | None = None
+    autoscaling: Autoscaling = field(default_factory=Autoscaling)
+    pod_template: dict[str, Any] = field(default_factory=dict)
+    deletion_policy: Literal["Deregister", "Orphan"] = "Deregister"
+
+    @classmethod
+    def parse(cls, spec: dict[str, Any]) -> MLBackendSpec:
+        ls = spec.get("labelStudio") or {}
+        if not ls.get("url"):
+            raise SpecError("spec.labelStudio.url is required")
+        key = ls.get("apiKeySecretRef") or {}
+        if not key.get("name"):
+            raise SpecError("spec.labelStudio.apiKeySecretRef.name is required")
+        projects = []
+        for i, p in enumerate(ls.get("projects") or []):
+            if ("id" in p) == ("title" in p):
+                raise SpecError(f"spec.labelStudio.projects[{i}] needs exactly one of id or title")
+            projects.append(ProjectRef(id=p.get("id"), title=p.get("title")))
+        if not projects:
+            raise SpecError("spec.labelStudio.projects needs at least one project")
+        address = ls.get("address") or {}
+        model = spec.get("model") or {}
+        service = spec.get("service") or {}
+        auth = spec.get("basicAuthSecretRef")
+        scaling = spec.get("autoscaling") or {}
+        return cls(
+            label_studio=LabelStudioSpec(
+                url=str(ls["url"]).rstrip("/"),
+                api_key=SecretKeyRef(key["name"], key.get("key", "api-key")),
+                projects=tuple(projects),
+                title=ls.get("title", "prelabel"),
+                interactive=bool(ls.get("interactive", False)),
+                timeout_seconds=int(ls.get("timeoutSeconds", 100)),
+                address_mode=address.get("mode", "ClusterIP"),
+                address_url=address.get("url"),
+            ),
+            image=spec.get("image", cls.image),
+            image_pull_policy=spec.get("imagePullPolicy", cls.image_pull_policy),
+            replicas=int(spec.get("replicas", 1)),
+            score_threshold=float(model.get("scoreThreshold", 0.5)),
+            device=model.get("device", "cpu"),
+            env=tuple(model.get("env") or ()),
+            resources=dict(spec.get("resources") or {}),
+            node_selector=dict(spec.get("nodeSelector") or {}),
+            tolerations=tuple(spec.get("tolerations") or ()),
+            affinity=dict(spec.get("affinity") or {}),
+            service_type=service.get("type", "ClusterIP"),
+            service_port=int(service.get("port", 9090)),
+            basic_auth=BasicAuthRef(auth["name"], auth.get("usernameKey", "username"), auth.get("passwordKey", "password")) if auth else None,
+            autoscaling=Autoscaling(
+                enabled=bool(scaling.get("enabled", False)),
+                min_replicas=int(scaling.get("minReplicas", 1)),
+                max_replicas=int(scaling.get("maxReplicas", 3)),
+                target_cpu=int(scaling.get("targetCPUUtilizationPercentage", 70)),
+            ),
+            pod_template=dict(spec.get("podTemplate") or {}),
+            deletion_policy=spec.get("deletionPolicy", "Deregister"),
+        )

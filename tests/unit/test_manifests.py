@@ -1,0 +1,108 @@
+"""Spec parsing and the objects built from it: what the seed's YAML set, the key from its Secret."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from prelabel_operator import manifests
+from prelabel_operator.spec import MLBackendSpec, SpecError
+
+RAW = {"labelStudio": {"url": "http://ls.labeling:8080/", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 3}, {"title": "Cars"}]}}
+
+
+def parsed(**changes) -> MLBackendSpec:  # noqa: ANN003
+    raw = copy.deepcopy(RAW)
+    raw.update(changes)
+    return MLBackendSpec.parse(raw)
+
+
+def env_of(deployment: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_parse_applies_the_schema_defaults() -> None:
+    spec = parsed()
+    ls = spec.label_studio
+    assert ls.url == "http://ls.labeling:8080" and (ls.api_key.name, ls.api_key.key) == ("ls-key", "api-key")
+    assert [p.describe() for p in ls.projects] == ["project 3", "project titled 'Cars'"]
+    assert (ls.title, ls.address_mode, spec.service_port, spec.replicas, spec.deletion_policy) == ("prelabel", "ClusterIP", 9090, 1, "Deregister")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"labelStudio": {"apiKeySecretRef": {"name": "k"}, "projects": [{"id": 1}]}}, "spec.labelStudio.url is required"),
+        ({"labelStudio": {"url": "http://x", "projects": [{"id": 1}]}}, "apiKeySecretRef.name is required"),
+        ({"labelStudio": {"url": "http://x", "apiKeySecretRef": {"name": "k"}, "projects": [{"id": 1, "title": "t"}]}}, r"projects\[0\] needs exactly one"),
+        ({"labelStudio": {"url": "http://x", "apiKeySecretRef": {"name": "k"}, "projects": []}}, "at least one project"),
+    ],
+)
+def test_parse_names_the_field_to_fix(raw: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        MLBackendSpec.parse(raw)
+
+
+def test_deployment_carries_the_seed_settings_with_the_key_from_its_secret() -> None:
+    deployment = manifests.deployment("shapes", parsed(model={"scoreThreshold": 0.3}), "abc123")
+    env = env_of(deployment)
+    assert env["LABEL_STUDIO_URL"] == {"name": "LABEL_STUDIO_URL", "value": "http://ls.labeling:8080"}
+    assert env["LABEL_STUDIO_API_KEY"] == {"name": "LABEL_STUDIO_API_KEY", "valueFrom": {"secretKeyRef": {"name": "ls-key", "key": "api-key"}}}
+    assert env["MODEL_SCORE_THRESHOLD"]["value"] == "0.3"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert deployment["spec"]["template"]["metadata"]["annotations"][manifests.SECRETS_HASH_ANNOTATION] == "abc123"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_pods_are_hardened() -> None:
+    pod = manifests.deployment("shapes", parsed(), "h")["spec"]["template"]["spec"]
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert {"name": "tmp", "mountPath": "/tmp"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_basic_auth_and_extra_env_come_through_and_extra_env_wins() -> None:
+    spec = parsed(basicAuthSecretRef={"name": "auth"}, model={"env": [{"name": "THREADS", "value": "4"}, {"name": "DEVICE", "value": "cuda:1"}]})
+    env = env_of(manifests.deployment("shapes", spec, "h"))
+    assert env["BASIC_AUTH_PASS"]["valueFrom"]["secretKeyRef"] == {"name": "auth", "key": "password"}
+    assert env["THREADS"]["value"] == "4" and env["DEVICE"]["value"] == "cuda:1"
+
+
+def test_secret_hash_changes_with_the_data_and_hides_it() -> None:
+    one = manifests.secrets_hash({"ls-key": {"api-key": "c2VjcmV0"}})
+    two = manifests.secrets_hash({"ls-key": {"api-key": "c2VjcmV1"}})
+    assert one != two and "c2VjcmV0" not in one and len(one) == 16
+
+
+def test_pod_template_escape_hatch_merges_over_the_built_pod() -> None:
+    spec = parsed(podTemplate={"metadata": {"annotations": {"team": "cv"}}, "spec": {"priorityClassName": "high"}}, nodeSelector={"gpu": "yes"})
+    template = manifests.deployment("shapes", spec, "h")["spec"]["template"]
+    assert template["metadata"]["annotations"] == {manifests.SECRETS_HASH_ANNOTATION: "h", "team": "cv"}
+    assert template["spec"]["priorityClassName"] == "high" and template["spec"]["nodeSelector"] == {"gpu": "yes"}
+    assert template["spec"]["containers"][0]["name"] == "backend"
+
+
+def test_autoscaling_owns_the_replica_count() -> None:
+    spec = parsed(autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5})
+    assert "replicas" not in manifests.deployment("shapes", spec, "h")["spec"]
+    hpa = manifests.autoscaler("shapes", spec)
+    assert hpa is not None and (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    assert manifests.autoscaler("shapes", parsed()) is None
+
+
+def test_service_and_the_address_label_studio_is_given() -> None:
+    svc = manifests.service("shapes", parsed(service={"port": 8000}))
+    assert svc["spec"]["ports"][0]["port"] == 8000 and svc["spec"]["selector"] == manifests.selector("shapes")
+    assert manifests.backend_url("shapes", "ml", parsed(), "10.0.0.7") == "http://10.0.0.7:9090"
+    assert manifests.backend_url("shapes", "ml", parsed(), None) is None
+    dns = parsed(labelStudio={**RAW["labelStudio"], "address": {"mode": "ServiceDNS"}})
+    assert manifests.backend_url("shapes", "ml", dns, None) == "http://shapes-backend.ml.svc:9090"
+    url = parsed(labelStudio={**RAW["labelStudio"], "address": {"mode": "URL", "url": "https://ml.example.com"}})
+    assert manifests.backend_url("shapes", "ml", url, "10.0.0.7") == "https://ml.example.com"
