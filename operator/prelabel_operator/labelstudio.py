@@ -1,0 +1,122 @@
+"""Label Studio, through label-studio-sdk: find projects, list/create/update/delete ML-backend
+registrations and the webhooks Label Studio makes for them. I/O only; `registration` decides.
+
+Every error becomes a LabelStudioError whose reason and message a person can act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+from .registration import Desired, Plan, Registration, plan
+from .spec import ProjectRef
+
+
+class LabelStudioError(Exception):
+    def __init__(self, reason: str, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.retryable = reason, message, retryable
+
+
+def _explain(exc: Exception, action: str, url: str) -> LabelStudioError:
+    if isinstance(exc, ApiError):
+        body = str(exc.body)
+        if exc.status_code == 401:
+            return LabelStudioError("Unauthorized", f"Label Studio refused the API key while trying to {action}: check the Secret named in spec.labelStudio.apiKeySecretRef (legacy tokens must be enabled in Label Studio)", False)
+        if exc.status_code == 403 and "reserved network address" in body:
+            return LabelStudioError("BackendAddressBlocked", f"Label Studio refuses backend URLs in private or loopback ranges ({url}): start Label Studio with LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false, or register a public address (spec.labelStudio.address)", False)
+        if exc.status_code == 404:
+            return LabelStudioError("NotFound", f"Label Studio has no such object while trying to {action}", False)
+        if exc.status_code == 400:
+            return LabelStudioError("BackendUnreachable", f"Label Studio could not reach the backend at {url} while trying to {action}: {body[:300]}")
+        return LabelStudioError("LabelStudioError", f"Label Studio answered HTTP {exc.status_code} while trying to {action}: {body[:300]}")
+    return LabelStudioError("LabelStudioUnreachable", f"could not reach Label Studio to {action}: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+@dataclass
+class Client:
+    url: str
+    api_key: str
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        self.sdk = LabelStudio(base_url=self.url, api_key=self.api_key, timeout=self.timeout)
+
+    def _call(self, action: str, fn: Any, *args: Any, backend_url: str = "", **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every failure is turned into a reason
+            raise _explain(exc, action, backend_url) from None
+
+    # -- projects -------------------------------------------------------------------------------
+    def resolve(self, ref: ProjectRef) -> tuple[int, str, str]:
+        """(id, title, labeling config) of a declared project."""
+        if ref.id is not None:
+            project = self._call(f"read project {ref.id}", self.sdk.projects.get, ref.id)
+            return int(project.id), str(project.title or ""), str(project.label_config or "")
+        matches = [p for p in self._call("list projects", lambda: list(self.sdk.projects.list())) if p.title == ref.title]
+        if len(matches) != 1:
+            found = "no project" if not matches else f"{len(matches)} projects"
+            raise LabelStudioError("ProjectNotFound", f"{found} titled {ref.title!r} in Label Studio: fix spec.labelStudio.projects or the title", False)
+        project = self._call(f"read project {matches[0].id}", self.sdk.projects.get, matches[0].id)
+        return int(project.id), str(project.title or ""), str(project.label_config or "")
+
+    # -- registrations --------------------------------------------------------------------------
+    def registrations(self, project_id: int) -> list[Registration]:
+        items = self._call(f"list the ML backends of project {project_id}", self.sdk.ml.list, project=project_id)
+        return [Registration(id=int(m.id), url=str(m.url), title=str(m.title or ""), description=str(m.description or ""),
+                             is_interactive=bool(m.is_interactive), timeout=float(m.timeout or 100.0),
+                             auth_user=getattr(m, "basic_auth_user", None) or None) for m in items]
+
+    def ensure(self, project_id: int, desired: Desired, uid: str, auth_password: str | None = None) -> tuple[int, Plan]:
+        """Makes exactly one registration of ours match `desired`; returns its id and what was done."""
+        decided = plan(self.registrations(project_id), desired, uid)
+        fields: dict[str, Any] = {"url": desired.url, "project": project_id, "title": desired.title, "description": desired.description,
+                                  "is_interactive": desired.is_interactive, "timeout": int(desired.timeout)}
+        if desired.auth_user:
+            fields.update(auth_method="BASIC_AUTH", basic_auth_user=desired.auth_user, basic_auth_pass=auth_password)
+        if decided.create:
+            created = self._call(f"register the backend in project {project_id}", self.sdk.ml.create, backend_url=desired.url, **fields)
+            registration_id = int(created.id)
+        elif decided.update_id is not None:
+            # Label Studio 1.23 answers 500 to an update without url and project: always send both.
+            self._call(f"update registration {decided.update_id}", self.sdk.ml.update, decided.update_id, backend_url=desired.url, **fields)
+            registration_id = decided.update_id
+        else:
+            registration_id = int(decided.keep_id or 0)
+        for extra in decided.delete_ids:
+            self.remove(project_id, extra)
+        return registration_id, decided
+
+    def remove(self, project_id: int, registration_id: int) -> None:
+        """Deletes a registration and the webhook Label Studio made for it (it leaves that behind)."""
+        try:
+            url = str(self.sdk.ml.get(registration_id).url)
+        except ApiError as exc:
+            if exc.status_code == 404:
+                return
+            raise _explain(exc, f"read registration {registration_id}", "") from None
+        except Exception as exc:  # noqa: BLE001
+            raise _explain(exc, f"read registration {registration_id}", "") from None
+        self._call(f"delete registration {registration_id}", self.sdk.ml.delete, registration_id)
+        # The webhook belongs to the URL: keep it while another registration (a kept twin) still uses it.
+        if not any(r.url.rstrip("/") == url.rstrip("/") for r in self.registrations(project_id)):
+            self.remove_webhooks(project_id, url)
+
+    def remove_webhooks(self, project_id: int, backend_url: str) -> int:
+        hooks = self._call(f"list the webhooks of project {project_id}", self.sdk.webhooks.list, project=str(project_id))
+        target = backend_url.rstrip("/") + "/webhook"
+        removed = 0
+        for hook in hooks:
+            if str(hook.url).rstrip("/") == target:
+                self._call(f"delete webhook {hook.id}", self.sdk.webhooks.delete, hook.id)
+                removed += 1
+        return removed
+
+    def set_model_version(self, project_id: int, model_version: str) -> None:
+        """Makes "Retrieve predictions" and the project's prediction view use this backend's output."""
+        self._call(f"set the model version of project {project_id}", self.sdk.projects.update, project_id, model_version=model_version)

@@ -1,0 +1,75 @@
+"""Decisions about ML-backend registrations in Label Studio, as plain functions of what is there.
+
+Label Studio makes no registration idempotent (the same URL twice is two backends), so each
+registration carries a marker in its description naming the MLBackend resource (by UID); after any
+restart the operator finds its own again by that marker, updates it in place, and deletes
+duplicates a crashed create may have left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MARKER_PREFIX = "managed by prelabel: "
+
+
+def marker(namespace: str, name: str, uid: str) -> str:
+    return f"{MARKER_PREFIX}{namespace}/{name} ({uid})"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One ML backend as Label Studio lists it (only the fields the operator manages)."""
+
+    id: int
+    url: str
+    title: str
+    description: str
+    is_interactive: bool = False
+    timeout: float = 100.0
+    auth_user: str | None = None
+
+
+@dataclass(frozen=True)
+class Desired:
+    url: str
+    title: str
+    description: str  # carries the marker
+    is_interactive: bool
+    timeout: float
+    auth_user: str | None = None
+    auth_changed: bool = False  # the basic-auth password rotated: Label Studio never shows it back
+
+
+@dataclass(frozen=True)
+class Plan:
+    create: bool = False
+    update_id: int | None = None
+    keep_id: int | None = None
+    delete_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def registration_id(self) -> int | None:
+        return self.update_id or self.keep_id
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")  # Label Studio treats a trailing slash as another URL
+
+
+def plan(existing: list[Registration], desired: Desired, uid: str) -> Plan:
+    """What to do in one project so exactly one registration, ours, matches `desired`."""
+    ours = sorted((r for r in existing if f"({uid})" in r.description and r.description.startswith(MARKER_PREFIX)), key=lambda r: r.id)
+    if not ours:
+        return Plan(create=True)
+    keep, extra = ours[0], tuple(r.id for r in ours[1:])
+    in_sync = (
+        _same_url(keep.url, desired.url) and keep.title == desired.title and keep.description == desired.description
+        and keep.is_interactive == desired.is_interactive and float(keep.timeout) == float(desired.timeout)
+        and (keep.auth_user or None) == (desired.auth_user or None) and not desired.auth_changed
+    )
+    return Plan(keep_id=keep.id, delete_ids=extra) if in_sync else Plan(update_id=keep.id, delete_ids=extra)
+
+
+def ours(existing: list[Registration], uid: str) -> list[int]:
+    return [r.id for r in existing if r.description.startswith(MARKER_PREFIX) and f"({uid})" in r.description]
