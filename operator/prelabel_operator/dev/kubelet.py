@@ -1,0 +1,90 @@
+"""A stand-in kubelet for the local control plane: for each backend Deployment the operator made
+and kwok marked Available, it runs one real backend process (`python -m prelabel_backend`) bound to
+the Service's ClusterIP and port (a loopback address: see cluster.py), with the container's env
+resolved from the pod template (Secrets included). A changed pod template restarts the process, a
+deleted Deployment stops it. One process per Deployment, not per pod: enough for Label Studio to
+reach the backend at the address the operator registered.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from .backend import BackendProcess
+
+SELECTOR = "app.kubernetes.io/managed-by=prelabel-operator"
+
+
+class BackendKubelet:
+    def __init__(self, kubeconfig: Path, workdir: Path, period: float = 1.0) -> None:
+        api = config.new_client_from_config(str(kubeconfig))
+        self.apps, self.core = client.AppsV1Api(api), client.CoreV1Api(api)
+        self.workdir, self.period = workdir, period
+        self.running: dict[tuple[str, str], tuple[str, BackendProcess]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="backend-kubelet", daemon=True)
+        self.errors: list[str] = []
+
+    def start(self) -> BackendKubelet:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        for _, process in self.running.values():
+            process.stop()
+        self.running.clear()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.sync()
+            except Exception as exc:  # noqa: BLE001 - keep going; tests read .errors
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _env(self, namespace: str, container: Any) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for var in container.env or []:
+            if var.value is not None:
+                env[var.name] = var.value
+            elif var.value_from and var.value_from.secret_key_ref:
+                ref = var.value_from.secret_key_ref
+                secret = self.core.read_namespaced_secret(ref.name, namespace)
+                env[var.name] = base64.b64decode((secret.data or {})[ref.key]).decode()
+        return env
+
+    def sync(self) -> None:
+        seen = set()
+        for deployment in self.apps.list_deployment_for_all_namespaces(label_selector=SELECTOR).items:
+            key = (deployment.metadata.namespace, deployment.metadata.name)
+            ready = (deployment.status.ready_replicas or 0) > 0
+            try:
+                service = self.core.read_namespaced_service(deployment.metadata.name, key[0])
+            except client.ApiException:
+                continue
+            if not ready or not service.spec.cluster_ip:
+                continue
+            seen.add(key)
+            container = deployment.spec.template.spec.containers[0]
+            env = self._env(key[0], container)
+            port = service.spec.ports[0].port
+            env.update({"HOST": service.spec.cluster_ip, "PORT": str(port), "LOG_LEVEL": "WARNING"})
+            identity = json.dumps([env, deployment.spec.template.metadata.annotations], sort_keys=True)
+            current = self.running.get(key)
+            if current and current[0] == identity and current[1].proc.poll() is None:
+                continue
+            if current:
+                current[1].stop()
+            env.pop("MODEL_DIR", None)  # the pod's path; the process gets a folder of its own
+            log = self.workdir / f"{key[0]}-{key[1]}-{len(self.running)}" / "backend.log"
+            process = BackendProcess(env, log, host=service.spec.cluster_ip, port=port)
+            self.running[key] = (identity, process)
+        for key in [k for k in self.running if k not in seen]:
+            self.running.pop(key)[1].stop()

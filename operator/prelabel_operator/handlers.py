@@ -1,0 +1,196 @@
+"""Thin kopf handlers: observe, call the pure builders and decisions, apply, write status and events.
+
+create/update/resume and a resync timer run the same reconcile; delete deregisters (finalizer).
+A Label Studio or API outage is retried with backoff and shown in status, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+import requests
+
+from . import kube, manifests, reconcile
+from .labelstudio import Client, LabelStudioError
+from .registration import Desired, marker, ours
+from .spec import MLBackendSpec, SpecError
+
+GROUP, VERSION, PLURAL = "prelabel.dev", "v1alpha1", "mlbackends"
+RESYNC_SECONDS = float(os.environ.get("PRELABEL_RESYNC_SECONDS", "30"))
+FATAL = {"Unauthorized", "LabelStudioUnreachable"}  # stop trying the other projects this round
+
+
+def backoff(retry: int) -> float:
+    return float(min(300, 5 * 2 ** min(retry, 6)))
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.INFO
+    # Watches end server-side every 5 minutes and are re-established, so a silently dead
+    # connection cannot stall the operator for long.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    settings.persistence.finalizer = "prelabel.dev/deregister"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prelabel.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prelabel.dev", key="last-handled-configuration")
+    settings.execution.max_workers = int(os.environ.get("PRELABEL_MAX_WORKERS", "8"))
+
+
+def _secrets(namespace: str, spec: MLBackendSpec) -> tuple[str, tuple[str, str] | None, str]:
+    """(api key, basic auth, a digest of the referenced Secret data). Raises kube.SecretMissing."""
+    ref = spec.label_studio.api_key
+    data = kube.secret_data(namespace, ref.name)
+    api_key = kube.decode(data, ref.key, f"{namespace}/{ref.name}")
+    digest_input = {ref.name: {ref.key: data[ref.key]}}
+    auth = None
+    if spec.basic_auth:
+        b = spec.basic_auth
+        auth_data = kube.secret_data(namespace, b.name)
+        auth = (kube.decode(auth_data, b.username_key, f"{namespace}/{b.name}"), kube.decode(auth_data, b.password_key, f"{namespace}/{b.name}"))
+        digest_input[b.name] = {b.username_key: auth_data[b.username_key], b.password_key: auth_data[b.password_key]}
+    return api_key, auth, manifests.secrets_hash(digest_input)
+
+
+def _check_config(url: str, project_id: int, label_config: str, auth: tuple[str, str] | None) -> tuple[bool | None, str, str | None]:
+    """Asks the backend itself (POST /setup) whether it serves this labeling config."""
+    try:
+        answer = requests.post(f"{url}/setup", json={"project": f"{project_id}.0", "schema": label_config}, auth=auth, timeout=30)
+    except requests.RequestException as exc:
+        return None, f"backend unreachable for the config check: {type(exc).__name__}", None
+    if answer.status_code == 200:
+        return True, "", answer.json().get("model_version")
+    if answer.status_code == 422:
+        return False, answer.json().get("error", "labeling config not supported"), None
+    return None, f"backend answered HTTP {answer.status_code} to /setup", None
+
+
+def _apply_objects(body: kopf.Body, name: str, namespace: str, spec: MLBackendSpec, digest: str) -> tuple[dict | None, dict | None]:
+    objects = [manifests.deployment(name, spec, digest), manifests.service(name, spec)]
+    hpa = manifests.autoscaler(name, spec)
+    if hpa:
+        objects.append(hpa)
+    for obj in objects:
+        kopf.adopt(obj, owner=body)
+        kube.apply(obj, namespace)
+    if not hpa:
+        kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", manifests.object_name(name), namespace)
+    deployment = kube.get("apps/v1", "Deployment", manifests.object_name(name), namespace)
+    service = kube.get("v1", "Service", manifests.object_name(name), namespace)
+    return deployment, service
+
+
+def _register(body: kopf.Body, observed: reconcile.Observed, spec: MLBackendSpec, api_key: str,
+              auth: tuple[str, str] | None, uid: str, name: str, namespace: str) -> None:
+    assert observed.url
+    client = Client(spec.label_studio.url, api_key)
+    desired = Desired(url=observed.url, title=spec.label_studio.title, description=marker(namespace, name, uid),
+                      is_interactive=spec.label_studio.interactive, timeout=spec.label_studio.timeout_seconds,
+                      auth_user=auth[0] if auth else None)
+    for ref in spec.label_studio.projects:
+        try:
+            project_id, title, label_config = client.resolve(ref)
+            compatible, message, version = _check_config(observed.url, project_id, label_config, auth)
+            if compatible is False:
+                observed.projects.append(reconcile.ProjectStatus(project_id, title, state="Error", message=message, compatible=False))
+                continue
+            observed.model_version = version or observed.model_version
+            registration_id, decided = client.ensure(project_id, desired, uid, auth[1] if auth else None)
+            client.set_model_version(project_id, spec.label_studio.title)
+            if decided.create or decided.update_id or decided.delete_ids:
+                what = "registered" if decided.create else "updated the registration"
+                kopf.info(body, reason="Registered", message=f"{what} {observed.url} in project {project_id} (ML backend {registration_id})")
+            observed.projects.append(reconcile.ProjectStatus(project_id, title, registration_id, "Connected", compatible=compatible))
+        except LabelStudioError as exc:
+            if exc.reason in FATAL:
+                observed.label_studio_error = (exc.reason, exc.message)
+                return
+            observed.projects.append(reconcile.ProjectStatus(ref.id, ref.title, state="Error", message=exc.message))
+
+
+def reconcile_backend(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+                      retry: int, timer: bool = False) -> None:
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    observed = reconcile.Observed(generation=int(meta.get("generation") or 0))
+    previous = list((status or {}).get("conditions") or [])
+    try:
+        parsed = MLBackendSpec.parse(dict(spec))
+    except SpecError as exc:
+        observed.spec_error = str(exc)
+        patch.status.update(reconcile.status(observed, previous))
+        raise kopf.PermanentError(str(exc)) from None
+    try:
+        api_key, auth, digest = _secrets(namespace, parsed)
+    except kube.SecretMissing as exc:
+        observed.secret_error = exc.message
+        patch.status.update(reconcile.status(observed, previous))
+        raise kopf.TemporaryError(exc.message, delay=backoff(retry)) from None
+    deployment, service = _apply_objects(body, name, namespace, parsed, digest)
+    observed.available, observed.available_message = reconcile.deployment_available(deployment)
+    cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
+    observed.url = manifests.backend_url(name, namespace, parsed, cluster_ip)
+    if observed.available and observed.url:
+        _register(body, observed, parsed, api_key, auth, uid, name, namespace)
+    body_status = reconcile.status(observed, previous)
+    patch.status.update(body_status)
+    ready = next(c for c in body_status["conditions"] if c["type"] == "Ready")
+    if ready["status"] != "True" and not timer:
+        # Retried with backoff; the resync timer keeps checking afterwards too.
+        raise kopf.TemporaryError(f"not ready: {ready['reason']}: {ready['message']}", delay=min(backoff(retry), 30))
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def on_change(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, retry: int, **_: Any) -> None:
+    reconcile_backend(body, meta, spec, status, patch, retry)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+    """Drift repair: a registration deleted or edited in Label Studio, a new ClusterIP, a rotated key."""
+    if meta.get("deletionTimestamp"):
+        return
+    try:
+        reconcile_backend(body, meta, spec, status, patch, retry=0, timer=True)
+    except kopf.PermanentError:
+        pass
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Patch, retry: int, **_: Any) -> None:
+    """Removes this resource's registrations (and their webhooks) unless deletionPolicy is Orphan.
+    To let go while Label Studio is unreachable: set spec.deletionPolicy to Orphan."""
+    try:
+        parsed = MLBackendSpec.parse(dict(spec))
+    except SpecError:
+        return  # never registered anything
+    if parsed.deletion_policy == "Orphan":
+        kopf.info(body, reason="Orphaned", message="left the Label Studio registrations in place (deletionPolicy: Orphan)")
+        return
+    hint = "; to let go without deregistering, set spec.deletionPolicy: Orphan"
+    try:
+        api_key, _, _ = _secrets(meta["namespace"], parsed)
+        client = Client(parsed.label_studio.url, api_key)
+        removed = 0
+        for ref in parsed.label_studio.projects:
+            try:
+                project_id, _, _ = client.resolve(ref)
+            except LabelStudioError as exc:
+                if exc.reason == "ProjectNotFound":
+                    continue
+                raise
+            for registration_id in ours(client.registrations(project_id), meta["uid"]):
+                client.remove(project_id, registration_id)
+                removed += 1
+    except kube.SecretMissing as exc:
+        raise kopf.TemporaryError(exc.message + hint, delay=backoff(retry)) from None
+    except LabelStudioError as exc:
+        patch.status["conditions"] = [{"type": "Ready", "status": "False", "reason": "Deregistering", "message": exc.message + hint}]
+        raise kopf.TemporaryError(exc.message + hint, delay=backoff(retry)) from None
+    kopf.info(body, reason="Deregistered", message=f"removed {removed} registration(s) from Label Studio")

@@ -1,0 +1,122 @@
+"""What the resource's status says, as plain functions of what the operator observed.
+
+Conditions: Available (the Deployment), Registered (Label Studio), ConfigCompatible (every
+project's labeling config has a control the backend serves), and Ready (all three True).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+CONDITION_TYPES = ("Available", "Registered", "ConfigCompatible")
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True", "False", "Unknown"
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ProjectStatus:
+    id: int | None
+    title: str | None
+    ml_backend_id: int | None = None
+    state: str = "Pending"  # Connected, Error, Pending
+    message: str = ""
+    compatible: bool | None = None
+
+
+@dataclass
+class Observed:
+    generation: int
+    spec_error: str | None = None
+    secret_error: str | None = None
+    available: bool = False
+    available_message: str = "waiting for the Deployment"
+    url: str | None = None
+    model_version: str | None = None
+    projects: list[ProjectStatus] = field(default_factory=list)
+    label_studio_error: tuple[str, str] | None = None  # (reason, message)
+
+
+def deployment_available(deployment: dict[str, Any] | None) -> tuple[bool, str]:
+    if not deployment:
+        return False, "the Deployment does not exist yet"
+    status = deployment.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Available":
+            ready = int(status.get("readyReplicas") or 0)
+            wanted = int((deployment.get("spec") or {}).get("replicas") or 0)
+            if cond.get("status") == "True" and ready > 0:
+                return True, f"{ready}/{wanted} backend pods ready"
+            return False, cond.get("message") or f"{ready}/{wanted} backend pods ready"
+    return False, "the Deployment has not reported availability yet"
+
+
+def conditions(observed: Observed) -> list[Condition]:
+    if observed.spec_error:
+        return [Condition(t, "False", "InvalidSpec", observed.spec_error) for t in CONDITION_TYPES]
+    if observed.secret_error:
+        return [Condition(t, "False", "SecretMissing", observed.secret_error) for t in CONDITION_TYPES]
+    available = Condition("Available", "True" if observed.available else "False",
+                          "DeploymentAvailable" if observed.available else "DeploymentNotAvailable", observed.available_message)
+    projects = observed.projects
+    if observed.label_studio_error:
+        reason, message = observed.label_studio_error
+        registered = Condition("Registered", "False", reason, message)
+    elif not observed.available or not observed.url:
+        registered = Condition("Registered", "Unknown", "WaitingForBackend", "registers once the backend is available and has an address")
+    elif projects and all(p.state == "Connected" for p in projects):
+        registered = Condition("Registered", "True", "Registered", f"registered at {observed.url} in {len(projects)} project(s)")
+    else:
+        failing = [p for p in projects if p.state != "Connected"]
+        registered = Condition("Registered", "False", "RegistrationFailed", "; ".join(f"project {p.id or p.title}: {p.message}" for p in failing))
+    incompatible = [p for p in projects if p.compatible is False]
+    unknown = any(p.compatible is None for p in projects)
+    if incompatible:
+        compat = Condition("ConfigCompatible", "False", "IncompatibleLabelConfig", "; ".join(f"project {p.id}: {p.message}" for p in incompatible))
+    elif unknown or not projects:
+        compat = Condition("ConfigCompatible", "Unknown", "NotChecked", "checked once the backend is available")
+    else:
+        compat = Condition("ConfigCompatible", "True", "Compatible", "every project's labeling config has controls the backend serves")
+    return [available, registered, compat]
+
+
+def ready(conds: list[Condition]) -> Condition:
+    not_true = [c for c in conds if c.status != "True"]
+    if not not_true:
+        return Condition("Ready", "True", "Ready", "the backend is running and registered in every project")
+    first = not_true[0]
+    return Condition("Ready", "False", first.reason, first.message)
+
+
+def status(observed: Observed, previous: list[dict[str, Any]] | None, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The status subresource body; lastTransitionTime moves only when a condition's status changes."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    before = {c.get("type"): c for c in previous or []}
+    conds = conditions(observed)
+    rendered = []
+    for c in [ready(conds), *conds]:
+        old = before.get(c.type)
+        changed = old is None or old.get("status") != c.status
+        rendered.append({"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
+                         "observedGeneration": observed.generation,
+                         "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if changed else old.get("lastTransitionTime")})
+    connected = sum(1 for p in observed.projects if p.state == "Connected")
+    body: dict[str, Any] = {
+        "observedGeneration": observed.generation,
+        "conditions": rendered,
+        "projectsSummary": f"{connected}/{len(observed.projects)}" if observed.projects else "0/0",
+        "projects": [{k: v for k, v in {"id": p.id, "title": p.title, "mlBackendId": p.ml_backend_id, "state": p.state,
+                                         "message": p.message}.items() if v not in (None, "")} for p in observed.projects],
+    }
+    if observed.url:
+        body["url"] = observed.url
+    if observed.model_version:
+        body["modelVersion"] = observed.model_version
+    return body

@@ -1,0 +1,156 @@
+"""The operator on a real control plane with a real Label Studio: apply -> Deployment and Service
+as the seed's YAML had them (key from its Secret) -> Ready -> registered exactly once -> Label
+Studio reaches the backend at its ClusterIP and stores predictions; drift repaired; a restart
+makes no duplicate; delete removes registration and webhook."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prelabel_backend import synthetic
+from prelabel_operator.dev.cluster import free_port
+from prelabel_operator.dev.kubelet import BackendKubelet
+from tests.conftest import REPO, SEED_CONFIG, scenes
+
+pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
+
+
+class Operator:
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig, self.log = kubeconfig, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PRELABEL_RESYNC_SECONDS": "5"}
+        with self.log.open("ab") as handle:
+            self.proc = subprocess.Popen([sys.executable, "-m", "prelabel_operator", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+                                         env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def env(cluster, label_studio, tmp_path_factory) -> Iterator:  # noqa: ANN001
+    cluster.kubectl("apply", "-f", str(REPO / "crds" / "mlbackend.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/mlbackends.prelabel.dev", "--timeout=30s")
+    work = tmp_path_factory.mktemp("operator")
+    kubelet = BackendKubelet(cluster.kubeconfig, work).start()
+    operator = Operator(cluster.kubeconfig, work / "operator.log").start()
+    yield cluster, operator, kubelet
+    operator.stop()
+    kubelet.stop()
+    if kubelet.errors:
+        print("kubelet errors:", kubelet.errors[-5:])
+    print("operator log tail:\n", (work / "operator.log").read_text()[-3000:])
+
+
+def wait_for(what: str, check, timeout: float = 120):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def status_of(cluster, ns: str, name: str) -> dict:  # noqa: ANN001
+    out = cluster.kubectl("get", "mlb", name, "-n", ns, "-o", "json", check=False)
+    return json.loads(out.stdout).get("status", {}) if out.returncode == 0 else {}
+
+
+def condition(status: dict, kind: str) -> dict:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_client) -> None:  # noqa: ANN001
+    cluster, operator, kubelet = env
+    ns = f"ml-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
+    project = ls_client.projects.create(title=f"operator project {ns}", label_config=SEED_CONFIG)
+    resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": ns},
+                "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": project.id}]},
+                         "model": {"scoreThreshold": 0.3}, "image": "prelabel-backend:test"}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
+
+    status = wait_for("Ready", lambda: (s := status_of(cluster, ns, "shapes")) and condition(s, "Ready").get("status") == "True" and s)
+    deployment = json.loads(cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, "-o", "json").stdout)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env_vars = {e["name"]: e for e in container["env"]}
+    assert env_vars["LABEL_STUDIO_URL"]["value"] == label_studio.url
+    assert env_vars["LABEL_STUDIO_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "ls-key", "key": "api-key"}
+    assert env_vars["MODEL_SCORE_THRESHOLD"]["value"] == "0.3"
+    assert deployment["metadata"]["ownerReferences"][0]["kind"] == "MLBackend"
+    assert label_studio.token not in json.dumps(deployment) and label_studio.token not in json.dumps(status)
+    cluster_ip = cluster.kubectl("get", "service", "shapes-backend", "-n", ns, "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert status["url"] == f"http://{cluster_ip}:9090"
+    assert status["projectsSummary"] == "1/1" and status["observedGeneration"] == 1
+    registrations = list(ls_client.ml.list(project=project.id))
+    assert [(m.url, m.state) for m in registrations] == [(status["url"], "CO")]
+
+    # Label Studio reaches the backend at its ClusterIP and stores its predictions.
+    batch = scenes(501, 3)
+    task_ids = list(label_studio.upload_images(project.id, {f"op-{i}.png": synthetic.encode_png(s.image) for i, s in enumerate(batch)}).values())
+    ls_client.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": False, "included": task_ids})
+    stored = {t: list(ls_client.predictions.list(task=t)) for t in task_ids}
+    assert all(len(p) == 1 and p[0].result for p in stored.values()), stored
+
+    # Drift: the registration deleted in the UI comes back within a resync period.
+    ls_client.ml.delete(registrations[0].id)
+    restored = wait_for("re-registration", lambda: [m for m in ls_client.ml.list(project=project.id) if m.url == status["url"]], 60)
+    assert len(restored) == 1
+
+    # The operator killed and restarted leaves no duplicate.
+    operator.kill()
+    operator.start()
+    time.sleep(15)
+    assert len(list(ls_client.ml.list(project=project.id))) == 1
+
+    # Delete: the finalizer removes the registration and its webhook; children are garbage-collected.
+    cluster.kubectl("delete", "mlb", "shapes", "-n", ns, "--timeout=90s")
+    assert list(ls_client.ml.list(project=project.id)) == []
+    assert not [h for h in ls_client.webhooks.list(project=str(project.id)) if h.url.startswith(status["url"])]
+    wait_for("garbage collection", lambda: cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, check=False).returncode != 0, 60)
+
+
+def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, ls_client) -> None:  # noqa: ANN001
+    cluster, _, _ = env
+    ns = f"ml-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    text = ls_client.projects.create(title=f"text {ns}", label_config='<View><Text name="t" value="$text"/><Labels name="l" toName="t"><Label value="PER"/></Labels></View>')
+    resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "texts", "namespace": ns},
+                "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "absent"}, "projects": [{"id": text.id}]}}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
+    ready = wait_for("SecretMissing", lambda: (c := condition(status_of(cluster, ns, "texts"), "Ready")).get("reason") == "SecretMissing" and c)
+    assert "Secret " + ns + "/absent does not exist" in ready["message"]
+
+    cluster.kubectl("create", "secret", "generic", "absent", "-n", ns, f"--from-literal=api-key={label_studio.token}")
+    compat = wait_for("IncompatibleLabelConfig", lambda: (c := condition(status_of(cluster, ns, "texts"), "ConfigCompatible")).get("reason") == "IncompatibleLabelConfig" and c)
+    assert compat["status"] == "False" and "found Labels" in compat["message"]
+    assert list(ls_client.ml.list(project=text.id)) == []
+    cluster.kubectl("delete", "mlb", "texts", "-n", ns, "--timeout=90s")
