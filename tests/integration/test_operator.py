@@ -93,8 +93,10 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     cluster.kubectl("create", "namespace", ns)
     cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
     project = ls_client.projects.create(title=f"operator project {ns}", label_config=SEED_CONFIG)
+    second = ls_client.projects.create(title=f"second project {ns}", label_config=SEED_CONFIG)
+    projects = [{"id": project.id}, {"title": second.title}]  # one backend, two projects: by id and by title
     resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": ns},
-                "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": project.id}]},
+                "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": projects},
                          "model": {"scoreThreshold": 0.3}, "image": "prelabel-backend:test"}}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
 
@@ -109,9 +111,11 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     assert label_studio.token not in json.dumps(deployment) and label_studio.token not in json.dumps(status)
     cluster_ip = cluster.kubectl("get", "service", "shapes-backend", "-n", ns, "-o", "jsonpath={.spec.clusterIP}").stdout
     assert status["url"] == f"http://{cluster_ip}:9090"
-    assert status["projectsSummary"] == "1/1" and status["observedGeneration"] == 1
+    assert status["projectsSummary"] == "2/2" and status["observedGeneration"] == 1
     registrations = list(ls_client.ml.list(project=project.id))
     assert [(m.url, m.state) for m in registrations] == [(status["url"], "CO")]
+    assert [(m.url, m.state) for m in ls_client.ml.list(project=second.id)] == [(status["url"], "CO")]
+    assert {p["id"]: p["state"] for p in status["projects"]} == {project.id: "Connected", second.id: "Connected"}
 
     # Label Studio reaches the backend at its ClusterIP and stores its predictions.
     batch = scenes(501, 3)
@@ -125,15 +129,33 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     restored = wait_for("re-registration", lambda: [m for m in ls_client.ml.list(project=project.id) if m.url == status["url"]], 60)
     assert len(restored) == 1
 
+    # A spec update is applied to the Deployment and reported for its generation.
+    cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"model": {"scoreThreshold": 0.4}}}')
+    wait_for("the new threshold", lambda: "0.4" in cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, "-o",
+             "jsonpath={.spec.template.spec.containers[0].env[?(@.name=='MODEL_SCORE_THRESHOLD')].value}").stdout, 60)
+    wait_for("generation 2", lambda: status_of(cluster, ns, "shapes").get("observedGeneration") == 2, 60)
+
+    # A rotated key rolls the pods (the template's secrets hash changes), and the backend keeps serving.
+    def secrets_hash() -> str:
+        return cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, "-o",
+                               "jsonpath={.spec.template.metadata.annotations.prelabel\\.dev/secrets-hash}").stdout
+    before = secrets_hash()
+    rotated = ls_client.tokens.create().token  # a personal access token replaces the legacy one
+    cluster.kubectl("apply", "-f", "-", input=cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={rotated}",
+                                                             "--dry-run=client", "-o", "yaml").stdout)
+    wait_for("a rollout for the rotated key", lambda: secrets_hash() not in ("", before), 60)
+    wait_for("Ready after rotation", lambda: condition(status_of(cluster, ns, "shapes"), "Ready").get("status") == "True", 90)
+
     # The operator killed and restarted leaves no duplicate.
     operator.kill()
     operator.start()
     time.sleep(15)
     assert len(list(ls_client.ml.list(project=project.id))) == 1
+    assert len(list(ls_client.ml.list(project=second.id))) == 1
 
     # Delete: the finalizer removes the registration and its webhook; children are garbage-collected.
     cluster.kubectl("delete", "mlb", "shapes", "-n", ns, "--timeout=90s")
-    assert list(ls_client.ml.list(project=project.id)) == []
+    assert list(ls_client.ml.list(project=project.id)) == [] and list(ls_client.ml.list(project=second.id)) == []
     assert not [h for h in ls_client.webhooks.list(project=str(project.id)) if h.url.startswith(status["url"])]
     wait_for("garbage collection", lambda: cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, check=False).returncode != 0, 60)
 
