@@ -29,7 +29,7 @@ test: env cluster label-studio  ## every test: unit, then integration on real La
 test-unit: env
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-demo: env label-studio  ## pre-label a demo project in a real Label Studio with the embedded models
+demo: env cluster label-studio  ## the whole product locally: Kubernetes, Label Studio, operator, backend; pre-labels a demo project
 	$(PY) -m prelabel_operator.dev.demo
 
 bench: env  ## the backend's /predict throughput beside raw ultralytics, in one run

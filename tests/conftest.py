@@ -34,10 +34,10 @@ def store(settings: Settings):  # noqa: ANN201
     return ModelStore(settings)
 
 
-def scenes(seed: int, count: int, **kwargs) -> list[synthetic.Scene]:  # noqa: ANN003
-    """Fresh scenes: the training data used seed 0, tests use other seeds."""
+def scenes(seed: int, n: int, **kwargs) -> list[synthetic.Scene]:  # noqa: ANN003
+    """n fresh scenes: the training data used seed 0, tests use other seeds."""
     rng = np.random.default_rng(seed)
-    return [synthetic.make_scene(rng, **kwargs) for _ in range(count)]
+    return [synthetic.make_scene(rng, **kwargs) for _ in range(n)]
 
 
 @pytest.fixture

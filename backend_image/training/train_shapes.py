@@ -40,7 +40,7 @@ TASKS = {
     "obb": ("yolov8-obb.yaml", 192, 500, 40, True),
     "segment": ("yolov8-seg.yaml", 192, 500, 35, False),
     "pose": ("yolov8-pose.yaml", 192, 500, 40, False),
-    "classify": ("yolov8-cls.yaml", 96, 500, 20, False),
+    "classify": ("yolov8-cls.yaml", 96, 500, 40, False),
 }
 
 
@@ -130,6 +130,8 @@ def train(task: str, epochs: int | None, out: Path) -> dict:
             data=str(data), epochs=epochs or default_epochs, imgsz=imgsz, batch=16, workers=1, seed=0,
             deterministic=True, mosaic=0.0, fliplr=0.0, device="cpu", project=str(root / "runs"),
             name=task, plots=False, verbose=False, amp=False, patience=1000, val=False, cache="ram",
+            # Random erasing and RandAugment can wipe out the one small shape a classify image holds.
+            **({"erasing": 0.0, "auto_augment": None} if task == "classify" else {}),
         )
         seconds = time.monotonic() - started
         best = Path(model.trainer.last)  # val=False during training: the last epoch is the model

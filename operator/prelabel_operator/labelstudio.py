@@ -22,9 +22,19 @@ class LabelStudioError(Exception):
         self.reason, self.message, self.retryable = reason, message, retryable
 
 
+def _detail(body: Any) -> str:
+    """Label Studio's own words from an error body (its validation errors), not the whole dump."""
+    if isinstance(body, dict):
+        errors = body.get("validation_errors") or {}
+        if isinstance(errors, dict) and errors:
+            return " ".join(str(m) for messages in errors.values() for m in (messages if isinstance(messages, list) else [messages]))
+        return str(body.get("detail") or body)
+    return str(body)
+
+
 def _explain(exc: Exception, action: str, url: str) -> LabelStudioError:
     if isinstance(exc, ApiError):
-        body = str(exc.body)
+        body = _detail(exc.body)
         if exc.status_code == 401:
             return LabelStudioError("Unauthorized", f"Label Studio refused the API key while trying to {action}: check the Secret named in spec.labelStudio.apiKeySecretRef (legacy tokens must be enabled in Label Studio)", False)
         if exc.status_code == 403 and "reserved network address" in body:

@@ -6,50 +6,19 @@ makes no duplicate; delete removes registration and webhook."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
 
 from prelabel_backend import synthetic
-from prelabel_operator.dev.cluster import free_port
 from prelabel_operator.dev.kubelet import BackendKubelet
+from prelabel_operator.dev.operator_process import OperatorProcess
 from tests.conftest import REPO, SEED_CONFIG, scenes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
-
-
-class Operator:
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        self.kubeconfig, self.log = kubeconfig, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Operator:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PRELABEL_RESYNC_SECONDS": "5"}
-        with self.log.open("ab") as handle:
-            self.proc = subprocess.Popen([sys.executable, "-m", "prelabel_operator", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
-                                         env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +27,7 @@ def env(cluster, label_studio, tmp_path_factory) -> Iterator:  # noqa: ANN001
     cluster.kubectl("wait", "--for=condition=Established", "crd/mlbackends.prelabel.dev", "--timeout=30s")
     work = tmp_path_factory.mktemp("operator")
     kubelet = BackendKubelet(cluster.kubeconfig, work).start()
-    operator = Operator(cluster.kubeconfig, work / "operator.log").start()
+    operator = OperatorProcess(cluster.kubeconfig, work / "operator.log").start()
     yield cluster, operator, kubelet
     operator.stop()
     kubelet.stop()

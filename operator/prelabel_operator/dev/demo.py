@@ -1,14 +1,16 @@
-"""`make demo`: pre-label a demo project end to end on this machine, with the embedded models.
+"""`make demo`: the whole product on this machine, no Docker, no cluster, no internet.
 
-Starts a real Label Studio (its own venv, SQLite, 127.0.0.1) and the YOLO backend, creates a project
-with the seed's labeling config and 20 generated images, registers the backend as the project's ML
-backend through label-studio-sdk, retrieves predictions, and prints what Label Studio stored.
-`--keep` leaves both running (Ctrl-C stops them) so you can look at the boxes in the UI.
+Starts a real Kubernetes control plane (local processes, built from Go modules and cached), a real
+Label Studio, the operator, and a stand-in kubelet that runs the YOLO backend on its Service's
+ClusterIP; creates a project with the seed's labeling config and 20 generated images; applies an
+MLBackend; waits until it is Ready; retrieves predictions; prints what Label Studio stored.
+`--keep` leaves everything running (Ctrl-C stops it) so you can look at the boxes in the UI.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 SEED_LABEL_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -25,65 +28,102 @@ SEED_LABEL_CONFIG = """<View>
     <Label value="Triangle" background="green" predicted_values="triangle"/>
   </RectangleLabels>
 </View>"""
+NAMESPACE = "prelabel-demo"
+REPO = Path(__file__).resolve().parents[3]
 
 
-def step(message: str, started: float) -> None:
-    print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+class Progress:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def wait_ready(cluster, step: Progress, timeout: float = 300) -> dict:  # noqa: ANN001
+    """Shows each condition change until Ready=True; returns the status."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        out = cluster.kubectl("get", "mlb", "shapes", "-n", NAMESPACE, "-o", "json", check=False)
+        status = json.loads(out.stdout).get("status", {}) if out.returncode == 0 else {}
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+        shown = (ready or {}).get("reason"), (ready or {}).get("message")
+        if ready and shown != last:
+            step(f"MLBackend Ready={ready['status']} ({ready['reason']}): {ready['message']}")
+            last = shown
+        if ready and ready["status"] == "True":
+            return status
+        time.sleep(1)
+    raise TimeoutError("the MLBackend did not become Ready: see its status (kubectl describe mlb shapes)")
 
 
 def run(images: int, keep: bool) -> int:
     from label_studio_sdk import LabelStudio as Client
     from prelabel_backend import synthetic
 
-    from .backend import BackendProcess
+    from .cluster import LocalCluster, build
+    from .kubelet import BackendKubelet
     from .labelstudio import LabelStudio
+    from .operator_process import OperatorProcess
 
-    started = time.monotonic()
+    step = Progress()
     work = Path(tempfile.mkdtemp(prefix="prelabel-demo-"))
-    step("starting Label Studio (first run installs it: a few minutes; first start ~70 s)", started)
-    ls = LabelStudio(workdir=work / "label-studio").start()
-    backend = None
+    step("building the control plane (cached; first time about 15 minutes)")
+    cluster = LocalCluster(build(), workdir=work / "cluster", with_controllers=True)
+    ls = LabelStudio(workdir=work / "label-studio")
+    kubelet = operator = None
     try:
-        step(f"Label Studio is up at {ls.url}; starting the YOLO backend", started)
-        backend = BackendProcess({"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token}, work / "backend" / "backend.log").wait_ready()
+        cluster.start()
+        step(f"Kubernetes is up at {cluster.server} (kubeconfig {cluster.kubeconfig}); starting Label Studio (first start ~70 s)")
+        ls.start()
         client = Client(base_url=ls.url, api_key=ls.token)
         project = client.projects.create(title="Prelabel demo: shapes", label_config=SEED_LABEL_CONFIG)
         rng = np.random.default_rng(2026)
         scenes = [synthetic.make_scene(rng) for _ in range(images)]
-        pngs = {f"demo-{i:02d}.png": synthetic.encode_png(scene.image) for i, scene in enumerate(scenes)}
-        task_ids = list(ls.upload_images(project.id, pngs).values())
-        step(f"project {project.id} has {len(task_ids)} tasks; registering the backend at {backend.url}", started)
-        ml = client.ml.create(project=project.id, url=backend.url, title="prelabel-yolo", is_interactive=False)
-        step(f"registered ML backend {ml.id} (state {ml.state}); retrieving predictions", started)
+        task_ids = list(ls.upload_images(project.id, {f"demo-{i:02d}.png": synthetic.encode_png(s.image) for i, s in enumerate(scenes)}).values())
+        step(f"Label Studio is up at {ls.url}: project {project.id} with {len(task_ids)} tasks; starting the operator")
+        cluster.kubectl("apply", "-f", str(REPO / "crds" / "mlbackend.yaml"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/mlbackends.prelabel.dev", "--timeout=60s")
+        kubelet = BackendKubelet(cluster.kubeconfig, work / "pods").start()
+        operator = OperatorProcess(cluster.kubeconfig, work / "operator.log").start()
+        cluster.kubectl("create", "namespace", NAMESPACE)
+        cluster.kubectl("create", "secret", "generic", "label-studio", "-n", NAMESPACE, f"--from-literal=api-key={ls.token}")
+        resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": NAMESPACE},
+                    "spec": {"labelStudio": {"url": ls.url, "apiKeySecretRef": {"name": "label-studio"}, "projects": [{"id": project.id}]}}}
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
+        step("applied MLBackend prelabel-demo/shapes; waiting for it to be Ready")
+        status = wait_ready(cluster, step)
+        step(f"registered at {status['url']}; retrieving predictions for {len(task_ids)} tasks")
         client.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": False, "included": task_ids})
-        counts = []
-        for task_id in task_ids:
-            predictions = list(client.predictions.list(task=task_id))
-            counts.append(sum(len(p.result) for p in predictions))
+        counts = [sum(len(p.result) for p in client.predictions.list(task=t)) for t in task_ids]
         with_prediction = sum(1 for c in counts if c)
+        shapes = sum(len(s.shapes) for s in scenes)
         print(f"\nLabel Studio: {ls.url}   login: {ls.username} / {ls.password}")
-        shapes = sum(len(scene.shapes) for scene in scenes)
-        print(f"project {project.id}: {with_prediction}/{len(task_ids)} tasks pre-labeled, {sum(counts)} boxes for {shapes} drawn shapes")
-        print(f"boxes per task: {counts}")
-        print(f"time: {time.monotonic() - started:.1f}s")
+        print(f"project {project.id}: {with_prediction}/{len(task_ids)} tasks pre-labeled by the backend at {status['url']}, "
+              f"{sum(counts)} boxes for {shapes} drawn shapes")
+        print(f"kubectl --kubeconfig {cluster.kubeconfig} get mlb -n {NAMESPACE}")
+        print(f"time: {time.monotonic() - step.started:.1f}s")
         if keep:
-            print("\nLabel Studio and the backend keep running; Ctrl-C stops them.")
+            print("\nEverything keeps running; Ctrl-C stops it.")
             while True:
                 time.sleep(3600)
         return 0 if with_prediction == len(task_ids) else 1
     except KeyboardInterrupt:
         return 0
     finally:
-        if backend is not None:
-            backend.stop()
+        if operator is not None:
+            operator.stop()
+        if kubelet is not None:
+            kubelet.stop()
         ls.stop()
+        cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--keep", action="store_true", help="leave Label Studio and the backend running")
+    parser.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
     args = parser.parse_args()
     sys.exit(run(args.images, args.keep))
 

@@ -1,0 +1,40 @@
+"""The operator (`python -m prelabel_operator`) as a local process against a kubeconfig."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .cluster import free_port
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log: Path, resync_seconds: float = 5) -> None:
+        self.kubeconfig, self.log, self.resync_seconds = kubeconfig, log, resync_seconds
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PRELABEL_RESYNC_SECONDS": str(self.resync_seconds)}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as handle:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "prelabel_operator", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+                env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as a crashed or evicted operator pod."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
