@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +64,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed requests per (size, concurrency) cell")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--model", choices=["shapes", "yolov8n"], default="yolov8n",
+                        help="shapes: the packaged 0.35 M-parameter model at 192 px; yolov8n: the yolov8n architecture "
+                             "at 640 px with random weights (nothing can be downloaded here; speed is what matters)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(7)
@@ -69,16 +74,22 @@ def main() -> None:
     pngs = {f"/img/{i}.png": synthetic.encode_png(s.image) for i, s in enumerate(scenes)}
     httpd = serve(pngs)
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / "prelabel-bench-backend.log"
-    backend = BackendProcess({"MEDIA_ALLOWED_HOSTS": "127.0.0.1", "MEDIA_CACHE_ITEMS": "0", "LOG_LEVEL": "WARNING"}, log)
+    work = Path(tempfile.mkdtemp(prefix="prelabel-bench-"))
+    offline.configure()
+    import torch
+    from ultralytics import YOLO
+
+    weights = PACKAGED_WEIGHTS / "shapes-detect.pt"
+    if args.model == "yolov8n":
+        weights = work / "yolov8n-random.pt"
+        YOLO("yolov8n.yaml").save(str(weights))
+    env = {"MEDIA_ALLOWED_HOSTS": "127.0.0.1", "MEDIA_CACHE_ITEMS": "0", "LOG_LEVEL": "WARNING",
+           "MODEL_ROOT": str(weights.parent), "MODEL_DETECT": weights.name}
+    backend = BackendProcess(env, work / "backend.log")
     try:
         backend.wait_ready()
-        offline.configure()
-        import torch
-        from ultralytics import YOLO
-
-        model = YOLO(str(PACKAGED_WEIGHTS / "shapes-detect.pt"))
-        imgsz = model.overrides.get("imgsz")
+        model = YOLO(str(weights))
+        imgsz = model.overrides.get("imgsz") or 640
         model.predict([scenes[0].image], imgsz=imgsz, verbose=False)  # warm-up (resets torch threads)
         torch.set_num_threads(os.cpu_count() or 1)
 
@@ -96,8 +107,8 @@ def main() -> None:
             return time.perf_counter() - started
 
         request(4, 0)  # warm the backend's pools
-        print(f"images {args.width}x{args.height} PNG, model shapes-detect.pt at imgsz {imgsz}, {os.cpu_count()} cores, repeats {args.repeats}")
-        print(f"{'tasks':>5} {'conc':>4} {'img/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'raw p50 ms':>10} {'p50/raw':>8}")
+        print(f"images {args.width}x{args.height} PNG, model {args.model} at imgsz {imgsz}, {os.cpu_count()} cores, repeats {args.repeats}")
+        print(f"{'tasks':>5} {'conc':>4} {'img/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'raw p50 ms':>10} {'p50/raw':>8} {'raw img/s':>9} {'img/s/raw':>9}")
         for n in SIZES:
             for c in CONCURRENCY:
                 raw_times = [raw(n) for _ in range(args.repeats)]
@@ -109,10 +120,12 @@ def main() -> None:
                 wall = time.perf_counter() - started
                 raw_p50 = statistics.median(raw_times)
                 print(f"{n:>5} {c:>4} {n * len(latencies) / wall:>7.1f} {pct(latencies, 50) * 1000:>8.1f} {pct(latencies, 99) * 1000:>8.1f} "
-                      f"{raw_p50 * 1000:>10.1f} {statistics.median(latencies) / raw_p50:>8.2f}", flush=True)
+                      f"{raw_p50 * 1000:>10.1f} {statistics.median(latencies) / raw_p50:>8.2f} {n / raw_p50:>9.1f} "
+                      f"{n * len(latencies) / wall / (n / raw_p50):>9.2f}", flush=True)
     finally:
         backend.stop()
         httpd.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
