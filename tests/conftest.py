@@ -71,6 +71,12 @@ def ls_client(label_studio):  # noqa: ANN001, ANN201
     return Client(base_url=label_studio.url, api_key=label_studio.token)
 
 
+@pytest.fixture(scope="session")
+def personal_access_token(ls_client) -> str:  # noqa: ANN001
+    """The admin's personal access token: Label Studio allows one valid token per user, so it is shared."""
+    return str(ls_client.tokens.create().token)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
     report = yield

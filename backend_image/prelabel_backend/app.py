@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import threading
@@ -54,6 +55,14 @@ class Backend:
     def load_defaults(self) -> None:
         """Loads every default model that exists, so the first request pays no load time."""
         loaded, missing = [], []
+        if self.settings.model_weights:
+            try:
+                task = self.store.get(self.settings.model_weights).task
+            except ConfigError as exc:
+                self.state, self.reason = "ERROR", f"MODEL_WEIGHTS: {exc}"
+                return
+            defaults = {**self.settings.default_models, task: self.settings.model_weights}
+            self.settings = dataclasses.replace(self.settings, default_models=defaults)
         for task, model_file in self.settings.default_models.items():
             try:
                 model = self.store.get(model_file)

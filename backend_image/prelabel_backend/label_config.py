@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from defusedxml import ElementTree
 
-from .settings import Settings
+from .settings import PACKAGED_WEIGHTS, Settings
 
 # control tag -> the kind of model it needs, and the object tags it can label
 SUPPORTED: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -198,8 +198,6 @@ def parse(xml: str, settings: Settings) -> LabelConfig:
 
 def model_path(settings: Settings, model_file: str) -> Path:
     """Where a model file lives: under MODEL_ROOT, else among the packaged weights. Never outside."""
-    from .settings import PACKAGED_WEIGHTS
-
     for root in (settings.model_root, PACKAGED_WEIGHTS):
         base = root.resolve()
         candidate = (base / model_file).resolve()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import results
-from .label_config import LabelConfig
+from .label_config import ConfigError, LabelConfig
 from .media import MediaError, MediaFetcher
 from .metrics import Metrics
 from .models import ModelStore
@@ -50,14 +50,11 @@ class Predictor:
 
     def check(self, config: LabelConfig) -> None:
         """Loads every model the config needs and checks it fits its control (raises ConfigError)."""
-        from .label_config import ConfigError
-
         for control in config.controls:
             loaded = self.store.get(control.model_file)
-            expected = control.task
-            if loaded.task != expected:
+            if loaded.task != control.task:
                 raise ConfigError(
-                    f'<{control.tag} name="{control.name}"> needs a {expected} model but {control.model_file!r} is a {loaded.task} model'
+                    f'<{control.tag} name="{control.name}"> needs a {control.task} model but {control.model_file!r} is a {loaded.task} model'
                 )
 
     def predict(self, config: LabelConfig, tasks: list[dict[str, Any]], project: str | None) -> list[Prediction]:

@@ -66,6 +66,9 @@ class Settings:
     model_root: Path = PACKAGED_WEIGHTS  # MODEL_ROOT: folder of the weight files; model_path resolves under it
     model_dir: Path = Path("/tmp/prelabel-backend")  # MODEL_DIR: writable folder (debug plots, ultralytics settings)
     default_models: dict[str, str] = field(default_factory=lambda: {k: v[1] for k, v in DEFAULT_MODEL_ENV.items()})
+    # MODEL_WEIGHTS (Prelabel): one weight file under MODEL_ROOT that becomes the default for its own
+    # task (read from the file), e.g. what an MLBackend's spec.model.weights names.
+    model_weights: str | None = None
     allow_custom_model_path: bool = True  # ALLOW_CUSTOM_MODEL_PATH: honour a control's model_path attribute
     model_score_threshold: float = 0.5  # MODEL_SCORE_THRESHOLD: default for controls without model_score_threshold
     device: str = "cpu"  # DEVICE (Prelabel): torch device, "cpu" or "cuda" / "cuda:0"
@@ -106,6 +109,7 @@ class Settings:
             model_root=Path(env.get("MODEL_ROOT") or PACKAGED_WEIGHTS),
             model_dir=Path(env.get("MODEL_DIR") or "/tmp/prelabel-backend"),
             default_models={task: env.get(var) or default for task, (var, default) in DEFAULT_MODEL_ENV.items()},
+            model_weights=env.get("MODEL_WEIGHTS") or None,
             allow_custom_model_path=_bool(env, "ALLOW_CUSTOM_MODEL_PATH", True),
             model_score_threshold=_float(env, "MODEL_SCORE_THRESHOLD", 0.5),
             device=env.get("DEVICE") or "cpu",

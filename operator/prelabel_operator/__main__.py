@@ -8,6 +8,7 @@ import logging
 import os
 
 import kopf
+import prometheus_client
 
 
 def main() -> None:
@@ -15,10 +16,16 @@ def main() -> None:
     parser.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable)")
     parser.add_argument("--liveness", default=os.environ.get("PRELABEL_LIVENESS", "http://0.0.0.0:8080/healthz"),
                         help="kopf's liveness endpoint")
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("PRELABEL_METRICS_PORT", "9100")),
+                        help="Prometheus metrics port (0: off)")
+    parser.add_argument("--metrics-address", default=os.environ.get("PRELABEL_METRICS_ADDRESS", "0.0.0.0"))
     parser.add_argument("--peering", default=os.environ.get("PRELABEL_PEERING"), help="peering name for several replicas; standalone if unset")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from . import handlers  # noqa: F401 - registers the handlers
+
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
 
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace,

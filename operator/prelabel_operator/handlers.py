@@ -6,14 +6,16 @@ A Label Studio or API outage is retried with backoff and shown in status, never 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 from typing import Any
 
 import kopf
 import requests
 
-from . import kube, manifests, reconcile
+from . import kube, manifests, metrics, reconcile
 from .labelstudio import Client, LabelStudioError
 from .registration import Desired, marker, ours
 from .spec import MLBackendSpec, SpecError
@@ -21,6 +23,17 @@ from .spec import MLBackendSpec, SpecError
 GROUP, VERSION, PLURAL = "prelabel.dev", "v1alpha1", "mlbackends"
 RESYNC_SECONDS = float(os.environ.get("PRELABEL_RESYNC_SECONDS", "30"))
 FATAL = {"Unauthorized", "LabelStudioUnreachable"}  # stop trying the other projects this round
+
+
+# kopf runs a resource's timer beside its change handlers; one reconcile at a time per resource keeps
+# two passes from both creating a registration.
+_reconciling: dict[str, threading.Lock] = {}
+_reconciling_guard = threading.Lock()
+
+
+def _lock_for(uid: str) -> threading.Lock:
+    with _reconciling_guard:
+        return _reconciling.setdefault(uid, threading.Lock())
 
 
 def backoff(retry: int) -> float:
@@ -102,6 +115,9 @@ def _register(body: kopf.Body, observed: reconcile.Observed, spec: MLBackendSpec
             observed.model_version = version or observed.model_version
             registration_id, decided = client.ensure(project_id, desired, uid, auth[1] if auth else None)
             client.set_model_version(project_id, spec.label_studio.title)
+            for action, happened in (("create", decided.create), ("update", bool(decided.update_id)), ("delete", bool(decided.delete_ids))):
+                if happened:
+                    metrics.REGISTRATIONS.labels(action).inc()
             if decided.create or decided.update_id or decided.delete_ids:
                 what = "registered" if decided.create else "updated the registration"
                 kopf.info(body, reason="Registered", message=f"{what} {observed.url} in project {project_id} (ML backend {registration_id})")
@@ -115,6 +131,25 @@ def _register(body: kopf.Body, observed: reconcile.Observed, spec: MLBackendSpec
 
 def reconcile_backend(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
                       retry: int, timer: bool = False) -> None:
+    with _lock_for(meta["uid"]), metrics.RECONCILE_SECONDS.time():
+        try:
+            _reconcile(body, meta, spec, status, patch, retry, timer)
+        except (kopf.TemporaryError, kopf.PermanentError):
+            metrics.RECONCILES.labels("not-ready").inc()
+            raise
+        except Exception:
+            metrics.RECONCILES.labels("error").inc()
+            raise
+        metrics.RECONCILES.labels("ready" if _ready(patch) else "not-ready").inc()
+
+
+def _ready(patch: kopf.Patch) -> bool:
+    conditions = (patch.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+               retry: int, timer: bool) -> None:
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     observed = reconcile.Observed(generation=int(meta.get("generation") or 0))
     previous = list((status or {}).get("conditions") or [])
@@ -139,6 +174,10 @@ def reconcile_backend(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status:
     body_status = reconcile.status(observed, previous)
     patch.status.update(body_status)
     ready = next(c for c in body_status["conditions"] if c["type"] == "Ready")
+    metrics.READY.labels(namespace, name).set(1 if ready["status"] == "True" else 0)
+    for cond in body_status["conditions"]:
+        if cond["status"] == "False" and cond["type"] != "Ready":
+            metrics.ERRORS.labels(cond["reason"]).inc()
     if ready["status"] != "True" and not timer:
         # Retried with backoff; the resync timer keeps checking afterwards too.
         raise kopf.TemporaryError(f"not ready: {ready['reason']}: {ready['message']}", delay=min(backoff(retry), 30))
@@ -187,10 +226,15 @@ def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Pa
                 raise
             for registration_id in ours(client.registrations(project_id), meta["uid"]):
                 client.remove(project_id, registration_id)
+                metrics.REGISTRATIONS.labels("delete").inc()
                 removed += 1
     except kube.SecretMissing as exc:
         raise kopf.TemporaryError(exc.message + hint, delay=backoff(retry)) from None
     except LabelStudioError as exc:
         patch.status["conditions"] = [{"type": "Ready", "status": "False", "reason": "Deregistering", "message": exc.message + hint}]
         raise kopf.TemporaryError(exc.message + hint, delay=backoff(retry)) from None
+    with contextlib.suppress(KeyError):  # never reconciled by this process
+        metrics.READY.remove(meta["namespace"], meta["name"])
+    with _reconciling_guard:
+        _reconciling.pop(meta["uid"], None)
     kopf.info(body, reason="Deregistered", message=f"removed {removed} registration(s) from Label Studio")

@@ -15,6 +15,7 @@ from typing import Any
 from .spec import MLBackendSpec
 
 CONTAINER_PORT = 9090
+MODELS_DIR = "/models"
 MANAGED_BY = "prelabel-operator"
 SECRETS_HASH_ANNOTATION = "prelabel.dev/secrets-hash"
 
@@ -56,6 +57,11 @@ def env(spec: MLBackendSpec) -> list[dict[str, Any]]:
         {"name": "PORT", "value": str(CONTAINER_PORT)},
         {"name": "MODEL_DIR", "value": "/tmp/prelabel"},
     ]
+    weights = spec.weights
+    if weights.file_name:
+        out.append({"name": "MODEL_WEIGHTS", "value": weights.file_name})
+    if weights.pvc_claim or weights.url:
+        out.append({"name": "MODEL_ROOT", "value": MODELS_DIR})
     if spec.basic_auth:
         out += [_secret_env("BASIC_AUTH_USER", spec.basic_auth.name, spec.basic_auth.username_key),
                 _secret_env("BASIC_AUTH_PASS", spec.basic_auth.name, spec.basic_auth.password_key)]
@@ -74,8 +80,32 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+CONTAINER_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "readOnlyRootFilesystem": True,
+                      "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _weights_volume(spec: MLBackendSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, backend mounts, init containers) that put the declared weights at /models."""
+    w = spec.weights
+    mount = [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True}]
+    if w.pvc_claim:
+        return [{"name": "models", "persistentVolumeClaim": {"claimName": w.pvc_claim, "readOnly": True}}], mount, []
+    if w.url:
+        fetch = {
+            "name": "fetch-weights",
+            "image": spec.image,
+            "imagePullPolicy": spec.image_pull_policy,
+            "command": ["python", "-m", "prelabel_backend.fetch_weights", w.url, w.sha256, f"{MODELS_DIR}/{w.file_name}"],
+            "securityContext": CONTAINER_SECURITY,
+            "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        }
+        return [{"name": "models", "emptyDir": {"sizeLimit": "2Gi"}}], mount, [fetch]
+    return [], [], []
+
+
 def deployment(name: str, spec: MLBackendSpec, secrets_digest: str) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    weight_volumes, weight_mounts, init_containers = _weights_volume(spec)
     container = {
         "name": "backend",
         "image": spec.image,
@@ -87,16 +117,17 @@ def deployment(name: str, spec: MLBackendSpec, secrets_digest: str) -> dict[str,
         "readinessProbe": {**probe, "failureThreshold": 3},
         "startupProbe": {**probe, "failureThreshold": 60},
         "livenessProbe": {**probe, "failureThreshold": 6},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "readOnlyRootFilesystem": True,
-                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *weight_mounts],
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "automountServiceAccountToken": False,  # the backend never talks to the Kubernetes API
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": 10001},
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}, *weight_volumes],
     }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:

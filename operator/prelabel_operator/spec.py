@@ -41,6 +41,22 @@ class LabelStudioSpec:
 
 
 @dataclass(frozen=True)
+class Weights:
+    """At most one source; none serves the image's own models."""
+
+    file: str | None = None  # under MODEL_ROOT in the image
+    pvc_claim: str | None = None  # with `file` inside the volume
+    url: str | None = None  # with `sha256`, fetched by an init container
+    sha256: str | None = None
+
+    @property
+    def file_name(self) -> str | None:
+        if self.url:
+            return self.url.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        return self.file
+
+
+@dataclass(frozen=True)
 class BasicAuthRef:
     name: str
     username_key: str = "username"
@@ -55,6 +71,17 @@ class Autoscaling:
     target_cpu: int = 70
 
 
+def _weights(raw: dict[str, Any]) -> Weights:
+    sources = [k for k in ("file", "pvc", "url") if raw.get(k)]
+    if len(sources) > 1:
+        raise SpecError("set at most one of spec.model.weights.file, .pvc and .url")
+    if raw.get("pvc"):
+        return Weights(file=raw["pvc"]["file"], pvc_claim=raw["pvc"]["claimName"])
+    if raw.get("url"):
+        return Weights(url=raw["url"]["href"], sha256=raw["url"]["sha256"])
+    return Weights(file=raw.get("file"))
+
+
 @dataclass(frozen=True)
 class MLBackendSpec:
     label_studio: LabelStudioSpec
@@ -63,6 +90,7 @@ class MLBackendSpec:
     replicas: int = 1
     score_threshold: float = 0.5
     device: str = "cpu"
+    weights: Weights = field(default_factory=Weights)
     env: tuple[dict[str, Any], ...] = ()
     resources: dict[str, Any] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -110,6 +138,7 @@ class MLBackendSpec:
             image_pull_policy=spec.get("imagePullPolicy", cls.image_pull_policy),
             replicas=int(spec.get("replicas", 1)),
             score_threshold=float(model.get("scoreThreshold", 0.5)),
+            weights=_weights(model.get("weights") or {}),
             device=model.get("device", "cpu"),
             env=tuple(model.get("env") or ()),
             resources=dict(spec.get("resources") or {}),

@@ -89,10 +89,9 @@ def test_polygons_choices_and_keypoints_are_stored(label_studio, ls_client, star
                                for r in apexes), (shape, regions)
 
 
-def test_personal_access_token_fetches_uploads(label_studio, ls_client, start_backend) -> None:  # noqa: ANN001
+def test_personal_access_token_fetches_uploads(label_studio, ls_client, start_backend, personal_access_token: str) -> None:  # noqa: ANN001
     """A PAT (a JWT refresh token) works as LABEL_STUDIO_API_KEY: the backend exchanges it for an access token."""
-    pat = ls_client.tokens.create().token
-    backend = start_backend({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": pat})
+    backend = start_backend({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": personal_access_token})
     project = ls_client.projects.create(title="pat project", label_config=SEED_CONFIG)
     truth = upload_tasks(label_studio, project.id, scenes(305, 2))
     stored = prelabel(ls_client, project.id, backend.url, list(truth))

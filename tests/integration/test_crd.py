@@ -104,10 +104,14 @@ def test_the_built_backend_pods_are_admitted_under_restricted_pod_security(crd) 
     ns = f"restricted-{uuid.uuid4().hex[:6]}"
     crd.kubectl("create", "namespace", ns)
     crd.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
-    spec = MLBackendSpec.parse(MINIMAL["spec"])
-    for body in (manifests.deployment("shapes", spec, "h"), manifests.service("shapes", spec)):
-        crd.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(body))
-    crd.kubectl("wait", "-n", ns, "--for=condition=Available", "deployment/shapes-backend", "--timeout=60s")
+    plain = MLBackendSpec.parse(MINIMAL["spec"])
+    # With weights from a URL the pod also has an init container and a second volume.
+    fetched = MLBackendSpec.parse({**MINIMAL["spec"], "model": {"weights": {"url": {"href": "https://x/best.pt", "sha256": "a" * 64}}}})
+    for name, spec in (("shapes", plain), ("fetched", fetched)):
+        for body in (manifests.deployment(name, spec, "h"), manifests.service(name, spec)):
+            crd.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(body))
+    for name in ("shapes", "fetched"):
+        crd.kubectl("wait", "-n", ns, "--for=condition=Available", f"deployment/{name}-backend", "--timeout=60s")
     events = crd.kubectl("get", "events", "-n", ns, "-o", "jsonpath={.items[*].message}").stdout
     assert "violates PodSecurity" not in events
     # A pod that is not hardened is refused there: the namespace really enforces.

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import requests
 import yaml
 
 from prelabel_backend import synthetic
@@ -56,7 +57,7 @@ def condition(status: dict, kind: str) -> dict:
     return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
 
 
-def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_client) -> None:  # noqa: ANN001
+def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_client, personal_access_token: str) -> None:  # noqa: ANN001
     cluster, operator, kubelet = env
     ns = f"ml-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
@@ -86,6 +87,12 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     assert [(m.url, m.state) for m in ls_client.ml.list(project=second.id)] == [(status["url"], "CO")]
     assert {p["id"]: p["state"] for p in status["projects"]} == {project.id: "Connected", second.id: "Connected"}
 
+    scraped = requests.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+    created = [line for line in scraped.splitlines() if line.startswith("prelabel_operator_registration_changes_total")]
+    assert created == ['prelabel_operator_registration_changes_total{action="create"} 2.0'], created
+    assert f'prelabel_operator_ready_backends{{name="shapes",namespace="{ns}"}} 1.0' in scraped
+    assert "prelabel_operator_reconcile_seconds_count" in scraped
+
     # Label Studio reaches the backend at its ClusterIP and stores its predictions.
     batch = scenes(501, 3)
     task_ids = list(label_studio.upload_images(project.id, {f"op-{i}.png": synthetic.encode_png(s.image) for i, s in enumerate(batch)}).values())
@@ -95,7 +102,7 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
 
     # Drift: the registration deleted in the UI comes back within a resync period.
     ls_client.ml.delete(registrations[0].id)
-    restored = wait_for("re-registration", lambda: [m for m in ls_client.ml.list(project=project.id) if m.url == status["url"]], 60)
+    restored = wait_for("re-registration", lambda: [m for m in ls_client.ml.list(project=project.id) if m.url == status["url"]], 120)
     assert len(restored) == 1
 
     # A spec update is applied to the Deployment and reported for its generation.
@@ -109,11 +116,19 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
         return cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, "-o",
                                "jsonpath={.spec.template.metadata.annotations.prelabel\\.dev/secrets-hash}").stdout
     before = secrets_hash()
-    rotated = ls_client.tokens.create().token  # a personal access token replaces the legacy one
+    rotated = personal_access_token  # a personal access token replaces the legacy one
     cluster.kubectl("apply", "-f", "-", input=cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={rotated}",
                                                              "--dry-run=client", "-o", "yaml").stdout)
     wait_for("a rollout for the rotated key", lambda: secrets_hash() not in ("", before), 60)
-    wait_for("Ready after rotation", lambda: condition(status_of(cluster, ns, "shapes"), "Ready").get("status") == "True", 90)
+    wait_for("Ready after rotation", lambda: condition(status_of(cluster, ns, "shapes"), "Ready").get("status") == "True", 180)
+    # The restarted backend fetches Label Studio's uploads with the rotated key.
+    late = label_studio.upload_images(project.id, {"after-rotation.png": synthetic.encode_png(scenes(502, 1)[0].image)})["after-rotation.png"]
+
+    def predicted_after_rotation() -> bool:
+        ls_client.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": False, "included": [late]})
+        return any(p.result for p in ls_client.predictions.list(task=late))
+
+    wait_for("a prediction made with the rotated key", predicted_after_rotation, 120)
 
     # The operator killed and restarted leaves no duplicate.
     operator.kill()

@@ -75,3 +75,21 @@ def test_errors_say_what_to_fix(label_studio, ls_client, backend) -> None:  # no
     with pytest.raises(LabelStudioError) as err:
         Client("http://127.0.0.1:9", label_studio.token).resolve(ProjectRef(id=1))
     assert err.value.reason == "LabelStudioUnreachable" and err.value.retryable
+
+
+def test_label_studio_guarding_private_ranges_is_reported_as_such(backend) -> None:  # noqa: ANN001
+    """Label Studio's default SSRF protection refuses loopback and private backend URLs (every
+    ClusterIP): the error names the setting to change instead of a bare 403."""
+    from label_studio_sdk import LabelStudio as SDK
+
+    from prelabel_operator.dev.labelstudio import LabelStudio
+
+    guarded = LabelStudio(extra_env={"LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS": "true"}).start()
+    try:
+        project = SDK(base_url=guarded.url, api_key=guarded.token).projects.create(title="guarded", label_config=SEED_CONFIG)
+        with pytest.raises(LabelStudioError) as err:
+            Client(guarded.url, guarded.token).ensure(project.id, desired(backend.url), UID)
+        assert err.value.reason == "BackendAddressBlocked" and not err.value.retryable
+        assert "LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false" in err.value.message
+    finally:
+        guarded.stop()

@@ -106,3 +106,32 @@ def test_service_and_the_address_label_studio_is_given() -> None:
     assert manifests.backend_url("shapes", "ml", dns, None) == "http://shapes-backend.ml.svc:9090"
     url = parsed(labelStudio={**RAW["labelStudio"], "address": {"mode": "URL", "url": "https://ml.example.com"}})
     assert manifests.backend_url("shapes", "ml", url, "10.0.0.7") == "https://ml.example.com"
+
+
+def test_weights_from_a_file_in_the_image() -> None:
+    deployment = manifests.deployment("shapes", parsed(model={"weights": {"file": "yolov8n.pt"}}), "h")
+    assert env_of(deployment)["MODEL_WEIGHTS"]["value"] == "yolov8n.pt"
+    assert "MODEL_ROOT" not in env_of(deployment) and "initContainers" not in deployment["spec"]["template"]["spec"]
+
+
+def test_weights_from_a_pvc_are_mounted_read_only_as_model_root() -> None:
+    pod = manifests.deployment("shapes", parsed(model={"weights": {"pvc": {"claimName": "weights", "file": "best.pt"}}}), "h")["spec"]["template"]["spec"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}} in pod["volumes"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert (env["MODEL_ROOT"], env["MODEL_WEIGHTS"]) == ("/models", "best.pt")
+
+
+def test_weights_from_a_url_are_fetched_and_checked_by_an_init_container() -> None:
+    digest = "a" * 64
+    pod = manifests.deployment("shapes", parsed(model={"weights": {"url": {"href": "https://models.example.com/v2/best.pt?sig=x", "sha256": digest}}}), "h")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["python", "-m", "prelabel_backend.fetch_weights", "https://models.example.com/v2/best.pt?sig=x", digest, "/models/best.pt"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "models", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
+    assert {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}["MODEL_WEIGHTS"] == "best.pt"
+
+
+def test_two_weight_sources_are_refused() -> None:
+    with pytest.raises(SpecError, match="at most one"):
+        parsed(model={"weights": {"file": "a.pt", "pvc": {"claimName": "c", "file": "b.pt"}}})

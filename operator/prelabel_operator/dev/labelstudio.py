@@ -112,7 +112,8 @@ class LabelStudio:
         raise RuntimeError(f"Label Studio not ready on {self.url} after {timeout:.0f}s; log: {self.log}")
 
     def upload_images(self, project_id: int, images: dict[str, bytes]) -> dict[str, int]:
-        """Uploads images as tasks (one task each: distinct multipart field names); returns file name -> task id."""
+        """Uploads images as tasks (one task each: distinct multipart field names); returns file name -> task
+        id for every image task of the project, those uploaded before included."""
         headers = {"Authorization": f"Token {self.token}"}
         files = {f"file{i}": (name, data, "image/png") for i, (name, data) in enumerate(images.items())}
         requests.post(f"{self.url}/api/projects/{project_id}/import", files=files, headers=headers, timeout=120).raise_for_status()

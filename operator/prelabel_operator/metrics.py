@@ -1,0 +1,12 @@
+"""The operator's Prometheus metrics (served by `python -m prelabel_operator --metrics-port`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter("prelabel_operator_reconciles", "Reconciles of MLBackend resources by outcome.", ["outcome"])
+RECONCILE_SECONDS = Histogram("prelabel_operator_reconcile_seconds", "Time per reconcile.",
+                              buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+ERRORS = Counter("prelabel_operator_errors", "Reconcile problems by condition reason.", ["reason"])
+REGISTRATIONS = Counter("prelabel_operator_registration_changes", "Registrations created, updated or deleted in Label Studio.", ["action"])
+READY = Gauge("prelabel_operator_ready_backends", "MLBackends whose Ready condition is True, by namespace.", ["namespace", "name"])
