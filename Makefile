@@ -30,7 +30,7 @@ test-unit: env
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 demo: env cluster label-studio  ## the whole product locally: Kubernetes, Label Studio, operator, backend; pre-labels a demo project
-	$(PY) -m prelabel_operator.dev.demo
+	.venv/bin/prelabel demo
 
 bench: env  ## the backend's /predict throughput beside raw ultralytics, in one run
 	$(PY) bench/predict_bench.py

@@ -160,3 +160,19 @@ def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, 
     assert compat["status"] == "False" and "found Labels" in compat["message"]
     assert list(ls_client.ml.list(project=text.id)) == []
     cluster.kubectl("delete", "mlb", "texts", "-n", ns, "--timeout=90s")
+
+
+def test_an_unreachable_label_studio_is_retried_and_shown(env, label_studio) -> None:  # noqa: ANN001
+    cluster, _, _ = env
+    ns = f"ml-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
+    resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "offline", "namespace": ns},
+                "spec": {"labelStudio": {"url": "http://127.0.0.1:9", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 1}]}}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
+    registered = wait_for("LabelStudioUnreachable", lambda: (c := condition(status_of(cluster, ns, "offline"), "Registered")).get("reason") == "LabelStudioUnreachable" and c)
+    assert registered["status"] == "False" and "could not reach Label Studio" in registered["message"]
+    assert condition(status_of(cluster, ns, "offline"), "Available")["status"] == "True"  # the backend itself runs
+    # Deleting while Label Studio is down would wait for it; Orphan lets go at once.
+    cluster.kubectl("patch", "mlb", "offline", "-n", ns, "--type=merge", "-p", '{"spec": {"deletionPolicy": "Orphan"}}')
+    cluster.kubectl("delete", "mlb", "offline", "-n", ns, "--timeout=60s")

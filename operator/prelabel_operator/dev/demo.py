@@ -9,7 +9,6 @@ MLBackend; waits until it is Ready; retrieves predictions; prints what Label Stu
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -95,7 +94,9 @@ def run(images: int, keep: bool) -> int:
         status = wait_ready(cluster, step)
         step(f"registered at {status['url']}; retrieving predictions for {len(task_ids)} tasks")
         client.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": False, "included": task_ids})
-        counts = [sum(len(p.result) for p in client.predictions.list(task=t)) for t in task_ids]
+        # Count only predictions made by the backend the operator registered: its model version.
+        predictions = {t: [p for p in client.predictions.list(task=t) if p.model_version == status.get("modelVersion")] for t in task_ids}
+        counts = [sum(len(p.result) for p in predictions[t]) for t in task_ids]
         with_prediction = sum(1 for c in counts if c)
         shapes = sum(len(s.shapes) for s in scenes)
         print(f"\nLabel Studio: {ls.url}   login: {ls.username} / {ls.password}")
@@ -120,13 +121,7 @@ def run(images: int, keep: bool) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
-    args = parser.parse_args()
-    sys.exit(run(args.images, args.keep))
-
-
 if __name__ == "__main__":
-    main()
+    from ..cli import main
+
+    main(["demo", *sys.argv[1:]])

@@ -1,0 +1,21 @@
+"""The README's main job, run as a person would: `prelabel demo`, end to end, checked by its output
+(every demo task holds a prediction of the model version the operator reported) and its exit code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
+
+
+def test_prelabel_demo_prelabels_every_task() -> None:
+    prelabel = Path(sys.executable).parent / "prelabel"
+    done = subprocess.run([str(prelabel), "demo", "--images", "6"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert re.search(r"6/6 tasks pre-labeled by the backend at http://127\.99\.\d+\.\d+:9090", done.stdout), done.stdout
+    assert "MLBackend Ready=True" in done.stderr
