@@ -102,6 +102,7 @@ def run(images: int, keep: bool) -> int:
         print(f"\nLabel Studio: {ls.url}   login: {ls.username} / {ls.password}")
         print(f"project {project.id}: {with_prediction}/{len(task_ids)} tasks pre-labeled by the backend at {status['url']}, "
               f"{sum(counts)} boxes for {shapes} drawn shapes")
+        print("boxes per task: " + ", ".join(f"{t}: {c}" for t, c in zip(task_ids, counts)))
         print(f"kubectl --kubeconfig {cluster.kubeconfig} get mlb -n {NAMESPACE}")
         print(f"time: {time.monotonic() - step.started:.1f}s")
         if keep:
