@@ -20,9 +20,10 @@ def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_backend_lock_pins_every_declared_dependency() -> None:
-    declared = tomllib.loads((REPO / "backend_image" / "pyproject.toml").read_text())["project"]["dependencies"]
-    locked = {line.split("==")[0].lower() for line in (REPO / "backend_image" / "requirements.lock").read_text().splitlines() if "==" in line}
+@pytest.mark.parametrize("package", ["backend_image", "operator"])
+def test_image_locks_pin_every_declared_dependency(package: str) -> None:
+    declared = tomllib.loads((REPO / package / "pyproject.toml").read_text())["project"]["dependencies"]
+    locked = {line.split("==")[0].lower() for line in (REPO / package / "requirements.lock").read_text().splitlines() if "==" in line}
     names = {d.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower() for d in declared}
     assert names <= locked, names - locked
 
