@@ -25,6 +25,8 @@ SUPPORTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "BrushLabels": ("segment", ("Image",)),
     "Choices": ("classify", ("Image",)),
     "KeyPointLabels": ("pose", ("Image",)),
+    "VideoRectangle": ("detect", ("Video",)),  # tracked through the video; labels from the <Labels> on the same video
+    "TimelineLabels": ("classify", ("Video",)),  # each frame classified; runs of one label become ranges
 }
 TRUE = {"1", "true", "yes"}
 
@@ -59,6 +61,7 @@ class Control:
     predicted_values: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> model classes
     point_indexes: dict[str, tuple[str, int]] = field(default_factory=dict)  # label -> (model class, keypoint index)
     attrs: dict[str, str] = field(default_factory=dict)
+    media: str = "Image"  # the object tag: Image or Video
 
     @property
     def result_type(self) -> str:
@@ -159,7 +162,9 @@ def parse(xml: str, settings: Settings) -> LabelConfig:
             task = "obb"
         where = f'<{tag} name="{name}">'
         labels, predicted, points = [], {}, {}
-        for child in el:
+        # VideoRectangle has no labels of its own: they are on a <Labels> naming the same video.
+        sources = [el] if tag != "VideoRectangle" else [o for o in root.iter("Labels") if o.get("toName") == to_name]
+        for child in (c for source in sources for c in source):
             value = child.get("value")
             if child.tag not in ("Label", "Choice") or value is None:
                 continue
@@ -178,6 +183,7 @@ def parse(xml: str, settings: Settings) -> LabelConfig:
         controls.append(
             Control(
                 tag=tag,
+                media=target.tag,
                 name=name,
                 to_name=to_name,
                 data_key=target.get("value", "$")[1:],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -111,6 +112,27 @@ class MediaFetcher:
         if image is None:
             raise MediaError(f"{_safe(ref)} is not an image OpenCV can decode ({len(data)} bytes)")
         return image
+
+    def video(self, ref: str, task_id: int | None, project: str | None) -> tuple[list[np.ndarray], float]:
+        """Every frame (BGR) of a video and its frame rate; OpenCV reads videos from files only."""
+        data = self._fetch(ref, task_id, project) if not ref.startswith("data:") else self._inline(ref)
+        folder = Path(self.settings.model_dir) / "videos"
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=Path(urlsplit(ref).path).suffix or ".mp4") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            capture = cv2.VideoCapture(tmp.name)
+            fps = float(capture.get(cv2.CAP_PROP_FPS) or 0) or 25.0
+            frames = []
+            while len(frames) < self.settings.max_video_frames:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                frames.append(frame)
+            capture.release()
+        if not frames:
+            raise MediaError(f"{_safe(ref)} is not a video OpenCV can decode ({len(data)} bytes)")
+        return frames, fps
 
     def fetch(self, ref: str, task_id: int | None, project: str | None) -> bytes:
         if not isinstance(ref, str) or not ref:

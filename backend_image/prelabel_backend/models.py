@@ -56,17 +56,19 @@ def usable_cpus() -> int:
 class ModelStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._models: dict[Path, LoadedModel] = {}
+        self._models: dict[tuple[Path, str], LoadedModel] = {}
         self._lock = threading.Lock()
         offline.configure(str(settings.model_dir / "ultralytics"))
 
-    def get(self, model_file: str) -> LoadedModel:
+    def get(self, model_file: str, purpose: str = "predict") -> LoadedModel:
+        """purpose "track" gets an instance of its own: ultralytics' track() registers tracker
+        callbacks on the model object for good, which would change every later predict()."""
         path = model_path(self.settings, model_file)
         with self._lock:
-            loaded = self._models.get(path)
+            loaded = self._models.get((path, purpose))
             if loaded is None:
                 loaded = self._load(path)
-                self._models[path] = loaded
+                self._models[(path, purpose)] = loaded
             return loaded
 
     def loaded(self) -> list[LoadedModel]:
@@ -105,6 +107,15 @@ class ModelStore:
             with loaded.lock:
                 results.extend(self._predict(loaded, images[start : start + size], conf))
         return results
+
+    def track(self, loaded: LoadedModel, frames: list[np.ndarray], conf: float, tracker: str) -> list[Any]:
+        """Runs the tracker through one video's frames, in order, with a fresh tracker state."""
+        kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.settings.device, "tracker": tracker}
+        if loaded.imgsz:
+            kwargs["imgsz"] = loaded.imgsz
+        with loaded.lock:
+            # persist=False on the first frame starts new tracks; True keeps them through the video.
+            return [loaded.model.track(frame, persist=index > 0, **kwargs)[0] for index, frame in enumerate(frames)]
 
     def _predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float) -> list[Any]:
         kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.settings.device}

@@ -60,9 +60,12 @@ class Predictor:
     def predict(self, config: LabelConfig, tasks: list[dict[str, Any]], project: str | None) -> list[Prediction]:
         version = self.model_version(config)
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
-        keys = sorted({c.data_key for c in config.controls})
-        images = self._fetch_all(tasks, keys, project)
-        for control in config.controls:
+        keys = sorted({c.data_key for c in config.controls if c.media == "Image"})
+        images = self._fetch_all(tasks, keys, project) if keys else [{} for _ in tasks]
+        for control in (c for c in config.controls if c.media == "Video"):
+            for i, task in enumerate(tasks):
+                regions[i].extend(self._video(control, task, project))
+        for control in (c for c in config.controls if c.media == "Image"):
             loaded = self.store.get(control.model_file)
             wanted = [i for i, task in enumerate(tasks) if images[i].get(control.data_key) is not None]
             if not wanted:
@@ -79,6 +82,32 @@ class Predictor:
                 if self.settings.debug_plot:
                     self._plot(output, tasks[i].get("id"), control.name)
         return [Prediction(r, results.task_score(r), version) for r in regions]
+
+    def _video(self, control: Any, task: dict[str, Any], project: str | None) -> list[dict[str, Any]]:
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        try:
+            if control.data_key not in data:
+                raise MediaError(f"task data has no field {control.data_key!r}")
+            frames, fps = self.media.video(data[control.data_key], task.get("id"), project)
+        except MediaError as exc:
+            self.metrics.media_errors.inc()
+            log.warning("task %s: no prediction for field %r: %s", task.get("id"), control.data_key, exc)
+            return []
+        self.metrics.images.inc(len(frames))
+        started = time.monotonic()
+        if control.tag == "VideoRectangle":
+            tracker = control.attrs.get("model_tracker", "botsort")
+            if tracker not in ("botsort", "bytetrack"):
+                tracker = "botsort"
+            loaded = self.store.get(control.model_file, purpose="track")
+            outputs = self.store.track(loaded, frames, control.threshold, f"{tracker}.yaml")
+            regions = results.video_rectangles(control, outputs, loaded.names, fps)
+        else:
+            loaded = self.store.get(control.model_file)
+            outputs = self.store.predict(loaded, frames, conf=control.threshold)
+            regions = results.timeline(control, outputs, loaded.names, fps)
+        self.metrics.observe_inference(loaded.path.name, len(frames), time.monotonic() - started)
+        return regions
 
     def _fetch_all(self, tasks: list[dict[str, Any]], keys: list[str], project: str | None) -> list[dict[str, np.ndarray | None]]:
         def one(task: dict[str, Any]) -> dict[str, np.ndarray | None]:

@@ -166,6 +166,61 @@ CONVERTERS: dict[tuple[str, str], Callable[[Control, LabelConfig, Any, list[str]
 }
 
 
+def video_rectangles(control: Control, results: list[Any], names: list[str], fps: float) -> list[Region]:
+    """Tracked boxes -> one videorectangle region per track: a keyframe per frame the track was seen,
+    `enabled: false` where it disappears (ends its lifespan line), labels from the linked <Labels>."""
+    label_map = control.label_map(names)
+    tracks: dict[int, list[dict[str, Any]]] = {}
+    track_label: dict[int, str] = {}
+    for index, result in enumerate(results):
+        boxes = result.boxes
+        if boxes is None or boxes.id is None:
+            continue
+        for track_id, (x, y, w, h), cls, score in zip(boxes.id.int().tolist(), boxes.xywhn.tolist(), boxes.cls.tolist(), boxes.conf.tolist()):
+            label = _kept(control, names, label_map, int(cls), score)
+            if label is None:
+                continue
+            track_label.setdefault(track_id, label)
+            tracks.setdefault(track_id, []).append({
+                "frame": index + 1, "enabled": True, "rotation": 0, "x": (x - w / 2) * 100, "y": (y - h / 2) * 100,
+                "width": w * 100, "height": h * 100, "time": index / fps, "score": round(float(score), 4)})
+    regions = []
+    for track_id, sequence in tracks.items():
+        for before, after in zip(sequence, sequence[1:]):
+            if after["frame"] - before["frame"] > 1:
+                before["enabled"] = False  # a gap: the track is not interpolated through it
+        sequence[-1]["enabled"] = False
+        regions.append({
+            "id": f"track-{track_id}", "from_name": control.name, "to_name": control.to_name, "type": "videorectangle",
+            "value": {"framesCount": len(results), "duration": len(results) / fps, "sequence": sequence, "labels": [track_label[track_id]]},
+            "score": max(k["score"] for k in sequence), "origin": "prediction",
+        })
+    return regions
+
+
+def timeline(control: Control, results: list[Any], names: list[str], fps: float) -> list[Region]:
+    """Per-frame classification -> one timelinelabels region per run of frames with the same label."""
+    label_map = control.label_map(names)
+    per_frame: list[tuple[str | None, float]] = []
+    for result in results:
+        probs = result.probs.data.tolist()
+        ranked = sorted(((p, label_map[names[i]]) for i, p in enumerate(probs) if names[i] in label_map), reverse=True)
+        per_frame.append((ranked[0][1], ranked[0][0]) if ranked and ranked[0][0] >= control.threshold else (None, 0.0))
+    regions: list[Region] = []
+    start = 0
+    for index in range(1, len(per_frame) + 1):
+        if index < len(per_frame) and per_frame[index][0] == per_frame[start][0]:
+            continue
+        label = per_frame[start][0]
+        if label is not None:
+            scores = [score for _, score in per_frame[start:index]]
+            regions.append({"from_name": control.name, "to_name": control.to_name, "type": "timelinelabels",
+                            "value": {"ranges": [{"start": start + 1, "end": index}], "timelinelabels": [label]},
+                            "score": round(sum(scores) / len(scores), 4)})
+        start = index
+    return regions
+
+
 def convert(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
     return CONVERTERS[(control.tag, control.task)](control, config, result, names)
 

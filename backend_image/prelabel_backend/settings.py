@@ -85,6 +85,7 @@ class Settings:
     media_timeout: float = 15.0  # MEDIA_TIMEOUT (Prelabel): seconds per media request
     media_cache_items: int = 64  # MEDIA_CACHE_ITEMS (Prelabel): recently fetched media kept in memory
     media_fetch_threads: int = 8  # MEDIA_FETCH_THREADS (Prelabel): parallel downloads per request
+    max_video_frames: int = 9000  # MAX_VIDEO_FRAMES (Prelabel): frames read from one video, at most
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -125,4 +126,5 @@ class Settings:
             media_timeout=_float(env, "MEDIA_TIMEOUT", 15.0),
             media_cache_items=_int(env, "MEDIA_CACHE_ITEMS", 64),
             media_fetch_threads=max(1, _int(env, "MEDIA_FETCH_THREADS", 8)),
+            max_video_frames=max(1, _int(env, "MAX_VIDEO_FRAMES", 9000)),
         )

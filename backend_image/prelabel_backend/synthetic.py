@@ -148,3 +148,26 @@ def encode_png(image: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("could not encode image as PNG")
     return data.tobytes()
+
+
+def make_video(rng: np.random.Generator, frames: int = 16, step: tuple[float, float] = (2.0, 1.0), **scene_args) -> list[Scene]:  # noqa: ANN003
+    """A scene whose shapes move by `step` pixels a frame over one fixed background, frame by frame."""
+    first = make_scene(rng, **scene_args)
+    background = _background(np.random.default_rng(int(rng.integers(1 << 31))), first.width, first.height)
+    colours = [_colour_far_from(rng, background) for _ in first.shapes]
+    video = []
+    for i in range(frames):
+        image = background.copy()
+        moved = [Shape(s.cls, s.cx + step[0] * i, s.cy + step[1] * i, s.size, s.angle) for s in first.shapes]
+        for shape, colour in zip(moved, colours):
+            cv2.fillPoly(image, [np.round(shape.polygon()).astype(np.int32)], colour, cv2.LINE_AA)
+        video.append(Scene(image=image, shapes=moved))
+    return video
+
+
+def encode_mp4(frames: list[Scene], path: str, fps: float = 10.0) -> None:
+    height, width = frames[0].image.shape[:2]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for frame in frames:
+        writer.write(frame.image)
+    writer.release()
