@@ -12,15 +12,14 @@ decoded images in this process, with torch on all cores: the floor the backend c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -32,27 +31,10 @@ sys.path.insert(0, str(REPO))
 from prelabel_backend import offline, synthetic  # noqa: E402
 from prelabel_backend.settings import PACKAGED_WEIGHTS  # noqa: E402
 from prelabel_operator.dev.backend import BackendProcess  # noqa: E402
-from tests.conftest import SEED_CONFIG  # noqa: E402
+from tests.conftest import SEED_CONFIG, serve_files  # noqa: E402
 
 SIZES = (1, 8, 16, 32)
 CONCURRENCY = (1, 4)
-
-
-def serve(pngs: dict[str, bytes]) -> ThreadingHTTPServer:
-    class Files(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # noqa: ANN002
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802
-            body = pngs[self.path]
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
 
 
 def pct(values: list[float], q: float) -> float:
@@ -72,8 +54,8 @@ def main() -> None:
     rng = np.random.default_rng(7)
     scenes = [synthetic.make_scene(rng, width=args.width, height=args.height, size=(60.0, 160.0)) for _ in range(max(SIZES) * max(CONCURRENCY))]
     pngs = {f"/img/{i}.png": synthetic.encode_png(s.image) for i, s in enumerate(scenes)}
-    httpd = serve(pngs)
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    stack = contextlib.ExitStack()
+    base = stack.enter_context(serve_files(pngs))
     work = Path(tempfile.mkdtemp(prefix="prelabel-bench-"))
     offline.configure()
     import torch
@@ -124,7 +106,7 @@ def main() -> None:
                       f"{n * len(latencies) / wall / (n / raw_p50):>9.2f}", flush=True)
     finally:
         backend.stop()
-        httpd.shutdown()
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,30 @@ from prelabel_operator.dev.demo import SEED_LABEL_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CONFIG = SEED_LABEL_CONFIG  # the seed's labeling config, as the demo uses it
+
+
+@contextlib.contextmanager
+def serve_files(files: dict[str, bytes]) -> Iterator[str]:
+    """A loopback HTTP server answering GET <path> with files[path] (404 otherwise); yields its base URL."""
+
+    class Files(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def data_uri(image: np.ndarray) -> str:

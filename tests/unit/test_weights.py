@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from prelabel_backend.fetch_weights import fetch
 from prelabel_backend.label_config import parse
 from prelabel_backend.models import ModelStore
 from prelabel_backend.settings import PACKAGED_WEIGHTS, Settings
-from tests.conftest import SEED_CONFIG
+from tests.conftest import SEED_CONFIG, serve_files
 
 
 def test_model_weights_serve_every_control_of_their_task(tmp_path: Path) -> None:
@@ -38,25 +36,10 @@ def test_missing_model_weights_keep_the_backend_unready_with_a_reason(tmp_path: 
 def test_fetch_weights_installs_only_a_matching_file(tmp_path: Path) -> None:
     payload = (PACKAGED_WEIGHTS / "shapes-detect.pt").read_bytes()
 
-    class Files(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # noqa: ANN002
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/best.pt"
-    try:
+    with serve_files({"/best.pt": payload}) as base:
+        url = f"{base}/best.pt"
         good = fetch(url, hashlib.sha256(payload).hexdigest(), tmp_path / "models" / "best.pt")
         assert good.read_bytes() == payload
         with pytest.raises(ValueError, match="expected 0000"):
             fetch(url, "0" * 64, tmp_path / "models" / "other.pt")
         assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["best.pt"]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
