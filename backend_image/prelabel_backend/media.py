@@ -115,7 +115,7 @@ class MediaFetcher:
 
     def video(self, ref: str, task_id: int | None, project: str | None) -> tuple[list[np.ndarray], float]:
         """Every frame (BGR) of a video and its frame rate; OpenCV reads videos from files only."""
-        data = self._fetch(ref, task_id, project) if not ref.startswith("data:") else self._inline(ref)
+        data = self.fetch(ref, task_id, project, cache=False)  # videos are too big for the small cache
         folder = Path(self.settings.model_dir) / "videos"
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, suffix=Path(urlsplit(ref).path).suffix or ".mp4") as tmp:
@@ -134,11 +134,13 @@ class MediaFetcher:
             raise MediaError(f"{_safe(ref)} is not a video OpenCV can decode ({len(data)} bytes)")
         return frames, fps
 
-    def fetch(self, ref: str, task_id: int | None, project: str | None) -> bytes:
+    def fetch(self, ref: str, task_id: int | None, project: str | None, cache: bool = True) -> bytes:
         if not isinstance(ref, str) or not ref:
             raise MediaError("the task has no media reference in the field the labeling config names")
         if ref.startswith("data:"):
             return self._inline(ref)
+        if not cache:
+            return self._fetch(ref, task_id, project)
         with self._cache_lock:
             if ref in self._cache:
                 self._cache.move_to_end(ref)

@@ -107,14 +107,15 @@ def _register(body: kopf.Body, observed: reconcile.Observed, spec: MLBackendSpec
                       auth_user=auth[0] if auth else None)
     for ref in spec.label_studio.projects:
         try:
-            project_id, title, label_config = client.resolve(ref)
-            compatible, message, version = _check_config(observed.url, project_id, label_config, auth)
+            project = client.resolve(ref)
+            project_id, title = project.id, project.title
+            compatible, message, version = _check_config(observed.url, project_id, project.label_config, auth)
             if compatible is False:
                 observed.projects.append(reconcile.ProjectStatus(project_id, title, state="Error", message=message, compatible=False))
                 continue
             observed.model_version = version or observed.model_version
             registration_id, decided = client.ensure(project_id, desired, uid, auth[1] if auth else None)
-            client.set_model_version(project_id, spec.label_studio.title)
+            client.set_model_version(project, spec.label_studio.title)
             for action, happened in (("create", decided.create), ("update", bool(decided.update_id)), ("delete", bool(decided.delete_ids))):
                 if happened:
                     metrics.REGISTRATIONS.labels(action).inc()
@@ -219,7 +220,7 @@ def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Pa
         removed = 0
         for ref in parsed.label_studio.projects:
             try:
-                project_id, _, _ = client.resolve(ref)
+                project_id = client.resolve(ref).id
             except LabelStudioError as exc:
                 if exc.reason == "ProjectNotFound":
                     continue

@@ -47,6 +47,14 @@ def _explain(exc: Exception, action: str, url: str) -> LabelStudioError:
     return LabelStudioError("LabelStudioUnreachable", f"could not reach Label Studio to {action}: {type(exc).__name__}: {str(exc)[:200]}")
 
 
+@dataclass(frozen=True)
+class Project:
+    id: int
+    title: str
+    label_config: str
+    model_version: str
+
+
 @dataclass
 class Client:
     url: str
@@ -63,17 +71,17 @@ class Client:
             raise _explain(exc, action, backend_url) from None
 
     # -- projects -------------------------------------------------------------------------------
-    def resolve(self, ref: ProjectRef) -> tuple[int, str, str]:
-        """(id, title, labeling config) of a declared project."""
-        if ref.id is not None:
-            project = self._call(f"read project {ref.id}", self.sdk.projects.get, ref.id)
-            return int(project.id), str(project.title or ""), str(project.label_config or "")
-        matches = [p for p in self._call("list projects", lambda: list(self.sdk.projects.list())) if p.title == ref.title]
-        if len(matches) != 1:
-            found = "no project" if not matches else f"{len(matches)} projects"
-            raise LabelStudioError("ProjectNotFound", f"{found} titled {ref.title!r} in Label Studio: fix spec.labelStudio.projects or the title", False)
-        project = self._call(f"read project {matches[0].id}", self.sdk.projects.get, matches[0].id)
-        return int(project.id), str(project.title or ""), str(project.label_config or "")
+    def resolve(self, ref: ProjectRef) -> Project:
+        """The declared project, by id or by its exact title."""
+        project_id = ref.id
+        if project_id is None:
+            matches = [p for p in self._call("list projects", lambda: list(self.sdk.projects.list())) if p.title == ref.title]
+            if len(matches) != 1:
+                found = "no project" if not matches else f"{len(matches)} projects"
+                raise LabelStudioError("ProjectNotFound", f"{found} titled {ref.title!r} in Label Studio: fix spec.labelStudio.projects or the title", False)
+            project_id = matches[0].id
+        project = self._call(f"read project {project_id}", self.sdk.projects.get, project_id)
+        return Project(int(project.id), str(project.title or ""), str(project.label_config or ""), str(project.model_version or ""))
 
     # -- registrations --------------------------------------------------------------------------
     def registrations(self, project_id: int) -> list[Registration]:
@@ -127,6 +135,7 @@ class Client:
                 removed += 1
         return removed
 
-    def set_model_version(self, project_id: int, model_version: str) -> None:
+    def set_model_version(self, project: Project, model_version: str) -> None:
         """Makes "Retrieve predictions" and the project's prediction view use this backend's output."""
-        self._call(f"set the model version of project {project_id}", self.sdk.projects.update, project_id, model_version=model_version)
+        if project.model_version != model_version:
+            self._call(f"set the model version of project {project.id}", self.sdk.projects.update, project.id, model_version=model_version)

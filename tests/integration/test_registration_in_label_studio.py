@@ -28,7 +28,7 @@ def desired(url: str, **changes) -> Desired:  # noqa: ANN003
 def test_one_registration_found_again_and_kept_true(label_studio, ls_client, backend) -> None:  # noqa: ANN001
     client = Client(label_studio.url, label_studio.token)
     project = ls_client.projects.create(title="registration project", label_config=SEED_CONFIG)
-    assert client.resolve(ProjectRef(title="registration project"))[0] == project.id
+    assert client.resolve(ProjectRef(title="registration project")).id == project.id
 
     first, decided = client.ensure(project.id, desired(backend.url), UID)
     assert decided.create
