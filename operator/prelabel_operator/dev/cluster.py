@@ -46,6 +46,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_group(popen: subprocess.Popen[bytes], grace: float = 20) -> None:
+    """Ends a process started with start_new_session=True and everything in its group: SIGTERM,
+    then SIGKILL after `grace` seconds."""
+    if popen.poll() is not None:
+        return
+    os.killpg(popen.pid, signal.SIGTERM)
+    try:
+        popen.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait(timeout=5)
+
+
 def build(quiet: bool = False) -> Path:
     """Runs the build script (seconds on a warm cache) and returns the bin folder."""
     script = REPO / "tests" / "cluster" / "build.sh"

@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from .cluster import free_port
+from .cluster import free_port, stop_group
 
 VERSION = "1.23.2"
 CACHE = Path(os.environ.get("PRELABEL_CACHE", Path.home() / ".cache" / "prelabel"))
@@ -126,14 +125,8 @@ class LabelStudio:
         return by_name
 
     def stop(self, keep: bool = False) -> None:
-        if self.process is not None and self.process.poll() is None:
-            # `label-studio start` runs Django's server in the same process group: end the group.
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        if self.process is not None:
+            stop_group(self.process)  # `label-studio start` runs Django's server in its process group
         self.process = None
         if not keep:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .cluster import free_port
+from .cluster import free_port, stop_group
 
 
 class OperatorProcess:
@@ -34,9 +34,5 @@ class OperatorProcess:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc:
+            stop_group(self.proc)
