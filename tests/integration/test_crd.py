@@ -24,9 +24,19 @@ MINIMAL = {
 
 @pytest.fixture(scope="module")
 def crd(cluster):  # noqa: ANN001, ANN201
-    cluster.kubectl("apply", "-f", str(REPO / "crds" / "mlbackend.yaml"))
+    # Strict: a schema node with a field JSONSchemaProps does not know (a YAML slip) is an error.
+    cluster.kubectl("apply", "--validate=strict", "-f", str(REPO / "crds" / "mlbackend.yaml"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/mlbackends.prelabel.dev", "--timeout=30s")
     return cluster
+
+
+@pytest.mark.parametrize("example", ["examples/mlbackend.yaml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "examples" / "argocd" / "mlbackends").glob("*.yaml"))])
+def test_the_examples_are_valid_mlbackends(crd, example: str) -> None:  # noqa: ANN001
+    namespace = yaml.safe_load((REPO / example).read_text())["metadata"]["namespace"]
+    if crd.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        crd.kubectl("create", "namespace", namespace)
+    out = crd.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", str(REPO / example), check=False)
+    assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
 
 
 def apply(cluster, body: dict):  # noqa: ANN001, ANN201
