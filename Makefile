@@ -26,7 +26,7 @@ label-studio: env  ## install (or reuse) Label Studio in its own virtualenv
 test: env cluster label-studio  ## every test: unit, then integration on real Label Studio and Kubernetes
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-test-unit: env
+test-unit: env cluster  ## unit tests (helm renders the chart: the cluster build provides it)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 demo: env cluster label-studio  ## the whole product locally: Kubernetes, Label Studio, operator, backend; pre-labels a demo project

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,6 +45,28 @@ def serve_files(files: dict[str, bytes]) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def wait_for(what: str, check, timeout: float = 120):  # noqa: ANN001, ANN201
+    """Polls check() each second until it returns something truthy, which it returns."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def status_of(cluster, ns: str, name: str) -> dict:  # noqa: ANN001
+    """An MLBackend's status ({} while it has none or does not exist)."""
+    out = cluster.kubectl("get", "mlb", name, "-n", ns, "-o", "json", check=False)
+    return json.loads(out.stdout).get("status", {}) if out.returncode == 0 else {}
+
+
+def condition(status: dict, kind: str) -> dict:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
 
 
 def data_uri(image: np.ndarray) -> str:

@@ -22,8 +22,9 @@ def main() -> None:
     parser.add_argument("--peering", default=os.environ.get("PRELABEL_PEERING"), help="peering name for several replicas; standalone if unset")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from . import handlers  # noqa: F401 - registers the handlers
+    from . import handlers, kube  # handlers: registers them
 
+    kube.wait_for_crd(handlers.GROUP, handlers.VERSION, handlers.PLURAL, logging.getLogger("prelabel_operator"))
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
 

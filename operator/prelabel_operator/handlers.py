@@ -53,10 +53,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prelabel.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prelabel.dev", key="last-handled-configuration")
     settings.execution.max_workers = int(os.environ.get("PRELABEL_MAX_WORKERS", "8"))
+    # No watching of CRDs and namespaces: that would need cluster-wide RBAC the operator has no other
+    # use for. __main__ waits for the MLBackend CRD before starting instead.
+    settings.scanning.disabled = True
 
 
 def _secrets(namespace: str, spec: MLBackendSpec) -> tuple[str, tuple[str, str] | None, str]:
-    """(api key, basic auth, a digest of the referenced Secret data). Raises kube.SecretMissing."""
+    """(api key, basic auth, a digest of the referenced Secret data). Raises kube.KubeError (SecretMissing, Forbidden...)."""
     ref = spec.label_studio.api_key
     data = kube.secret_data(namespace, ref.name)
     api_key = kube.decode(data, ref.key, f"{namespace}/{ref.name}")
@@ -162,11 +165,12 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
         raise kopf.PermanentError(str(exc)) from None
     try:
         api_key, auth, digest = _secrets(namespace, parsed)
-    except kube.SecretMissing as exc:
-        observed.secret_error = exc.message
+        deployment, service = _apply_objects(body, name, namespace, parsed, digest)
+    except kube.KubeError as exc:  # a missing Secret, a denied or failed API call: shown, retried with backoff
+        observed.kube_error = (exc.reason, exc.message)
         patch.status.update(reconcile.status(observed, previous))
+        metrics.ERRORS.labels(exc.reason).inc()
         raise kopf.TemporaryError(exc.message, delay=backoff(retry)) from None
-    deployment, service = _apply_objects(body, name, namespace, parsed, digest)
     observed.available, observed.available_message = reconcile.deployment_available(deployment)
     cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
     observed.url = manifests.backend_url(name, namespace, parsed, cluster_ip)
@@ -229,7 +233,7 @@ def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Pa
                 client.remove(project_id, registration_id)
                 metrics.REGISTRATIONS.labels("delete").inc()
                 removed += 1
-    except kube.SecretMissing as exc:
+    except kube.KubeError as exc:
         raise kopf.TemporaryError(exc.message + hint, delay=backoff(retry)) from None
     except LabelStudioError as exc:
         patch.status["conditions"] = [{"type": "Ready", "status": "False", "reason": "Deregistering", "message": exc.message + hint}]

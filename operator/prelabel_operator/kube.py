@@ -4,12 +4,17 @@ read referenced Secrets. Decisions live in `reconcile`; this module only talks t
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
 
 FIELD_MANAGER = "prelabel-operator"
 _lock = threading.Lock()
@@ -33,39 +38,92 @@ def dynamic() -> DynamicClient:
     return _clients["dynamic"]
 
 
+class KubeError(Exception):
+    """An API call that failed; `reason` is a status condition reason, `message` says what to fix."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+@contextlib.contextmanager
+def calling(verb: str, what: str, namespace: str) -> Iterator[None]:
+    """Turns API failures into KubeError; a 403 names the permission the operator's RBAC lacks."""
+    try:
+        yield
+    except (client.ApiException, DynamicApiError) as exc:
+        if exc.status == 404:
+            raise
+        if exc.status == 403:
+            raise KubeError("Forbidden", f"the operator may not {verb} {what} in namespace {namespace}: its Role or ClusterRole "
+                                         "lacks this permission (Helm chart: `helm upgrade` restores the rules; with "
+                                         "watchNamespaces, list this namespace there)") from None
+        raise KubeError("KubernetesAPIError", f"{verb} {what} in namespace {namespace}: HTTP {exc.status} {exc.reason}") from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise KubeError("KubernetesAPIUnreachable", f"{verb} {what} in namespace {namespace}: {type(exc).__name__}") from None
+
+
 def apply(body: dict[str, Any], namespace: str) -> dict[str, Any]:
     """Server-side apply: idempotent, and it takes ownership of exactly the fields we set."""
-    resource = dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
-    applied = dynamic().server_side_apply(resource, body=body, namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True)
+    with calling("apply", _plural(body["apiVersion"], body["kind"]), namespace):
+        resource = dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
+        applied = dynamic().server_side_apply(resource, body=body, namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True)
     return applied.to_dict()
 
 
 def delete(api_version: str, kind: str, name: str, namespace: str) -> None:
-    resource = dynamic().resources.get(api_version=api_version, kind=kind)
-    try:
-        resource.delete(name=name, namespace=namespace)
-    except NotFoundError:
-        pass
+    with calling("delete", _plural(api_version, kind), namespace):
+        resource = dynamic().resources.get(api_version=api_version, kind=kind)
+        try:
+            resource.delete(name=name, namespace=namespace)
+        except NotFoundError:
+            pass
 
 
 def get(api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-    resource = dynamic().resources.get(api_version=api_version, kind=kind)
-    try:
-        return resource.get(name=name, namespace=namespace).to_dict()
-    except NotFoundError:
-        return None
+    with calling("get", _plural(api_version, kind), namespace):
+        resource = dynamic().resources.get(api_version=api_version, kind=kind)
+        try:
+            return resource.get(name=name, namespace=namespace).to_dict()
+        except NotFoundError:
+            return None
 
 
-class SecretMissing(Exception):
+def _plural(api_version: str, kind: str) -> str:
+    group = api_version.rpartition("/")[0]
+    return f"{kind.lower()}s" + (f".{group}" if group else "")
+
+
+def wait_for_crd(group: str, version: str, plural: str, log: logging.Logger, max_delay: float = 30) -> None:
+    """Blocks until the API serves group/version/plural (discovery: open to every authenticated user),
+    logging what to fix meanwhile. Lets the operator start before its CRD without needing to watch CRDs."""
+    delay = 1.0
+    while True:
+        try:
+            found = client.CustomObjectsApi(api_client()).get_api_resources(group, version)
+            if any(r.name == plural for r in found.resources or []):
+                return
+            problem = f"{group}/{version} does not serve {plural}"
+        except client.ApiException as exc:
+            problem = f"HTTP {exc.status} for {group}/{version}"
+        except urllib3.exceptions.HTTPError as exc:
+            problem = f"API server unreachable ({type(exc).__name__})"
+        log.error("waiting for the %s.%s CRD (%s): install it with `kubectl apply -f crds/` or the Helm chart's crds.install=true; "
+                  "retrying in %.0fs", plural, group, problem, delay)
+        time.sleep(delay)
+        delay = min(max_delay, delay * 2)
+
+
+class SecretMissing(KubeError):
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__("SecretMissing", message)
 
 
 def secret_data(namespace: str, name: str) -> dict[str, str]:
     """A Secret's data, base64 as stored (decode with `decode`); raises SecretMissing with what to fix."""
     try:
-        secret = client.CoreV1Api(api_client()).read_namespaced_secret(name, namespace)
+        with calling("get", "secrets", namespace):
+            secret = client.CoreV1Api(api_client()).read_namespaced_secret(name, namespace)
     except client.ApiException as exc:
         if exc.status == 404:
             raise SecretMissing(f"Secret {namespace}/{name} does not exist: create it (see spec.labelStudio.apiKeySecretRef)") from None

@@ -35,7 +35,7 @@ class ProjectStatus:
 class Observed:
     generation: int
     spec_error: str | None = None
-    secret_error: str | None = None
+    kube_error: tuple[str, str] | None = None  # (reason, message): a missing Secret, a denied or failed API call
     available: bool = False
     available_message: str = "waiting for the Deployment"
     url: str | None = None
@@ -61,8 +61,9 @@ def deployment_available(deployment: dict[str, Any] | None) -> tuple[bool, str]:
 def conditions(observed: Observed) -> list[Condition]:
     if observed.spec_error:
         return [Condition(t, "False", "InvalidSpec", observed.spec_error) for t in CONDITION_TYPES]
-    if observed.secret_error:
-        return [Condition(t, "False", "SecretMissing", observed.secret_error) for t in CONDITION_TYPES]
+    if observed.kube_error:
+        reason, message = observed.kube_error
+        return [Condition(t, "False", reason, message) for t in CONDITION_TYPES]
     available = Condition("Available", "True" if observed.available else "False",
                           "DeploymentAvailable" if observed.available else "DeploymentNotAvailable", observed.available_message)
     projects = observed.projects

@@ -1,7 +1,9 @@
-"""The operator on a real control plane with a real Label Studio: apply -> Deployment and Service
-as the seed's YAML had them (key from its Secret) -> Ready -> registered exactly once -> Label
-Studio reaches the backend at its ClusterIP and stores predictions; drift repaired; a restart
-makes no duplicate; delete removes registration and webhook."""
+"""The operator on a real control plane with a real Label Studio, installed by its Helm chart and
+running with exactly the chart's ServiceAccount permissions: apply -> Deployment and Service as the
+seed's YAML had them (key from its Secret) -> Ready -> registered exactly once -> Label Studio
+reaches the backend at its ClusterIP and stores predictions; drift repaired; a restart makes no
+duplicate; delete removes registration and webhook; the API server's audit log shows the chart
+grants exactly what the operator used. Every namespace enforces the restricted Pod Security Standard."""
 
 from __future__ import annotations
 
@@ -15,20 +17,20 @@ import requests
 import yaml
 
 from prelabel_backend import synthetic
+from prelabel_operator.dev import chart
 from prelabel_operator.dev.kubelet import BackendKubelet
 from prelabel_operator.dev.operator_process import OperatorProcess
-from tests.conftest import REPO, SEED_CONFIG, scenes
+from tests.conftest import SEED_CONFIG, condition, scenes, status_of, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 
 
 @pytest.fixture(scope="module")
 def env(cluster, label_studio, tmp_path_factory) -> Iterator:  # noqa: ANN001
-    cluster.kubectl("apply", "-f", str(REPO / "crds" / "mlbackend.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/mlbackends.prelabel.dev", "--timeout=30s")
+    service_account = chart.install(cluster)  # the CRD comes with the chart
     work = tmp_path_factory.mktemp("operator")
     kubelet = BackendKubelet(cluster.kubeconfig, work).start()
-    operator = OperatorProcess(cluster.kubeconfig, work / "operator.log").start()
+    operator = OperatorProcess(service_account, work / "operator.log").start()
     yield cluster, operator, kubelet
     operator.stop()
     kubelet.stop()
@@ -37,30 +39,10 @@ def env(cluster, label_studio, tmp_path_factory) -> Iterator:  # noqa: ANN001
     print("operator log tail:\n", (work / "operator.log").read_text()[-3000:])
 
 
-def wait_for(what: str, check, timeout: float = 120):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
-
-
-def status_of(cluster, ns: str, name: str) -> dict:  # noqa: ANN001
-    out = cluster.kubectl("get", "mlb", name, "-n", ns, "-o", "json", check=False)
-    return json.loads(out.stdout).get("status", {}) if out.returncode == 0 else {}
-
-
-def condition(status: dict, kind: str) -> dict:
-    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
-
-
 def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_client, personal_access_token: str) -> None:  # noqa: ANN001
     cluster, operator, kubelet = env
     ns = f"ml-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", ns)
+    chart.restricted_namespace(cluster, ns)
     cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
     project = ls_client.projects.create(title=f"operator project {ns}", label_config=SEED_CONFIG)
     second = ls_client.projects.create(title=f"second project {ns}", label_config=SEED_CONFIG)
@@ -111,6 +93,16 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
              "jsonpath={.spec.template.spec.containers[0].env[?(@.name=='MODEL_SCORE_THRESHOLD')].value}").stdout, 60)
     wait_for("generation 2", lambda: status_of(cluster, ns, "shapes").get("observedGeneration") == 2, 60)
 
+    # Autoscaling on: an autoscaler appears (and is re-applied on resyncs); off: it is removed.
+    def autoscaler_max() -> str:
+        return cluster.kubectl("get", "hpa", "shapes-backend", "-n", ns, "-o", "jsonpath={.spec.maxReplicas}", check=False).stdout
+    cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"autoscaling": {"enabled": true, "maxReplicas": 2}}}')
+    wait_for("the autoscaler", lambda: autoscaler_max() == "2", 60)
+    wait_for("generation 3", lambda: status_of(cluster, ns, "shapes").get("observedGeneration") == 3, 60)
+    time.sleep(6)  # one resync re-applies it
+    cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"autoscaling": {"enabled": false}}}')
+    wait_for("the autoscaler removed", lambda: autoscaler_max() == "", 60)
+
     # A rotated key rolls the pods (the template's secrets hash changes), and the backend keeps serving.
     def secrets_hash() -> str:
         return cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, "-o",
@@ -142,12 +134,39 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     assert list(ls_client.ml.list(project=project.id)) == [] and list(ls_client.ml.list(project=second.id)) == []
     assert not [h for h in ls_client.webhooks.list(project=str(project.id)) if h.url.startswith(status["url"])]
     wait_for("garbage collection", lambda: cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, check=False).returncode != 0, 60)
+    assert_least_privilege(cluster)
+
+
+def granted(cluster) -> set[tuple[str, str, str]]:  # noqa: ANN001
+    """(apiGroup, resource, verb) the chart's ClusterRole grants."""
+    role = json.loads(cluster.kubectl("get", "clusterrole", chart.RELEASE, "-o", "json").stdout)
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def assert_least_privilege(cluster) -> None:  # noqa: ANN001
+    """Every request the operator made was allowed, and every permission the chart grants was used:
+    a rule removed from the chart shows up as a 403 here (or fails the scenario), an unused one as surplus.
+    A server-side apply that created an object (HTTP 201) needed `create` besides `patch`."""
+    used: set[tuple[str, str, str]] = set()
+    denied = []
+    for event in cluster.audit_events(chart.SERVICE_ACCOUNT_USER):
+        ref, code = event.get("objectRef"), event["responseStatus"]["code"]
+        if not ref:
+            continue  # discovery (/api, /apis/...): open to every authenticated user
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        if code == 403:
+            denied.append(f"{event['verb']} {resource} ({ref.get('apiGroup', '')}) in {ref.get('namespace')}")
+        used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+        if event["verb"] == "patch" and code == 201:
+            used.add((ref.get("apiGroup", ""), resource, "create"))
+    assert not denied, f"the operator was denied (a rule missing from charts/prelabel-operator): {denied}"
+    assert granted(cluster) == used, f"granted but unused: {granted(cluster) - used}; used but not granted: {used - granted(cluster)}"
 
 
 def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, ls_client) -> None:  # noqa: ANN001
     cluster, _, _ = env
     ns = f"ml-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", ns)
+    chart.restricted_namespace(cluster, ns)
     text = ls_client.projects.create(title=f"text {ns}", label_config='<View><Text name="t" value="$text"/><Labels name="l" toName="t"><Label value="PER"/></Labels></View>')
     resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "texts", "namespace": ns},
                 "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "absent"}, "projects": [{"id": text.id}]}}}
@@ -165,7 +184,7 @@ def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, 
 def test_an_unreachable_label_studio_is_retried_and_shown(env, label_studio) -> None:  # noqa: ANN001
     cluster, _, _ = env
     ns = f"ml-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", ns)
+    chart.restricted_namespace(cluster, ns)
     cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
     resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "offline", "namespace": ns},
                 "spec": {"labelStudio": {"url": "http://127.0.0.1:9", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 1}]}}}

@@ -29,7 +29,8 @@ def test_all_true_is_ready() -> None:
 
 
 def test_invalid_spec_and_missing_secret_mark_every_condition() -> None:
-    for observed, reason in ((Observed(1, spec_error="bad"), "InvalidSpec"), (Observed(1, secret_error="no Secret"), "SecretMissing")):
+    for observed, reason in ((Observed(1, spec_error="bad"), "InvalidSpec"), (Observed(1, kube_error=("SecretMissing", "no Secret")), "SecretMissing"),
+                             (Observed(1, kube_error=("Forbidden", "may not apply")), "Forbidden")):
         conds = by_type(reconcile.status(observed, None, T0))
         assert {c["reason"] for c in conds.values()} == {reason} and conds["Ready"]["status"] == "False"
 

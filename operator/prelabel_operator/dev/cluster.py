@@ -9,6 +9,9 @@ The Service range is inside 127.0.0.0/8: a ClusterIP is then a loopback address 
 bind, so a process started for a pod (see tests) can serve on its Service's ClusterIP and a real
 Label Studio on this machine reaches it there, with no traffic leaving loopback.
 
+Requests made as a ServiceAccount outside kube-system are written to an audit log
+(`audit_events`): tests read from it exactly what the operator asked the API for.
+
 The binaries come from tests/cluster/build.sh (cached under ~/.cache/prelabel/).
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -34,6 +38,15 @@ SERVICE_CIDR = "127.99.0.0/16"
 POD_CIDR = "10.244.0.0/16"  # only written into pod status by kwok: nothing listens or routes there
 CONTROLLERS = "deployment,replicaset,endpointslice,garbagecollector,serviceaccount,serviceaccount-token,namespace,horizontalpodautoscaling"
 REPO = Path(__file__).resolve().parents[3]
+
+
+# Service accounts outside kube-system (the controllers' own) at Metadata level; nothing else.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [{"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+              {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+              {"level": "None"}],
+}
 
 
 class ClusterError(RuntimeError):
@@ -118,6 +131,16 @@ class LocalCluster:
         return subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
                               input=input, text=True, capture_output=True, check=check, timeout=120)
 
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.bin_dir / "helm"), "--kubeconfig", str(self.kubeconfig), *args],
+                              text=True, capture_output=True, check=check, timeout=300)
+
+    def audit_events(self, user: str) -> list[dict]:
+        """The audit log's events for one user (e.g. system:serviceaccount:NS:NAME), oldest first."""
+        log = self.workdir / "audit.log"
+        lines = log.read_text().split("\n")[:-1] if log.exists() else []  # the last piece may be a line being written
+        return [e for e in map(json.loads, lines) if e.get("user", {}).get("username") == user]
+
     def logs(self) -> dict[str, str]:
         return {name: p.log.read_text(errors="replace")[-4000:] for name, p in self.processes.items() if p.log.exists()}
 
@@ -175,6 +198,8 @@ class LocalCluster:
 
     def _start_apiserver(self) -> None:
         pki = self.workdir / "pki"
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         self._spawn("kube-apiserver", [
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.api_port}",
@@ -184,6 +209,7 @@ class LocalCluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=RBAC",
             "--allow-privileged=false", "--endpoint-reconciler-type=none", "--v=1",
+            f"--audit-policy-file={policy}", f"--audit-log-path={self.workdir / 'audit.log'}", "--audit-log-mode=blocking",
         ])
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
@@ -284,9 +310,9 @@ class LocalCluster:
         path.chmod(0o600)
         return path
 
-    def token_kubeconfig(self, namespace: str, service_account: str) -> Path:
+    def token_kubeconfig(self, namespace: str, service_account: str, duration: str = "1h") -> Path:
         """A kubeconfig that acts as a ServiceAccount, with a short-lived token from the TokenRequest API."""
-        token = self.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
+        token = self.kubectl("create", "token", service_account, "-n", namespace, f"--duration={duration}").stdout.strip()
         return self._write_kubeconfig(self.workdir / f"{namespace}-{service_account}.kubeconfig", f"{namespace}-{service_account}", token=token)
 
 

@@ -1,8 +1,8 @@
 """`make demo`: the whole product on this machine, no Docker, no cluster, no internet.
 
 Starts a real Kubernetes control plane (local processes, built from Go modules and cached), a real
-Label Studio, the operator, and a stand-in kubelet that runs the YOLO backend on its Service's
-ClusterIP; creates a project with the seed's labeling config and 20 generated images; applies an
+Label Studio, installs the operator's Helm chart and runs the operator with the chart's
+ServiceAccount, and a stand-in kubelet that runs the YOLO backend on its Service's ClusterIP; creates a project with the seed's labeling config and 20 generated images; applies an
 MLBackend; waits until it is Ready; retrieves predictions; prints what Label Studio stored.
 `--keep` leaves everything running (Ctrl-C stops it) so you can look at the boxes in the UI.
 """
@@ -28,7 +28,6 @@ SEED_LABEL_CONFIG = """<View>
   </RectangleLabels>
 </View>"""
 NAMESPACE = "prelabel-demo"
-REPO = Path(__file__).resolve().parents[3]
 
 
 class Progress:
@@ -60,6 +59,7 @@ def run(images: int, keep: bool) -> int:
     from label_studio_sdk import LabelStudio as Client
     from prelabel_backend import synthetic
 
+    from . import chart
     from .cluster import LocalCluster, build
     from .kubelet import BackendKubelet
     from .labelstudio import LabelStudio
@@ -80,12 +80,11 @@ def run(images: int, keep: bool) -> int:
         rng = np.random.default_rng(2026)
         scenes = [synthetic.make_scene(rng) for _ in range(images)]
         task_ids = list(ls.upload_images(project.id, {f"demo-{i:02d}.png": synthetic.encode_png(s.image) for i, s in enumerate(scenes)}).values())
-        step(f"Label Studio is up at {ls.url}: project {project.id} with {len(task_ids)} tasks; starting the operator")
-        cluster.kubectl("apply", "-f", str(REPO / "crds" / "mlbackend.yaml"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/mlbackends.prelabel.dev", "--timeout=60s")
+        step(f"Label Studio is up at {ls.url}: project {project.id} with {len(task_ids)} tasks; helm install {chart.RELEASE}")
+        service_account = chart.install(cluster, token_duration="24h")
         kubelet = BackendKubelet(cluster.kubeconfig, work / "pods").start()
-        operator = OperatorProcess(cluster.kubeconfig, work / "operator.log").start()
-        cluster.kubectl("create", "namespace", NAMESPACE)
+        operator = OperatorProcess(service_account, work / "operator.log").start()
+        chart.restricted_namespace(cluster, NAMESPACE)
         cluster.kubectl("create", "secret", "generic", "label-studio", "-n", NAMESPACE, f"--from-literal=api-key={ls.token}")
         resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": NAMESPACE},
                     "spec": {"labelStudio": {"url": ls.url, "apiKeySecretRef": {"name": "label-studio"}, "projects": [{"id": project.id}]}}}

@@ -12,8 +12,9 @@ from .cluster import free_port, stop_group
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log: Path, resync_seconds: float = 5) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, resync_seconds: float = 5, extra_args: list[str] | None = None) -> None:
         self.kubeconfig, self.log, self.resync_seconds = kubeconfig, log, resync_seconds
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = free_port()
 
@@ -23,7 +24,7 @@ class OperatorProcess:
         with self.log.open("ab") as handle:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "prelabel_operator", "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
-                 "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port)],
+                 "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port), *self.extra_args],
                 env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         return self
 

@@ -1,0 +1,164 @@
+"""The Helm chart as rendered by the real helm binary: lint, the CRD copy, the values schema's
+messages, RBAC in both modes, the hardened Deployment, optional objects. Installing it on a real API
+server is tests/integration/test_chart.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prelabel_operator.dev.chart import CHART
+
+REPO = Path(__file__).resolve().parents[2]
+KUBE_VERSION = "1.36.3"
+
+
+@pytest.fixture(scope="module")
+def helm(cluster_bin: Path):  # noqa: ANN201
+    def run(*args: str, values: dict | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        flags = ["--values", "-"] if values is not None else []
+        return subprocess.run([str(cluster_bin / "helm"), *args, *flags], input=yaml.safe_dump(values) if values else "",
+                              capture_output=True, text=True, check=check)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def render(helm):  # noqa: ANN001, ANN201
+    def run(values: dict | None = None) -> dict[tuple[str, str | None], dict]:
+        out = helm("template", "prelabel-operator", str(CHART), "-n", "prelabel-system", "--kube-version", KUBE_VERSION, values=values or {}).stdout
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        return {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs}  # type: ignore[misc]
+
+    return run
+
+
+def of_kind(objects: dict, kind: str) -> list[dict]:
+    return [o for (k, *_), o in objects.items() if k == kind]
+
+
+@pytest.mark.parametrize("values", [{}, {"watchNamespaces": ["team-a", "team-b"], "metrics": {"serviceMonitor": {"enabled": True}},
+                                        "podDisruptionBudget": {"enabled": True}, "networkPolicy": {"enabled": True}}])
+def test_lint_strict_passes(helm, values: dict) -> None:  # noqa: ANN001
+    done = helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, values=values, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_chart_crd_is_the_repository_crd(render) -> None:  # noqa: ANN001
+    source = (REPO / "crds" / "mlbackend.yaml").read_text()
+    assert (CHART / "files" / "mlbackend.crd.yaml").read_text() == source, "copy crds/mlbackend.yaml to charts/prelabel-operator/files/"
+    crd = of_kind(render(), "CustomResourceDefinition")[0]
+    expected = yaml.safe_load(source)
+    assert crd["spec"] == expected["spec"] and crd["metadata"]["name"] == expected["metadata"]["name"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    unkept = of_kind(render({"crds": {"keep": False}}), "CustomResourceDefinition")[0]
+    assert not unkept["metadata"].get("annotations")
+    assert of_kind(render({"crds": {"install": False}}), "CustomResourceDefinition") == []
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"replicaCount": 2}, "at '/replicaCount': maximum: got 2, want 1"),
+    ({"watchNamespace": ["a"]}, "additional properties 'watchNamespace' not allowed"),
+    ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0'"),
+    ({"operator": {"logLevel": "verbose"}}, "at '/operator/logLevel'"),
+    ({"operator": {"resyncSeconds": 1}}, "at '/operator/resyncSeconds': minimum: got 1, want 5"),
+    ({"image": {"digest": "latest"}}, "at '/image/digest'"),
+    ({"metrics": {"port": 8080}}, "metrics.port must not be 8080: the operator's liveness endpoint listens there"),
+    ({"serviceAccount": {"create": False}}, "serviceAccount.name must name an existing ServiceAccount"),
+])
+def test_bad_values_are_refused_with_their_path(helm, values: dict, message: str) -> None:  # noqa: ANN001
+    done = helm("template", "x", str(CHART), "--kube-version", KUBE_VERSION, values=values, check=False)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+def test_every_value_is_documented_and_declared() -> None:
+    """Each key the schema declares has a `# --` comment right above it in values.yaml, and the
+    schema declares every key values.yaml has (additionalProperties: false everywhere it lists them)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented, path = [], []
+    for number, line in enumerate(lines):
+        match = re.match(r"^( *)([A-Za-z]\w*):", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 2
+        path = [*path[:depth], match.group(2)]
+        node = schema
+        for key in path[:-1]:
+            node = node.get("properties", {}).get(key, {})
+        if "properties" not in node:
+            continue  # inside a free-form Kubernetes object (resources, securityContext...)
+        assert path[-1] in node["properties"], f"values.yaml key {'.'.join(path)} is not in values.schema.json"
+        top = number  # the first line of the comment block right above the key
+        while top > 0 and lines[top - 1].strip().startswith("#"):
+            top -= 1
+        if top == number or not lines[top].strip().startswith("# --"):
+            undocumented.append(".".join(path))
+    assert not undocumented, f"values without a '# --' comment: {undocumented}"
+
+
+def rules(role: dict) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_cluster_wide_mode_has_one_cluster_role_with_no_wildcards(render) -> None:  # noqa: ANN001
+    objects = render()
+    (role,), (binding,) = of_kind(objects, "ClusterRole"), of_kind(objects, "ClusterRoleBinding")
+    assert of_kind(objects, "Role") == [] and of_kind(objects, "RoleBinding") == []
+    granted = rules(role)
+    assert not [r for r in granted if "*" in r], granted
+    assert ("", "secrets", "get") in granted and ("", "secrets", "list") not in granted  # reads the Secrets it is pointed at, lists none
+    assert not {r for r in granted if r[1] in ("pods", "nodes", "namespaces", "customresourcedefinitions", "clusterroles", "roles")}
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prelabel-operator", "namespace": "prelabel-system"}]
+
+
+def test_namespaced_mode_grants_only_in_the_listed_namespaces(render) -> None:  # noqa: ANN001
+    objects = render({"watchNamespaces": ["team-a", "team-b"]})
+    assert of_kind(objects, "ClusterRole") == [] and of_kind(objects, "ClusterRoleBinding") == []
+    roles, bindings = of_kind(objects, "Role"), of_kind(objects, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert rules(roles[0]) == rules(of_kind(render(), "ClusterRole")[0])  # the same rules, only narrower in scope
+    args = of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+
+
+def test_the_operator_pod_is_hardened(render) -> None:  # noqa: ANN001
+    (deployment,) = of_kind(render(), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    ctx = container["securityContext"]
+    assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}  # the only writable path
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": 8080, "metrics": 9100}
+    assert container["image"] == "ghcr.io/prelabel/prelabel-operator:0.1.0"
+    digest = "sha256:" + "a" * 64
+    pinned = of_kind(render({"image": {"digest": digest}}), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert pinned == f"ghcr.io/prelabel/prelabel-operator@{digest}"
+
+
+def test_optional_objects_render_only_when_enabled(render) -> None:  # noqa: ANN001
+    default = render()
+    assert {k for k, *_ in default} == {"ServiceAccount", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"}
+    extra = render({"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}, "podDisruptionBudget": {"enabled": True},
+                    "networkPolicy": {"enabled": True, "metricsFrom": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}]}})
+    (monitor,), (budget,), (policy,) = of_kind(extra, "ServiceMonitor"), of_kind(extra, "PodDisruptionBudget"), of_kind(extra, "NetworkPolicy")
+    assert monitor["metadata"]["labels"]["release"] == "prom" and monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and policy["spec"]["ingress"][0]["ports"] == [{"port": "metrics"}]
+    quiet = render({"metrics": {"enabled": False}})
+    assert of_kind(quiet, "Service") == []
+    assert "--metrics-port=0" in of_kind(quiet, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
