@@ -1,0 +1,44 @@
+-- Argo CD health of a Prelabel MLBackend, read from the status the operator writes.
+-- Healthy: Ready. Progressing: being deleted, not yet seen by the operator, or still starting
+-- (backend pods coming up, registration waiting for them). Degraded: anything that needs a person
+-- (missing Secret, refused key, incompatible labeling config, Label Studio unreachable, RBAC...).
+local hs = {}
+local starting = {DeploymentNotAvailable = true, WaitingForBackend = true, NotChecked = true}
+
+if obj.metadata.deletionTimestamp ~= nil then
+  hs.status = "Progressing"
+  hs.message = "Deleting: the operator is removing the Label Studio registrations"
+  return hs
+end
+if obj.status == nil or obj.status.conditions == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to report a status"
+  return hs
+end
+local generation = obj.metadata.generation or 0
+if obj.status.observedGeneration == nil or obj.status.observedGeneration < generation then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to apply generation " .. generation
+  return hs
+end
+
+local ready = nil
+for _, condition in ipairs(obj.status.conditions) do
+  if condition.type == "Ready" then
+    ready = condition
+  end
+end
+if ready == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the Ready condition"
+elseif ready.status == "True" then
+  hs.status = "Healthy"
+  hs.message = "Registered at " .. (obj.status.url or "?") .. " in " .. (obj.status.projectsSummary or "?") .. " projects"
+elseif starting[ready.reason] then
+  hs.status = "Progressing"
+  hs.message = ready.reason .. ": " .. (ready.message or "")
+else
+  hs.status = "Degraded"
+  hs.message = ready.reason .. ": " .. (ready.message or "")
+end
+return hs
