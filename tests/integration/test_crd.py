@@ -30,8 +30,8 @@ def crd(cluster):  # noqa: ANN001, ANN201
     return cluster
 
 
-@pytest.mark.parametrize("example", ["examples/mlbackend.yaml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "examples" / "argocd" / "mlbackends").glob("*.yaml"))])
-def test_the_examples_are_valid_mlbackends(crd, example: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("example", ["examples/label-studio-secret.yaml", "examples/mlbackend.yaml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "examples" / "argocd" / "mlbackends").glob("*.yaml"))])
+def test_the_examples_are_valid(crd, example: str) -> None:  # noqa: ANN001
     namespace = yaml.safe_load((REPO / example).read_text())["metadata"]["namespace"]
     if crd.kubectl("get", "namespace", namespace, check=False).returncode != 0:
         crd.kubectl("create", "namespace", namespace)
