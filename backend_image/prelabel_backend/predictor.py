@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from .media import MediaError, MediaFetcher
 from .metrics import Metrics
 from .models import ModelStore
 from .settings import Settings
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +86,25 @@ class Predictor:
                     self._plot(output, tasks[i].get("id"), control.name)
         return [Prediction(r, results.task_score(r), version) for r in regions]
 
-    def _video(self, control: Any, task: dict[str, Any], project: str | None) -> list[dict[str, Any]]:
-        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    def _media(self, task: Any, key: str, fetch: Callable[[Any, Any], T]) -> T | None:
+        """fetch(data[key], task id), or None (logged and counted) when the field is missing or its
+        media unreadable: a bad task loses only its own prediction."""
+        data = task.get("data") if isinstance(task, dict) else None
+        task_id = task.get("id") if isinstance(task, dict) else "?"
         try:
-            if control.data_key not in data:
-                raise MediaError(f"task data has no field {control.data_key!r}")
-            frames, fps = self.media.video(data[control.data_key], task.get("id"), project)
+            if not isinstance(data, dict) or key not in data:
+                raise MediaError(f"task data has no field {key!r}")
+            return fetch(data[key], task_id)
         except MediaError as exc:
             self.metrics.media_errors.inc()
-            log.warning("task %s: no prediction for field %r: %s", task.get("id"), control.data_key, exc)
+            log.warning("task %s: no prediction for field %r: %s", task_id, key, exc)
+            return None
+
+    def _video(self, control: Any, task: dict[str, Any], project: str | None) -> list[dict[str, Any]]:
+        fetched = self._media(task, control.data_key, lambda value, task_id: self.media.video(value, task_id, project))
+        if fetched is None:
             return []
+        frames, fps = fetched
         self.metrics.images.inc(len(frames))
         started = time.monotonic()
         if control.tag == "VideoRectangle":
@@ -111,18 +123,8 @@ class Predictor:
 
     def _fetch_all(self, tasks: list[dict[str, Any]], keys: list[str], project: str | None) -> list[dict[str, np.ndarray | None]]:
         def one(task: dict[str, Any]) -> dict[str, np.ndarray | None]:
-            out: dict[str, np.ndarray | None] = {}
-            data = task.get("data") if isinstance(task, dict) else None
-            for key in keys:
-                try:
-                    if not isinstance(data, dict) or key not in data:
-                        raise MediaError(f"task data has no field {key!r}")
-                    out[key] = self.media.image(data[key], task.get("id"), project)
-                    self.metrics.images.inc()
-                except MediaError as exc:
-                    out[key] = None
-                    self.metrics.media_errors.inc()
-                    log.warning("task %s: no prediction for field %r: %s", task.get("id") if isinstance(task, dict) else "?", key, exc)
+            out = {key: self._media(task, key, lambda value, task_id: self.media.image(value, task_id, project)) for key in keys}
+            self.metrics.images.inc(sum(1 for image in out.values() if image is not None))
             return out
 
         return list(self._pool.map(one, tasks))

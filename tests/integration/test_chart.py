@@ -1,13 +1,13 @@
 """`helm install` of charts/prelabel-operator on the real control plane, in a namespace enforcing the
 restricted Pod Security Standard, and the operator running with exactly the chart's permissions:
 a rule taken away shows as Forbidden in the MLBackend's status (and heals when given back);
-namespaced mode serves its namespaces and touches nothing else; uninstall keeps the CRD.
+namespaced mode serves its namespaces and touches nothing else; an operator started before its CRD
+waits for it; uninstall keeps the CRD.
 The full Label Studio scenario under the chart's ServiceAccount is tests/integration/test_operator.py."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -35,9 +35,26 @@ def can_i(cluster, verb: str, resource: str, namespace: str | None = None) -> bo
 
 
 @pytest.fixture(scope="module")
-def installed(cluster) -> Iterator:  # noqa: ANN001
-    kubeconfig = chart.install(cluster)
-    yield kubeconfig
+def installed(cluster):  # noqa: ANN001, ANN201
+    """The chart installed once for the module; the ServiceAccount's kubeconfig."""
+    return chart.install(cluster)
+
+
+def test_an_operator_started_before_its_crd_waits_for_it_and_then_serves(cluster, tmp_path) -> None:  # noqa: ANN001
+    """It watches no CRDs (no RBAC for that): it waits for its own through discovery, saying what to fix."""
+    assert cluster.kubectl("get", "crd", "mlbackends.prelabel.dev", check=False).returncode != 0  # runs first in this module
+    log = tmp_path / "operator.log"
+    operator = OperatorProcess(cluster.kubeconfig, log).start()
+    try:
+        wait_for("the waiting message", lambda: "waiting for the mlbackends.prelabel.dev CRD" in log.read_text(), 60)
+        assert "crds.install=true" in log.read_text()
+        chart.install(cluster)
+        chart.restricted_namespace(cluster, "early")
+        mlbackend(cluster, "early", "served")
+        wait_for("Available", lambda: condition(status_of(cluster, "early", "served"), "Available").get("status") == "True", 90)
+        cluster.kubectl("delete", "mlb", "served", "-n", "early", "--timeout=60s")
+    finally:
+        operator.stop()
 
 
 def test_install_admits_the_operator_pod_under_restricted_and_prints_the_next_step(cluster, installed) -> None:  # noqa: ANN001
@@ -57,6 +74,21 @@ def test_the_service_account_can_do_what_the_operator_does_and_no_more(cluster, 
     assert can_i(cluster, "create", "deployments.apps", "default") and not can_i(cluster, "delete", "deployments.apps", "default")
     assert not can_i(cluster, "create", "pods", "default") and not can_i(cluster, "list", "namespaces")
     assert not can_i(cluster, "delete", "mlbackends.prelabel.dev", "default")
+
+
+def test_every_optional_object_is_valid_on_the_api_server(cluster, installed) -> None:  # noqa: ANN001
+    """PodDisruptionBudget, NetworkPolicy and namespaced RBAC, strictly validated by the API server
+    (the ServiceMonitor needs prometheus-operator's CRD, absent here: it is checked rendered only)."""
+    # Another release name, without the CRD: objects that do not exist yet, so each is "created (server dry run)".
+    rendered = cluster.helm("template", "validate", str(chart.CHART), "-n", chart.NAMESPACE, "--kube-version", "1.36.3",
+                            "--set", "crds.install=false", "--set", "podDisruptionBudget.enabled=true", "--set", "networkPolicy.enabled=true",
+                            "--set", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
+                            "--set", "networkPolicy.egress[0].ports[0].port=443", "--set", "watchNamespaces={default}").stdout
+    out = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=rendered, check=False)
+    assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
+    for created in ("poddisruptionbudget.policy/validate-prelabel-operator", "networkpolicy.networking.k8s.io/validate-prelabel-operator",
+                    "role.rbac.authorization.k8s.io/validate-prelabel-operator", "deployment.apps/validate-prelabel-operator"):
+        assert f"{created} created (server dry run)" in out.stdout, out.stdout
 
 
 def test_a_removed_rule_is_shown_as_forbidden_and_heals_when_restored(cluster, installed, tmp_path) -> None:  # noqa: ANN001

@@ -99,7 +99,11 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"autoscaling": {"enabled": true, "maxReplicas": 2}}}')
     wait_for("the autoscaler", lambda: autoscaler_max() == "2", 60)
     wait_for("generation 3", lambda: status_of(cluster, ns, "shapes").get("observedGeneration") == 3, 60)
-    time.sleep(6)  # one resync re-applies it
+
+    def reapplied() -> bool:  # by a resync: a server-side apply to the existing autoscaler
+        return any(e["verb"] == "patch" and e["responseStatus"]["code"] == 200 and e["objectRef"]["resource"] == "horizontalpodautoscalers"
+                   for e in cluster.audit_events(chart.SERVICE_ACCOUNT_USER) if e.get("objectRef"))
+    wait_for("the autoscaler re-applied", reapplied, 30)
     cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"autoscaling": {"enabled": false}}}')
     wait_for("the autoscaler removed", lambda: autoscaler_max() == "", 60)
 
