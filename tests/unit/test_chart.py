@@ -162,3 +162,15 @@ def test_optional_objects_render_only_when_enabled(render) -> None:  # noqa: ANN
     quiet = render({"metrics": {"enabled": False}})
     assert of_kind(quiet, "Service") == []
     assert "--metrics-port=0" in of_kind(quiet, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_the_packaged_chart_carries_the_crd_and_the_schema(helm, tmp_path: Path) -> None:  # noqa: ANN001
+    import tarfile
+
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("prelabel-operator-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {"prelabel-operator/files/mlbackend.crd.yaml", "prelabel-operator/values.schema.json", "prelabel-operator/templates/NOTES.txt"} <= names
+    rendered = helm("template", "x", str(archive), "--kube-version", KUBE_VERSION).stdout
+    assert "name: mlbackends.prelabel.dev" in rendered
