@@ -48,7 +48,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-The operator's permissions: exactly the API calls it makes (tests/integration/test_chart.py compares
+The operator's permissions: exactly the API calls it makes (tests/integration/test_operator.py compares
 them with the API server's audit log of a full scenario). Used by the ClusterRole or by each Role.
 */}}
 {{- define "prelabel.rules" -}}

@@ -1,9 +1,10 @@
 """`make demo`: the whole product on this machine, no Docker, no cluster, no internet.
 
-Starts a real Kubernetes control plane (local processes, built from Go modules and cached), a real
-Label Studio, installs the operator's Helm chart and runs the operator with the chart's
-ServiceAccount, and a stand-in kubelet that runs the YOLO backend on its Service's ClusterIP; creates a project with the seed's labeling config and 20 generated images; applies an
-MLBackend; waits until it is Ready; retrieves predictions; prints what Label Studio stored.
+Starts a real Kubernetes control plane (local processes, built from Go modules and cached) and a
+real Label Studio; installs the operator's Helm chart and runs the operator with the chart's
+ServiceAccount; starts a stand-in kubelet that runs the YOLO backend on its Service's ClusterIP;
+creates a project with the seed's labeling config and 20 generated images; applies an MLBackend;
+waits until it is Ready; retrieves predictions; prints what Label Studio stored.
 `--keep` leaves everything running (Ctrl-C stops it) so you can look at the boxes in the UI.
 """
 
