@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -134,6 +136,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
     if report.failed:
         item.session.prelabel_failed = True  # type: ignore[attr-defined]
     return report
+
+
+@pytest.fixture(scope="session")
+def operator_image_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
+    """An interpreter with only what Dockerfile.operator installs (operator/requirements.lock) and the
+    operator's code on PYTHONPATH as in the image: a dependency missing from the lock fails here."""
+    venv = tmp_path_factory.mktemp("operator-image") / "venv"
+    uv = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
+    subprocess.run([uv, "venv", "-q", "-p", "python3.11", str(venv)], check=True)
+    subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), "-r", str(REPO / "operator" / "requirements.lock")], check=True)
+    return str(venv / "bin" / "python"), {"PYTHONPATH": str(REPO / "operator"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ The full Label Studio scenario under the chart's ServiceAccount is tests/integra
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 import yaml
@@ -40,11 +42,15 @@ def installed(cluster):  # noqa: ANN001, ANN201
     return chart.install(cluster)
 
 
-def test_an_operator_started_before_its_crd_waits_for_it_and_then_serves(cluster, tmp_path) -> None:  # noqa: ANN001
-    """It watches no CRDs (no RBAC for that): it waits for its own through discovery, saying what to fix."""
+def test_an_operator_started_before_its_crd_waits_for_it_and_then_serves(cluster, operator_image_python, tmp_path) -> None:  # noqa: ANN001
+    """It watches no CRDs (no RBAC for that): it waits for its own through discovery, saying what to
+    fix. It runs on the image's dependencies only (operator/requirements.lock), as in the container."""
     assert cluster.kubectl("get", "crd", "mlbackends.prelabel.dev", check=False).returncode != 0  # runs first in this module
     log = tmp_path / "operator.log"
-    operator = OperatorProcess(cluster.kubeconfig, log).start()
+    python, env = operator_image_python
+    dev_only = subprocess.run([python, "-c", "import pytest"], env={**os.environ, **env}, capture_output=True)
+    assert dev_only.returncode != 0  # the test tools are not in the image
+    operator = OperatorProcess(cluster.kubeconfig, log, python=python, env=env).start()
     try:
         wait_for("the waiting message", lambda: "waiting for the mlbackends.prelabel.dev CRD" in log.read_text(), 60)
         assert "crds.install=true" in log.read_text()
