@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -61,14 +58,9 @@ def wait_for(what: str, check, timeout: float = 120):  # noqa: ANN001, ANN201
     raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
-def status_of(cluster, ns: str, name: str) -> dict:  # noqa: ANN001
-    """An MLBackend's status ({} while it has none or does not exist)."""
-    out = cluster.kubectl("get", "mlb", name, "-n", ns, "-o", "json", check=False)
-    return json.loads(out.stdout).get("status", {}) if out.returncode == 0 else {}
-
-
-def condition(status: dict, kind: str) -> dict:
-    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+def grants(role: dict) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) a Role or ClusterRole grants."""
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
 
 
 def data_uri(image: np.ndarray) -> str:
@@ -142,11 +134,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
 def operator_image_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
     """An interpreter with only what Dockerfile.operator installs (operator/requirements.lock) and the
     operator's code on PYTHONPATH as in the image: a dependency missing from the lock fails here."""
-    venv = tmp_path_factory.mktemp("operator-image") / "venv"
-    uv = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
-    subprocess.run([uv, "venv", "-q", "-p", "python3.11", str(venv)], check=True)
-    subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), "-r", str(REPO / "operator" / "requirements.lock")], check=True)
-    return str(venv / "bin" / "python"), {"PYTHONPATH": str(REPO / "operator"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
+    from prelabel_operator.dev import venv
+
+    python = venv.create(tmp_path_factory.mktemp("operator-image") / "venv", "-r", str(REPO / "operator" / "requirements.lock"), python="python3.11")
+    return str(python), {"PYTHONPATH": str(REPO / "operator"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
 
 
 @pytest.fixture(scope="session")

@@ -148,8 +148,7 @@ def reconcile_backend(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status:
 
 
 def _ready(patch: kopf.Patch) -> bool:
-    conditions = (patch.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    return reconcile.condition(patch.get("status"), "Ready").get("status") == "True"
 
 
 def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
@@ -178,7 +177,7 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
         _register(body, observed, parsed, api_key, auth, uid, name, namespace)
     body_status = reconcile.status(observed, previous)
     patch.status.update(body_status)
-    ready = next(c for c in body_status["conditions"] if c["type"] == "Ready")
+    ready = reconcile.condition(body_status, "Ready")
     metrics.READY.labels(namespace, name).set(1 if ready["status"] == "True" else 0)
     for cond in body_status["conditions"]:
         if cond["status"] == "False" and cond["type"] != "Ready":

@@ -12,7 +12,7 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from .registration import Desired, Plan, Registration, plan
+from .registration import Desired, Plan, Registration, plan, same_url
 from .spec import ProjectRef
 
 
@@ -113,16 +113,14 @@ class Client:
     def remove(self, project_id: int, registration_id: int) -> None:
         """Deletes a registration and the webhook Label Studio made for it (it leaves that behind)."""
         try:
-            url = str(self.sdk.ml.get(registration_id).url)
-        except ApiError as exc:
-            if exc.status_code == 404:
-                return
-            raise _explain(exc, f"read registration {registration_id}", "") from None
-        except Exception as exc:  # noqa: BLE001
-            raise _explain(exc, f"read registration {registration_id}", "") from None
+            url = str(self._call(f"read registration {registration_id}", self.sdk.ml.get, registration_id).url)
+        except LabelStudioError as exc:
+            if exc.reason == "NotFound":
+                return  # already gone
+            raise
         self._call(f"delete registration {registration_id}", self.sdk.ml.delete, registration_id)
         # The webhook belongs to the URL: keep it while another registration (a kept twin) still uses it.
-        if not any(r.url.rstrip("/") == url.rstrip("/") for r in self.registrations(project_id)):
+        if not any(same_url(r.url, url) for r in self.registrations(project_id)):
             self.remove_webhooks(project_id, url)
 
     def remove_webhooks(self, project_id: int, backend_url: str) -> int:
@@ -130,7 +128,7 @@ class Client:
         target = backend_url.rstrip("/") + "/webhook"
         removed = 0
         for hook in hooks:
-            if str(hook.url).rstrip("/") == target:
+            if same_url(str(hook.url), target):
                 self._call(f"delete webhook {hook.id}", self.sdk.webhooks.delete, hook.id)
                 removed += 1
         return removed

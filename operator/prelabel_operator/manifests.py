@@ -20,13 +20,12 @@ MANAGED_BY = "prelabel-operator"
 SECRETS_HASH_ANNOTATION = "prelabel.dev/secrets-hash"
 
 
-def labels(name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "prelabel-backend", "app.kubernetes.io/instance": name,
-            "app.kubernetes.io/managed-by": MANAGED_BY}
-
-
 def selector(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "prelabel-backend", "app.kubernetes.io/instance": name}
+
+
+def labels(name: str) -> dict[str, str]:
+    return {**selector(name), "app.kubernetes.io/managed-by": MANAGED_BY}
 
 
 def object_name(name: str) -> str:

@@ -96,6 +96,11 @@ def ready(conds: list[Condition]) -> Condition:
     return Condition("Ready", "False", first.reason, first.message)
 
 
+def condition(status: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """One condition of a status body, by type ({} when it has none)."""
+    return next((c for c in (status or {}).get("conditions") or [] if c.get("type") == kind), {})
+
+
 def status(observed: Observed, previous: list[dict[str, Any]] | None, now: dt.datetime | None = None) -> dict[str, Any]:
     """The status subresource body; lastTransitionTime moves only when a condition's status changes."""
     now = now or dt.datetime.now(dt.timezone.utc)

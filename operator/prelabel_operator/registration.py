@@ -53,18 +53,22 @@ class Plan:
         return self.update_id or self.keep_id
 
 
-def _same_url(a: str, b: str) -> bool:
+def same_url(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")  # Label Studio treats a trailing slash as another URL
+
+
+def _is_ours(registration: Registration, uid: str) -> bool:
+    return registration.description.startswith(MARKER_PREFIX) and f"({uid})" in registration.description
 
 
 def plan(existing: list[Registration], desired: Desired, uid: str) -> Plan:
     """What to do in one project so exactly one registration, ours, matches `desired`."""
-    ours = sorted((r for r in existing if f"({uid})" in r.description and r.description.startswith(MARKER_PREFIX)), key=lambda r: r.id)
-    if not ours:
+    mine = sorted((r for r in existing if _is_ours(r, uid)), key=lambda r: r.id)
+    if not mine:
         return Plan(create=True)
-    keep, extra = ours[0], tuple(r.id for r in ours[1:])
+    keep, extra = mine[0], tuple(r.id for r in mine[1:])
     in_sync = (
-        _same_url(keep.url, desired.url) and keep.title == desired.title and keep.description == desired.description
+        same_url(keep.url, desired.url) and keep.title == desired.title and keep.description == desired.description
         and keep.is_interactive == desired.is_interactive and float(keep.timeout) == float(desired.timeout)
         and (keep.auth_user or None) == (desired.auth_user or None) and not desired.auth_changed
     )
@@ -72,4 +76,4 @@ def plan(existing: list[Registration], desired: Desired, uid: str) -> Plan:
 
 
 def ours(existing: list[Registration], uid: str) -> list[int]:
-    return [r.id for r in existing if r.description.startswith(MARKER_PREFIX) and f"({uid})" in r.description]
+    return [r.id for r in existing if _is_ours(r, uid)]

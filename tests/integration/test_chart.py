@@ -16,7 +16,8 @@ import yaml
 
 from prelabel_operator.dev import chart
 from prelabel_operator.dev.operator_process import OperatorProcess
-from tests.conftest import condition, status_of, wait_for
+from prelabel_operator.reconcile import condition
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.cluster
 UNREACHABLE_LABEL_STUDIO = "http://127.0.0.1:9"  # the backend side still runs; registration waits
@@ -57,7 +58,7 @@ def test_an_operator_started_before_its_crd_waits_for_it_and_then_serves(cluster
         chart.install(cluster)
         chart.restricted_namespace(cluster, "early")
         mlbackend(cluster, "early", "served")
-        wait_for("Available", lambda: condition(status_of(cluster, "early", "served"), "Available").get("status") == "True", 90)
+        wait_for("Available", lambda: condition(cluster.status("mlb", "early", "served"), "Available").get("status") == "True", 90)
         cluster.kubectl("delete", "mlb", "served", "-n", "early", "--timeout=60s")
     finally:
         operator.stop()
@@ -106,11 +107,11 @@ def test_a_removed_rule_is_shown_as_forbidden_and_heals_when_restored(cluster, i
     operator = OperatorProcess(installed, tmp_path / "operator.log").start()
     try:
         mlbackend(cluster, ns, "denied")
-        ready = wait_for("Forbidden", lambda: (c := condition(status_of(cluster, ns, "denied"), "Ready")).get("reason") == "Forbidden" and c, 90)
+        ready = wait_for("Forbidden", lambda: (c := condition(cluster.status("mlb", ns, "denied"), "Ready")).get("reason") == "Forbidden" and c, 90)
         assert "may not apply services in namespace rbac-check" in ready["message"] and "Role or ClusterRole" in ready["message"] and "helm upgrade" in ready["message"]
         chart.install(cluster)  # helm upgrade puts the rule back
         wait_for("Available after the rule is back",
-                 lambda: condition(status_of(cluster, ns, "denied"), "Available").get("status") == "True", 90)
+                 lambda: condition(cluster.status("mlb", ns, "denied"), "Available").get("status") == "True", 90)
         assert cluster.kubectl("get", "service", "denied-backend", "-n", ns, check=False).returncode == 0
     finally:
         cluster.kubectl("delete", "mlb", "denied", "-n", ns, "--timeout=60s", check=False)
@@ -132,8 +133,8 @@ def test_namespaced_mode_serves_only_its_namespaces(cluster, installed, tmp_path
         try:
             mlbackend(cluster, "team-a", "served")
             mlbackend(cluster, "team-b", "ignored")
-            wait_for("Available in team-a", lambda: condition(status_of(cluster, "team-a", "served"), "Available").get("status") == "True", 90)
-            assert status_of(cluster, "team-b", "ignored") == {}
+            wait_for("Available in team-a", lambda: condition(cluster.status("mlb", "team-a", "served"), "Available").get("status") == "True", 90)
+            assert cluster.status("mlb", "team-b", "ignored") == {}
             assert cluster.kubectl("get", "deployment", "ignored-backend", "-n", "team-b", check=False).returncode != 0
             touched = {e["objectRef"].get("namespace") for e in cluster.audit_events(chart.SERVICE_ACCOUNT_USER) if e.get("objectRef")}
             assert "team-a" in touched and "team-b" not in touched

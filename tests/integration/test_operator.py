@@ -20,7 +20,8 @@ from prelabel_backend import synthetic
 from prelabel_operator.dev import chart
 from prelabel_operator.dev.kubelet import BackendKubelet
 from prelabel_operator.dev.operator_process import OperatorProcess
-from tests.conftest import SEED_CONFIG, condition, scenes, status_of, wait_for
+from prelabel_operator.reconcile import condition
+from tests.conftest import SEED_CONFIG, grants, scenes, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 
@@ -52,7 +53,7 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
                          "model": {"scoreThreshold": 0.3}, "image": "prelabel-backend:test"}}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
 
-    status = wait_for("Ready", lambda: (s := status_of(cluster, ns, "shapes")) and condition(s, "Ready").get("status") == "True" and s)
+    status = wait_for("Ready", lambda: (s := cluster.status("mlb", ns, "shapes")) and condition(s, "Ready").get("status") == "True" and s)
     deployment = json.loads(cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, "-o", "json").stdout)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env_vars = {e["name"]: e for e in container["env"]}
@@ -91,14 +92,14 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"model": {"scoreThreshold": 0.4}}}')
     wait_for("the new threshold", lambda: "0.4" in cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, "-o",
              "jsonpath={.spec.template.spec.containers[0].env[?(@.name=='MODEL_SCORE_THRESHOLD')].value}").stdout, 60)
-    wait_for("generation 2", lambda: status_of(cluster, ns, "shapes").get("observedGeneration") == 2, 60)
+    wait_for("generation 2", lambda: cluster.status("mlb", ns, "shapes").get("observedGeneration") == 2, 60)
 
     # Autoscaling on: an autoscaler appears (and is re-applied on resyncs); off: it is removed.
     def autoscaler_max() -> str:
         return cluster.kubectl("get", "hpa", "shapes-backend", "-n", ns, "-o", "jsonpath={.spec.maxReplicas}", check=False).stdout
     cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"autoscaling": {"enabled": true, "maxReplicas": 2}}}')
     wait_for("the autoscaler", lambda: autoscaler_max() == "2", 60)
-    wait_for("generation 3", lambda: status_of(cluster, ns, "shapes").get("observedGeneration") == 3, 60)
+    wait_for("generation 3", lambda: cluster.status("mlb", ns, "shapes").get("observedGeneration") == 3, 60)
 
     def reapplied() -> bool:  # by a resync: a server-side apply to the existing autoscaler
         return any(e["verb"] == "patch" and e["responseStatus"]["code"] == 200 and e["objectRef"]["resource"] == "horizontalpodautoscalers"
@@ -116,7 +117,7 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     cluster.kubectl("apply", "-f", "-", input=cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={rotated}",
                                                              "--dry-run=client", "-o", "yaml").stdout)
     wait_for("a rollout for the rotated key", lambda: secrets_hash() not in ("", before), 60)
-    wait_for("Ready after rotation", lambda: condition(status_of(cluster, ns, "shapes"), "Ready").get("status") == "True", 180)
+    wait_for("Ready after rotation", lambda: condition(cluster.status("mlb", ns, "shapes"), "Ready").get("status") == "True", 180)
     # The restarted backend fetches Label Studio's uploads with the rotated key.
     late = label_studio.upload_images(project.id, {"after-rotation.png": synthetic.encode_png(scenes(502, 1)[0].image)})["after-rotation.png"]
 
@@ -141,12 +142,6 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     assert_least_privilege(cluster)
 
 
-def granted(cluster) -> set[tuple[str, str, str]]:  # noqa: ANN001
-    """(apiGroup, resource, verb) the chart's ClusterRole grants."""
-    role = json.loads(cluster.kubectl("get", "clusterrole", chart.RELEASE, "-o", "json").stdout)
-    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-
-
 def assert_least_privilege(cluster) -> None:  # noqa: ANN001
     """Every request the operator made was allowed, and every permission the chart grants was used:
     a rule removed from the chart shows up as a 403 here (or fails the scenario), an unused one as surplus.
@@ -164,7 +159,8 @@ def assert_least_privilege(cluster) -> None:  # noqa: ANN001
         if event["verb"] == "patch" and code == 201:
             used.add((ref.get("apiGroup", ""), resource, "create"))
     assert not denied, f"the operator was denied (a rule missing from charts/prelabel-operator): {denied}"
-    assert granted(cluster) == used, f"granted but unused: {granted(cluster) - used}; used but not granted: {used - granted(cluster)}"
+    granted = grants(json.loads(cluster.kubectl("get", "clusterrole", chart.RELEASE, "-o", "json").stdout))
+    assert granted == used, f"granted but unused: {granted - used}; used but not granted: {used - granted}"
 
 
 def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, ls_client) -> None:  # noqa: ANN001
@@ -175,11 +171,11 @@ def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, 
     resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "texts", "namespace": ns},
                 "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "absent"}, "projects": [{"id": text.id}]}}}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
-    ready = wait_for("SecretMissing", lambda: (c := condition(status_of(cluster, ns, "texts"), "Ready")).get("reason") == "SecretMissing" and c)
+    ready = wait_for("SecretMissing", lambda: (c := condition(cluster.status("mlb", ns, "texts"), "Ready")).get("reason") == "SecretMissing" and c)
     assert "Secret " + ns + "/absent does not exist" in ready["message"]
 
     cluster.kubectl("create", "secret", "generic", "absent", "-n", ns, f"--from-literal=api-key={label_studio.token}")
-    compat = wait_for("IncompatibleLabelConfig", lambda: (c := condition(status_of(cluster, ns, "texts"), "ConfigCompatible")).get("reason") == "IncompatibleLabelConfig" and c)
+    compat = wait_for("IncompatibleLabelConfig", lambda: (c := condition(cluster.status("mlb", ns, "texts"), "ConfigCompatible")).get("reason") == "IncompatibleLabelConfig" and c)
     assert compat["status"] == "False" and "found Labels" in compat["message"]
     assert list(ls_client.ml.list(project=text.id)) == []
     cluster.kubectl("delete", "mlb", "texts", "-n", ns, "--timeout=90s")
@@ -193,9 +189,9 @@ def test_an_unreachable_label_studio_is_retried_and_shown(env, label_studio) -> 
     resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "offline", "namespace": ns},
                 "spec": {"labelStudio": {"url": "http://127.0.0.1:9", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 1}]}}}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
-    registered = wait_for("LabelStudioUnreachable", lambda: (c := condition(status_of(cluster, ns, "offline"), "Registered")).get("reason") == "LabelStudioUnreachable" and c)
+    registered = wait_for("LabelStudioUnreachable", lambda: (c := condition(cluster.status("mlb", ns, "offline"), "Registered")).get("reason") == "LabelStudioUnreachable" and c)
     assert registered["status"] == "False" and "could not reach Label Studio" in registered["message"]
-    assert condition(status_of(cluster, ns, "offline"), "Available")["status"] == "True"  # the backend itself runs
+    assert condition(cluster.status("mlb", ns, "offline"), "Available")["status"] == "True"  # the backend itself runs
     # Deleting while Label Studio is down would wait for it; Orphan lets go at once.
     cluster.kubectl("patch", "mlb", "offline", "-n", ns, "--type=merge", "-p", '{"spec": {"deletionPolicy": "Orphan"}}')
     cluster.kubectl("delete", "mlb", "offline", "-n", ns, "--timeout=60s")

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from prelabel_operator.dev.chart import CHART
+from tests.conftest import REPO, grants
 
-REPO = Path(__file__).resolve().parents[2]
 KUBE_VERSION = "1.36.3"
 
 
@@ -103,15 +103,11 @@ def test_every_value_is_documented_and_declared() -> None:
     assert not undocumented, f"values without a '# --' comment: {undocumented}"
 
 
-def rules(role: dict) -> set[tuple[str, str, str]]:
-    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-
-
 def test_cluster_wide_mode_has_one_cluster_role_with_no_wildcards(render) -> None:  # noqa: ANN001
     objects = render()
     (role,), (binding,) = of_kind(objects, "ClusterRole"), of_kind(objects, "ClusterRoleBinding")
     assert of_kind(objects, "Role") == [] and of_kind(objects, "RoleBinding") == []
-    granted = rules(role)
+    granted = grants(role)
     assert not [r for r in granted if "*" in r], granted
     assert ("", "secrets", "get") in granted and ("", "secrets", "list") not in granted  # reads the Secrets it is pointed at, lists none
     assert not {r for r in granted if r[1] in ("pods", "nodes", "namespaces", "customresourcedefinitions", "clusterroles", "roles")}
@@ -125,7 +121,7 @@ def test_namespaced_mode_grants_only_in_the_listed_namespaces(render) -> None:  
     roles, bindings = of_kind(objects, "Role"), of_kind(objects, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    assert rules(roles[0]) == rules(of_kind(render(), "ClusterRole")[0])  # the same rules, only narrower in scope
+    assert grants(roles[0]) == grants(of_kind(render(), "ClusterRole")[0])  # the same rules, only narrower in scope
     args = of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
 

@@ -7,7 +7,6 @@ runs as a local process with exactly the chart's permissions: a token of the cha
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,6 @@ def restricted_namespace(cluster: LocalCluster, name: str) -> None:
 def install(cluster: LocalCluster, values: dict[str, Any] | None = None, token_duration: str = "2h") -> Path:
     """Installs (or upgrades) the chart, waits for its Deployment, returns the ServiceAccount's kubeconfig."""
     restricted_namespace(cluster, NAMESPACE)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
-        yaml.safe_dump(values or {}, handle)
-        handle.flush()
-        cluster.helm("upgrade", "--install", RELEASE, str(CHART), "-n", NAMESPACE, "-f", handle.name, "--wait", "--timeout", "120s")
+    cluster.helm("upgrade", "--install", RELEASE, str(CHART), "-n", NAMESPACE, "--values", "-", "--wait", "--timeout", "120s",
+                 input=yaml.safe_dump(values or {}))
     return cluster.token_kubeconfig(NAMESPACE, RELEASE, token_duration)

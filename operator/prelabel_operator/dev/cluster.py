@@ -128,12 +128,19 @@ class LocalCluster:
         self._start_apiserver()
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, text=True, capture_output=True, check=check, timeout=120)
+        return self._client("kubectl", args, input, check, timeout=120)
 
-    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.bin_dir / "helm"), "--kubeconfig", str(self.kubeconfig), *args],
-                              text=True, capture_output=True, check=check, timeout=300)
+    def helm(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self._client("helm", args, input, check, timeout=300)
+
+    def _client(self, tool: str, args: tuple[str, ...], input: str | None, check: bool, timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.bin_dir / tool), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=input, text=True, capture_output=True, check=check, timeout=timeout)
+
+    def status(self, resource: str, namespace: str, name: str) -> dict:
+        """An object's status ({} while it has none or does not exist)."""
+        out = self.kubectl("get", resource, name, "-n", namespace, "-o", "json", check=False)
+        return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
 
     def audit_events(self, user: str) -> list[dict]:
         """The audit log's events for one user (e.g. system:serviceaccount:NS:NAME), oldest first."""

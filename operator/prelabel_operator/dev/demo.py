@@ -10,7 +10,6 @@ waits until it is Ready; retrieves predictions; prints what Label Studio stored.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from ..reconcile import condition
 
 SEED_LABEL_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -43,10 +44,9 @@ def wait_ready(cluster, step: Progress, timeout: float = 300) -> dict:  # noqa: 
     """Shows each condition change until Ready=True; returns the status."""
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        out = cluster.kubectl("get", "mlb", "shapes", "-n", NAMESPACE, "-o", "json", check=False)
-        status = json.loads(out.stdout).get("status", {}) if out.returncode == 0 else {}
-        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
-        shown = (ready or {}).get("reason"), (ready or {}).get("message")
+        status = cluster.status("mlb", NAMESPACE, "shapes")
+        ready = condition(status, "Ready")
+        shown = ready.get("reason"), ready.get("message")
         if ready and shown != last:
             step(f"MLBackend Ready={ready['status']} ({ready['reason']}): {ready['message']}")
             last = shown

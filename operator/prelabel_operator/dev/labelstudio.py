@@ -21,9 +21,10 @@ from pathlib import Path
 import requests
 
 from .cluster import free_port, stop_group
+from .venv import CACHE
+from .venv import create as create_venv
 
 VERSION = "1.23.2"
-CACHE = Path(os.environ.get("PRELABEL_CACHE", Path.home() / ".cache" / "prelabel"))
 
 
 def venv_dir() -> Path:
@@ -36,12 +37,8 @@ def ensure_installed() -> Path:
     exe, done = venv / "bin" / "label-studio", venv / ".prelabel-complete"
     if done.exists():
         return exe
-    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-    env = {**os.environ, "UV_CACHE_DIR": str(CACHE / "uv")}
     print(f"[label-studio] installing label-studio=={VERSION} into {venv} (first time: a few minutes)", file=sys.stderr)
-    shutil.rmtree(venv, ignore_errors=True)  # a half-made venv from an interrupted install
-    subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(venv)], check=True, env=env)
-    subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), f"label-studio=={VERSION}"], check=True, env=env)
+    create_venv(venv, f"label-studio=={VERSION}")
     done.touch()
     return exe
 
