@@ -1,7 +1,9 @@
 """One /predict request: fetch every task's media in parallel, run each model once over all the
 tasks that need it (batched), convert per control, and answer one result per task, in order.
 
-A task whose media cannot be fetched or decoded gets an empty result; the others are unaffected.
+A task whose media cannot be fetched or decoded gets an empty result and an "error" naming why (Label
+Studio ignores the extra key; Prelabel's pre-labeling counts the task as failed instead of storing
+it); the others are unaffected.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ class Prediction:
     result: list[dict[str, Any]]
     score: float
     model_version: str
+    error: str | None = None  # why the task's media could not be read: its result is then incomplete
 
     def as_json(self) -> dict[str, Any]:
-        return {"result": self.result, "score": self.score, "model_version": self.model_version}
+        body = {"result": self.result, "score": self.score, "model_version": self.model_version}
+        if self.error:
+            body["error"] = self.error
+        return body
 
 
 class Predictor:
@@ -63,11 +69,12 @@ class Predictor:
     def predict(self, config: LabelConfig, tasks: list[dict[str, Any]], project: str | None) -> list[Prediction]:
         version = self.model_version(config)
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
+        errors: dict[int, str] = {}  # position of the task -> first media error
         keys = sorted({c.data_key for c in config.controls if c.media == "Image"})
-        images = self._fetch_all(tasks, keys, project) if keys else [{} for _ in tasks]
+        images = self._fetch_all(tasks, keys, project, errors) if keys else [{} for _ in tasks]
         for control in (c for c in config.controls if c.media == "Video"):
             for i, task in enumerate(tasks):
-                regions[i].extend(self._video(control, task, project))
+                regions[i].extend(self._video(control, task, project, lambda reason, i=i: errors.setdefault(i, reason)))
         for control in (c for c in config.controls if c.media == "Image"):
             loaded = self.store.get(control.model_file)
             wanted = [i for i, task in enumerate(tasks) if images[i].get(control.data_key) is not None]
@@ -84,11 +91,11 @@ class Predictor:
                     log.warning("task %s, control %s: %s", tasks[i].get("id"), control.name, exc)
                 if self.settings.debug_plot:
                     self._plot(output, tasks[i].get("id"), control.name)
-        return [Prediction(r, results.task_score(r), version) for r in regions]
+        return [Prediction(r, results.task_score(r), version, errors.get(i)) for i, r in enumerate(regions)]
 
-    def _media(self, task: Any, key: str, fetch: Callable[[Any, Any], T]) -> T | None:
-        """fetch(data[key], task id), or None (logged and counted) when the field is missing or its
-        media unreadable: a bad task loses only its own prediction."""
+    def _media(self, task: Any, key: str, fetch: Callable[[Any, Any], T], on_error: Callable[[str], Any]) -> T | None:
+        """fetch(data[key], task id), or None (logged, counted and passed to on_error) when the field is
+        missing or its media unreadable: a bad task loses only its own prediction."""
         data = task.get("data") if isinstance(task, dict) else None
         task_id = task.get("id") if isinstance(task, dict) else "?"
         try:
@@ -98,10 +105,11 @@ class Predictor:
         except MediaError as exc:
             self.metrics.media_errors.inc()
             log.warning("task %s: no prediction for field %r: %s", task_id, key, exc)
+            on_error(f"field {key!r}: {exc}")
             return None
 
-    def _video(self, control: Any, task: dict[str, Any], project: str | None) -> list[dict[str, Any]]:
-        fetched = self._media(task, control.data_key, lambda value, task_id: self.media.video(value, task_id, project))
+    def _video(self, control: Any, task: dict[str, Any], project: str | None, on_error: Callable[[str], Any]) -> list[dict[str, Any]]:
+        fetched = self._media(task, control.data_key, lambda value, task_id: self.media.video(value, task_id, project), on_error)
         if fetched is None:
             return []
         frames, fps = fetched
@@ -121,13 +129,16 @@ class Predictor:
         self.metrics.observe_inference(loaded.path.name, len(frames), time.monotonic() - started)
         return regions
 
-    def _fetch_all(self, tasks: list[dict[str, Any]], keys: list[str], project: str | None) -> list[dict[str, np.ndarray | None]]:
-        def one(task: dict[str, Any]) -> dict[str, np.ndarray | None]:
-            out = {key: self._media(task, key, lambda value, task_id: self.media.image(value, task_id, project)) for key in keys}
+    def _fetch_all(self, tasks: list[dict[str, Any]], keys: list[str], project: str | None,
+                   errors: dict[int, str]) -> list[dict[str, np.ndarray | None]]:
+        def one(item: tuple[int, dict[str, Any]]) -> dict[str, np.ndarray | None]:
+            i, task = item
+            out = {key: self._media(task, key, lambda value, task_id: self.media.image(value, task_id, project),
+                                    lambda reason: errors.setdefault(i, reason)) for key in keys}
             self.metrics.images.inc(sum(1 for image in out.values() if image is not None))
             return out
 
-        return list(self._pool.map(one, tasks))
+        return list(self._pool.map(one, enumerate(tasks)))
 
     def _plot(self, output: Any, task_id: Any, control: str) -> None:
         folder = Path(self.settings.model_dir) / "debug"

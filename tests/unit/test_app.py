@@ -114,6 +114,12 @@ def test_a_bad_image_empties_its_task_only(client, caplog) -> None:  # noqa: ANN
     with caplog.at_level(logging.WARNING):
         results = client.post("/predict", json={"tasks": tasks, "label_config": SEED_CONFIG}).get_json()["results"]
     assert [bool(r["result"]) for r in results] == [True, False, False, False, True]
+    # The reason travels in the answer too, so a caller (the operator's pre-labeling) can report it.
+    errors = [r.get("error") for r in results]
+    assert errors[0] is None and errors[4] is None
+    assert "not an image OpenCV can decode" in errors[1]
+    assert "no field 'image'" in errors[2]
+    assert "neither Label Studio's nor in MEDIA_ALLOWED_HOSTS" in errors[3]
     assert "not an image OpenCV can decode" in caplog.text
     assert "no field 'image'" in caplog.text
     assert "neither Label Studio's nor in MEDIA_ALLOWED_HOSTS" in caplog.text
