@@ -1,24 +1,29 @@
 """Thin kopf handlers: observe, call the pure builders and decisions, apply, write status and events.
 
 create/update/resume and a resync timer run the same reconcile; delete deregisters (finalizer).
+A daemon per MLBackend with spec.prelabel (and not paused) drives pre-labeling; kopf stops it
+when the section is removed or paused, or the resource is deleted.
 A Label Studio or API outage is retried with backoff and shown in status, never dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import kopf
 import requests
 
-from . import kube, manifests, metrics, reconcile
+from . import kube, manifests, metrics, prelabel, reconcile
 from .labelstudio import Client, LabelStudioError
+from .prelabel_driver import Driver, Outage, Target
 from .registration import Desired, marker, ours
-from .spec import MLBackendSpec, SpecError
+from .spec import MLBackendSpec, PrelabelSpec, SpecError
 
 GROUP, VERSION, PLURAL = "prelabel.dev", "v1alpha1", "mlbackends"
 RESYNC_SECONDS = float(os.environ.get("PRELABEL_RESYNC_SECONDS", "30"))
@@ -175,6 +180,13 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
     observed.url = manifests.backend_url(name, namespace, parsed, cluster_ip)
     if observed.available and observed.url:
         _register(body, observed, parsed, api_key, auth, uid, name, namespace)
+    if parsed.prelabel is not None:
+        current = (status or {}).get("prelabel")
+        observed.prelabel = prelabel.condition(current, parsed.prelabel.paused)
+        if parsed.prelabel.paused and current and current.get("phase") != "Paused":
+            patch.status["prelabel"] = {"phase": "Paused"}
+    elif (status or {}).get("prelabel"):
+        patch.status["prelabel"] = None  # the section was removed: pre-labeling is off
     body_status = reconcile.status(observed, previous)
     patch.status.update(body_status)
     ready = reconcile.condition(body_status, "Ready")
@@ -242,3 +254,76 @@ def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Pa
     with _reconciling_guard:
         _reconciling.pop(meta["uid"], None)
     kopf.info(body, reason="Deregistered", message=f"removed {removed} registration(s) from Label Studio")
+
+
+# -- pre-labeling ----------------------------------------------------------------------------------
+def prelabel_wanted(spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> bool:
+    section = spec.get("prelabel")
+    return section is not None and not section.get("paused", False) and not meta.get("deletionTimestamp")
+
+
+def _prelabel_target(namespace: str, spec: dict[str, Any], status: dict[str, Any]) -> tuple[Target | None, str]:
+    """Where to pre-label: the registered backend address and the projects it is connected in
+    (from status), and the keys (from the Secrets). None and why while the backend is not there yet."""
+    url = status.get("url")
+    projects = tuple(int(p["id"]) for p in status.get("projects") or [] if p.get("state") == "Connected" and p.get("id") is not None)
+    if not url or not projects:
+        return None, "waiting for the backend to be available and registered"
+    parsed = MLBackendSpec.parse(spec)
+    api_key, auth, _ = _secrets(namespace, parsed)
+    return Target(parsed.label_studio.url, api_key, url, auth, projects), ""
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, when=prelabel_wanted, cancellation_timeout=3.0)
+async def prelabel_daemon(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Drives every task of the declared projects toward a prediction of the current model version,
+    pass after pass: a pass reads from Label Studio what is left, so it resumes after any restart.
+    Async on kopf's loop: it blocks no other resource's handlers. Paused or removed: kopf sets
+    `stopped`, no batch starts after that, and kopf cancels what is in flight after 3 s."""
+    namespace, name = meta["namespace"], meta["name"]
+    last_phase: list[str | None] = [None]
+
+    async def report(progress: prelabel.Progress) -> None:
+        if stopped:  # paused or removed: the reconcile now owns what status says
+            return
+        body_status = prelabel.status(progress, time.monotonic())
+        cond = prelabel.condition(body_status, paused=False)
+        assert cond is not None
+        conditions = reconcile.with_condition(list(status.get("conditions") or []), reconcile.Condition("Prelabeled", *cond),
+                                              int(meta.get("generation") or 0))
+        full = {key: body_status.get(key) for key in prelabel.STATUS_KEYS}  # None removes what no longer applies
+        await asyncio.to_thread(kube.patch_status, GROUP, VERSION, PLURAL, namespace, name, {"prelabel": full, "conditions": conditions})
+        phase = body_status["phase"]
+        if phase != last_phase[0]:
+            if phase == "Progressing" and last_phase[0] != "Progressing":
+                kopf.info(body, reason="PrelabelStarted", message=f"pre-labeling {body_status['pending']} task(s) with {progress.model_version}")
+            elif phase == "Complete":
+                kopf.info(body, reason="PrelabelComplete", message=cond[2])
+            elif phase == "Failed":
+                kopf.warn(body, reason="PrelabelFailed", message=cond[2])
+            last_phase[0] = phase
+
+    driver = Driver(namespace, name, report)
+    outages = 0
+    while not stopped:
+        try:
+            target, waiting = await asyncio.to_thread(_prelabel_target, namespace, dict(spec), dict(status))
+            section = PrelabelSpec.parse(dict(spec).get("prelabel")) or PrelabelSpec()
+            if target is None:
+                driver.progress.message = waiting
+                await report(driver.progress)
+                await stopped.wait(5)
+                continue
+            delay = await driver.run_pass(target, section, stopped)
+            outages = 0
+        except (Outage, kube.KubeError, SpecError) as exc:
+            outages += 1
+            delay = min(60.0, backoff(outages - 1) / 2)
+            message = exc.message if isinstance(exc, kube.KubeError) else str(exc)
+            driver.progress.message = f"{message}; retrying in {delay:.0f}s"
+            metrics.ERRORS.labels("PrelabelOutage").inc()
+            with contextlib.suppress(kube.KubeError):
+                await report(driver.progress)
+            await stopped.wait(delay)
+            continue
+        await stopped.wait(section.poll_seconds if delay is None else delay)

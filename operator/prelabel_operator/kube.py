@@ -114,6 +114,13 @@ def wait_for_crd(group: str, version: str, plural: str, log: logging.Logger, max
         delay = min(max_delay, delay * 2)
 
 
+def patch_status(group: str, version: str, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """JSON merge patch of a custom resource's status subresource (None deletes a key)."""
+    with calling("patch", f"{plural}.{group}/status", namespace):
+        client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+            group, version, namespace, plural, name, {"status": status}, _content_type="application/merge-patch+json")
+
+
 class SecretMissing(KubeError):
     def __init__(self, message: str) -> None:
         super().__init__("SecretMissing", message)

@@ -10,3 +10,8 @@ RECONCILE_SECONDS = Histogram("prelabel_operator_reconcile_seconds", "Time per r
 ERRORS = Counter("prelabel_operator_errors", "Reconcile problems by condition reason.", ["reason"])
 REGISTRATIONS = Counter("prelabel_operator_registration_changes", "Registrations created, updated or deleted in Label Studio.", ["action"])
 READY = Gauge("prelabel_operator_ready_backends", "MLBackends whose Ready condition is True, by namespace.", ["namespace", "name"])
+PRELABEL_TASKS = Counter("prelabel_operator_prelabel_tasks", "Pre-labeling outcomes per task: predicted (stored in Label Studio), "
+                         "failed_attempt (one failed try), failed (out of tries).", ["outcome"])
+PRELABEL_PENDING = Gauge("prelabel_operator_prelabel_pending_tasks", "Tasks still to pre-label, by MLBackend.", ["namespace", "name"])
+PRELABEL_SECONDS = Histogram("prelabel_operator_prelabel_batch_seconds", "Time per batch: predict (the backend's /predict) and "
+                             "store (Label Studio's prediction import).", ["stage"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))

@@ -1,7 +1,10 @@
 """What the resource's status says, as plain functions of what the operator observed.
 
 Conditions: Available (the Deployment), Registered (Label Studio), ConfigCompatible (every
-project's labeling config has a control the backend serves), and Ready (all three True).
+project's labeling config has a control the backend serves), and Ready (all three True). With
+spec.prelabel, also Prelabeled: written by the pre-labeling driver as it goes, carried over here
+(derived from status.prelabel) so a reconcile never drops it; it is not part of Ready, so a long
+run never makes the backend look unready.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Observed:
     model_version: str | None = None
     projects: list[ProjectStatus] = field(default_factory=list)
     label_studio_error: tuple[str, str] | None = None  # (reason, message)
+    prelabel: tuple[str, str, str] | None = None  # the Prelabeled condition (status, reason, message), if declared
 
 
 def deployment_available(deployment: dict[str, Any] | None) -> tuple[bool, str]:
@@ -96,6 +100,21 @@ def ready(conds: list[Condition]) -> Condition:
     return Condition("Ready", "False", first.reason, first.message)
 
 
+def render(c: Condition, old: dict[str, Any] | None, generation: int, now: dt.datetime) -> dict[str, Any]:
+    """A condition as status holds it; lastTransitionTime moves only when its status changes."""
+    changed = old is None or old.get("status") != c.status
+    return {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message, "observedGeneration": generation,
+            "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if changed else old.get("lastTransitionTime")}
+
+
+def with_condition(previous: list[dict[str, Any]], c: Condition, generation: int, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """The conditions list with `c` set (added or replaced in place), the others as they were."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    old = next((p for p in previous if p.get("type") == c.type), None)
+    new = render(c, old, generation, now)
+    return [new if p is old else p for p in previous] if old is not None else [*previous, new]
+
+
 def condition(status: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     """One condition of a status body, by type ({} when it has none)."""
     return next((c for c in (status or {}).get("conditions") or [] if c.get("type") == kind), {})
@@ -106,13 +125,8 @@ def status(observed: Observed, previous: list[dict[str, Any]] | None, now: dt.da
     now = now or dt.datetime.now(dt.timezone.utc)
     before = {c.get("type"): c for c in previous or []}
     conds = conditions(observed)
-    rendered = []
-    for c in [ready(conds), *conds]:
-        old = before.get(c.type)
-        changed = old is None or old.get("status") != c.status
-        rendered.append({"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
-                         "observedGeneration": observed.generation,
-                         "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if changed else old.get("lastTransitionTime")})
+    extra = [Condition("Prelabeled", *observed.prelabel)] if observed.prelabel else []
+    rendered = [render(c, before.get(c.type), observed.generation, now) for c in [ready(conds), *conds, *extra]]
     connected = sum(1 for p in observed.projects if p.state == "Connected")
     body: dict[str, Any] = {
         "observedGeneration": observed.generation,

@@ -71,6 +71,35 @@ class Autoscaling:
     target_cpu: int = 70
 
 
+@dataclass(frozen=True)
+class PrelabelSpec:
+    """spec.prelabel: which tasks must hold a prediction of the current model version, and the load
+    the operator may put on the backend and Label Studio while getting there."""
+
+    paused: bool = False
+    tasks: Literal["All", "Unannotated"] = "All"
+    on_new_model_version: Literal["Repredict", "KeepExisting"] = "Repredict"
+    batch_size: int = 16  # tasks per /predict request and per prediction import
+    concurrency: int = 2  # /predict requests in flight at once
+    poll_seconds: int = 15  # how often, once complete, to look for new tasks
+    max_attempts: int = 3  # tries per task before it counts as failed
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> PrelabelSpec | None:
+        """None when the section is absent (pre-labeling off)."""
+        if raw is None:
+            return None
+        return cls(
+            paused=bool(raw.get("paused", False)),
+            tasks=raw.get("tasks", "All"),
+            on_new_model_version=raw.get("onNewModelVersion", "Repredict"),
+            batch_size=int(raw.get("batchSize", 16)),
+            concurrency=int(raw.get("concurrency", 2)),
+            poll_seconds=int(raw.get("pollSeconds", 15)),
+            max_attempts=int(raw.get("maxAttempts", 3)),
+        )
+
+
 def _weights(raw: dict[str, Any]) -> Weights:
     sources = [k for k in ("file", "pvc", "url") if raw.get(k)]
     if len(sources) > 1:
@@ -102,6 +131,7 @@ class MLBackendSpec:
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
     pod_template: dict[str, Any] = field(default_factory=dict)
     deletion_policy: Literal["Deregister", "Orphan"] = "Deregister"
+    prelabel: PrelabelSpec | None = None
 
     @classmethod
     def parse(cls, spec: dict[str, Any]) -> MLBackendSpec:
@@ -156,4 +186,5 @@ class MLBackendSpec:
             ),
             pod_template=dict(spec.get("podTemplate") or {}),
             deletion_policy=spec.get("deletionPolicy", "Deregister"),
+            prelabel=PrelabelSpec.parse(spec.get("prelabel")),
         )

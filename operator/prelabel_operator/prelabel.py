@@ -1,0 +1,207 @@
+"""Pre-labeling decisions, as plain functions and data: which tasks still need a prediction (as a
+Label Studio Data Manager query), what to store from a /predict answer, when a failed task is tried
+again, and what status.prelabel and the Prelabeled condition say. No I/O: `prelabel_driver` does it.
+
+The declared state: every task in scope (all, or those without annotations) holds a prediction of
+the backend's current model version (`Repredict`), or holds any prediction (`KeepExisting`). The
+work left is always read back from Label Studio, so a restart of the operator or of Label Studio
+resumes where the stored predictions are, and a task already holding one is never predicted again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .spec import PrelabelSpec
+
+CONDITION = "Prelabeled"
+MAX_LISTED_FAILURES = 20  # failures shown in status; the count covers all of them
+STATUS_KEYS = ("phase", "summary", "modelVersion", "total", "predicted", "failed", "pending", "tasksPerSecond",
+               "startedAt", "lastProgressAt", "completedAt", "message", "failures")
+
+
+# -- which tasks: Label Studio Data Manager filters ------------------------------------------------
+def _filter(column: str, operator: str, kind: str, value: Any) -> dict[str, Any]:
+    return {"filter": f"filter:tasks:{column}", "operator": operator, "type": kind, "value": value}
+
+
+def _scope(spec: PrelabelSpec) -> list[dict[str, Any]]:
+    return [_filter("total_annotations", "equal", "Number", 0)] if spec.tasks == "Unannotated" else []
+
+
+def _done(spec: PrelabelSpec, version: str, negate: bool) -> dict[str, Any]:
+    if spec.on_new_model_version == "KeepExisting":  # any prediction will do
+        return _filter("total_predictions", "equal" if negate else "greater", "Number", 0)
+    # Label Studio matches each listed version as a substring; versions are "prelabel-<12 hex>".
+    return _filter("predictions_model_versions", "not_contains" if negate else "contains", "List", [version])
+
+
+def _query(items: list[dict[str, Any]], ordered: bool = False) -> str:
+    query: dict[str, Any] = {"filters": {"conjunction": "and", "items": items}}
+    if ordered:
+        query["ordering"] = ["tasks:id"]
+    return json.dumps(query)
+
+
+def pending_query(spec: PrelabelSpec, version: str, after_id: int) -> str:
+    """Tasks in scope lacking the wanted prediction with id > after_id, by id: a cursor, so a page
+    never skips or repeats a task while predictions are being stored (offsets would shift)."""
+    return _query([*_scope(spec), _done(spec, version, negate=True), _filter("id", "greater", "Number", after_id)], ordered=True)
+
+
+def scope_query(spec: PrelabelSpec) -> str:
+    """Every task in scope (for the total)."""
+    return _query(_scope(spec))
+
+
+def done_query(spec: PrelabelSpec, version: str) -> str:
+    """Tasks in scope already holding the wanted prediction (for the predicted count)."""
+    return _query([*_scope(spec), _done(spec, version, negate=False)])
+
+
+# -- what to store -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sorted:
+    """One /predict answer split: predictions to import, failed tasks with reasons, and tasks a pod
+    of another model version answered (mid-rollout): left for the next pass, neither stored nor failed."""
+
+    store: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    stale: list[int] = field(default_factory=list)
+
+
+def sort_results(task_ids: list[int], answer: Any, version: str) -> Sorted:
+    """task_ids: the tasks sent, in order; answer: the backend's JSON ({"results": [...]}, one per task,
+    in order, Label Studio's ML-backend protocol). Predictions come out in Label Studio's import form
+    ({"task", "result", "score", "model_version"})."""
+    results = answer.get("results") if isinstance(answer, dict) else None
+    if not isinstance(results, list) or len(results) != len(task_ids):
+        got = len(results) if isinstance(results, list) else "no"
+        return Sorted(failed=[(t, f"the backend answered {got} results for {len(task_ids)} tasks") for t in task_ids])
+    out = Sorted()
+    for task_id, result in zip(task_ids, results):
+        if not isinstance(result, dict) or not isinstance(result.get("result"), list):
+            out.failed.append((task_id, "the backend's result is not a Label Studio prediction"))
+        elif result.get("error"):
+            out.failed.append((task_id, str(result["error"])[:300]))
+        elif result.get("model_version") != version:
+            out.stale.append(task_id)
+        else:
+            out.store.append({"task": task_id, "result": result["result"], "score": result.get("score"), "model_version": version})
+    return out
+
+
+# -- retries -----------------------------------------------------------------------------------------
+@dataclass
+class Attempt:
+    project: int
+    count: int
+    reason: str
+    retry_at: float  # monotonic seconds
+
+
+def retry_delay(count: int) -> float:
+    """Seconds before try count+1: 5, 10, 20, ... capped at 5 minutes."""
+    return float(min(300, 5 * 2 ** max(0, count - 1)))
+
+
+@dataclass
+class Attempts:
+    """Failed tries per task, in memory: after a restart a failed task gets its tries again, which is
+    bounded too. A task that reached max_attempts counts as failed and is skipped, never retried."""
+
+    max_attempts: int
+    tasks: dict[int, Attempt] = field(default_factory=dict)
+
+    def fail(self, project: int, task_id: int, reason: str, now: float) -> bool:
+        """Records a failed try; True when the task has now used all its tries."""
+        count = self.tasks[task_id].count + 1 if task_id in self.tasks else 1
+        self.tasks[task_id] = Attempt(project, count, reason, now + retry_delay(count))
+        return count >= self.max_attempts
+
+    def due(self, task_id: int, now: float) -> bool:
+        attempt = self.tasks.get(task_id)
+        return attempt is None or (attempt.count < self.max_attempts and attempt.retry_at <= now)
+
+    def stored(self, task_id: int) -> None:
+        self.tasks.pop(task_id, None)
+
+    def given_up(self, project: int | None = None) -> dict[int, Attempt]:
+        return {t: a for t, a in self.tasks.items() if a.count >= self.max_attempts and project in (None, a.project)}
+
+    def next_retry(self, now: float) -> float | None:
+        """Seconds until the earliest task still to be retried is due (None: none waits)."""
+        waiting = [a.retry_at for a in self.tasks.values() if a.count < self.max_attempts]
+        return max(0.0, min(waiting) - now) if waiting else None
+
+
+# -- what status says -------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """Counts over all declared projects, as of the last look at Label Studio plus what was stored since."""
+
+    model_version: str = ""
+    total: int = 0
+    predicted: int = 0
+    failed: int = 0
+    stored_this_run: int = 0
+    run_started: dt.datetime | None = None
+    run_started_mono: float = 0.0
+    last_progress: dt.datetime | None = None
+    completed: dt.datetime | None = None
+    message: str = ""
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - self.predicted - self.failed)
+
+    def phase(self) -> str:
+        if self.pending:
+            return "Progressing"
+        return "Failed" if self.failed else "Complete"
+
+    def rate(self, now_mono: float) -> float:
+        elapsed = now_mono - self.run_started_mono
+        return round(self.stored_this_run / elapsed, 2) if self.stored_this_run and elapsed > 0 else 0.0
+
+
+def _time(t: dt.datetime | None) -> str | None:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+
+
+def status(progress: Progress, now_mono: float) -> dict[str, Any]:
+    """status.prelabel: counts, rate (predictions stored per second over the current run), times."""
+    body = {
+        "phase": progress.phase(),
+        "summary": f"{progress.predicted}/{progress.total}",
+        "modelVersion": progress.model_version,
+        "total": progress.total, "predicted": progress.predicted, "failed": progress.failed, "pending": progress.pending,
+        "tasksPerSecond": progress.rate(now_mono),
+        "startedAt": _time(progress.run_started), "lastProgressAt": _time(progress.last_progress),
+        "completedAt": _time(progress.completed) if not progress.pending else None,
+        "message": progress.message, "failures": progress.failures[:MAX_LISTED_FAILURES],
+    }
+    return {k: v for k, v in body.items() if v not in (None, "")}
+
+
+def condition(prelabel_status: dict[str, Any] | None, paused: bool) -> tuple[str, str, str] | None:
+    """(status, reason, message) of the Prelabeled condition from status.prelabel; None without it."""
+    if paused:
+        done = (prelabel_status or {}).get("summary", "0/0")
+        return "False", "Paused", f"paused at {done} (spec.prelabel.paused); set it to false to resume"
+    if not prelabel_status:
+        return None
+    phase = prelabel_status.get("phase", "Progressing")
+    summary = prelabel_status.get("summary", "0/0")
+    version = prelabel_status.get("modelVersion", "")
+    if phase == "Complete":
+        return "True", "Complete", f"{summary} tasks hold a prediction of {version}"
+    if phase == "Failed":
+        listed = "; ".join(f"task {f['task']}: {f['reason']}" for f in prelabel_status.get("failures", [])[:3])
+        return "False", "Failed", f"{prelabel_status.get('failed', 0)} task(s) failed, the others are pre-labeled ({summary}): {listed}"
+    extra = prelabel_status.get("message") or f"{prelabel_status.get('pending', '?')} pending, {prelabel_status.get('tasksPerSecond', 0)} tasks/s"
+    return "False", "Progressing", f"{summary} pre-labeled with {version or 'the backend'}: {extra}"

@@ -1,0 +1,261 @@
+"""Pre-labeling I/O: pages the tasks still lacking a prediction out of Label Studio, sends them to the
+backend's /predict in batches (bounded concurrency, spread over its pods by the Service), and imports
+the predictions into Label Studio in bulk. `prelabel` decides; this module only talks.
+
+Async (httpx, label-studio-sdk's AsyncLabelStudio) on kopf's event loop: a 100k-task run holds no
+thread, so the reconciles and timers of other MLBackends run beside it.
+
+Storage path (measured in bench/prelabel_bench.py): direct /predict plus Label Studio's bulk
+prediction import, rather than Label Studio's own "retrieve predictions" action per batch: it is the
+faster of the two, and it sees each task's failure reason, which the action drops (it stores an
+empty prediction, or nothing, and answers 200 either way).
+
+No duplicates: a task is in at most one batch at a time (one driver per MLBackend; pages follow an
+id cursor), predictions of one batch are imported in one request, and a failed import is never
+retried blindly: the next pass reads back from Label Studio which tasks still lack one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from label_studio_sdk import AsyncLabelStudio
+
+from . import metrics
+from .prelabel import Attempts, Progress, Sorted, done_query, pending_query, scope_query, sort_results
+from .spec import PrelabelSpec
+
+log = logging.getLogger(__name__)
+PAGE_SIZE = 200  # task ids per Data Manager page: small enough for a quick query, large enough to pipeline
+REPORT_EVERY = 2.0  # seconds between status writes while progressing
+
+
+class Outage(Exception):
+    """Label Studio or the backend cannot be reached (or answers 5xx): the pass stops and is retried
+    with backoff; no task is counted as failed for it."""
+
+
+@dataclass(frozen=True)
+class Target:
+    label_studio_url: str
+    api_key: str
+    backend_url: str
+    backend_auth: tuple[str, str] | None
+    projects: tuple[int, ...]
+
+
+Report = Callable[[Progress], Awaitable[None]]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Driver:
+    """One MLBackend's pre-labeling. `run_pass` brings every declared project up to date once and
+    returns; the caller (the kopf daemon) loops, sleeping between passes and stopping when asked."""
+
+    def __init__(self, namespace: str, name: str, report: Report) -> None:
+        self.namespace, self.name, self.report = namespace, name, report
+        self.progress = Progress()
+        self.attempts: Attempts | None = None
+        self._versions: dict[int, str] = {}
+        self._last_report = 0.0
+
+    async def run_pass(self, target: Target, spec: PrelabelSpec, stopped: Any) -> float | None:
+        """One pass over every project. Returns the seconds until the next pass is worth making: soon
+        when tasks were left (added meanwhile, or answered by a pod of another model version), when a
+        failed task is due again, or None when nothing is left (then poll). Raises Outage when Label
+        Studio or the backend is down."""
+        if self.attempts is None or self.attempts.max_attempts != spec.max_attempts:
+            self.attempts = Attempts(spec.max_attempts)
+        auth = httpx.BasicAuth(*target.backend_auth) if target.backend_auth else None
+        async with (httpx.AsyncClient(base_url=target.backend_url, auth=auth, timeout=httpx.Timeout(600, connect=10)) as backend,
+                    httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10)) as ls_http):
+            ls = AsyncLabelStudio(base_url=target.label_studio_url, api_key=target.api_key, httpx_client=ls_http)
+            counts = []
+            for project_id in target.projects:
+                version = await self._version(ls, backend, project_id)
+                counts.append((project_id, version, *await self._count(ls, project_id, spec, version)))
+            self._start_run_if_new(counts)
+            for project_id, version, _, _ in counts:
+                if stopped:
+                    return None
+                await self._project(ls, backend, project_id, version, spec, stopped)
+            # Read the counts back from Label Studio: what is stored is the truth, not what we sent.
+            counts = [(p, v, *await self._count(ls, p, spec, v)) for p, v, _, _ in counts]
+        self._set_counts(counts)
+        if not self.progress.pending and self.progress.completed is None:
+            self.progress.completed = _utcnow()
+        self.progress.message = ""
+        await self._report(force=True)
+        now = time.monotonic()
+        waiting = sum(1 for t in self.attempts.tasks.values() if t.count < spec.max_attempts)
+        if self.progress.pending > waiting:
+            return 1.0
+        return self.attempts.next_retry(now)
+
+    # -- Label Studio and backend calls --------------------------------------------------------
+    async def _version(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int) -> str:
+        """The backend's model version for this project's labeling config (its /setup answer)."""
+        project = await _ls(ls.projects.get(project_id), f"read project {project_id}")
+        answer = await _backend(backend.post("/setup", json={"project": f"{project_id}.0", "schema": project.label_config or ""}), "/setup")
+        if answer.status_code != 200:
+            raise Outage(f"the backend refused project {project_id}'s labeling config at /setup (HTTP {answer.status_code}): "
+                         f"{_error_text(answer)}")
+        version = str(answer.json().get("model_version") or "")
+        if not version:
+            raise Outage("the backend's /setup answered no model_version")
+        self._versions[project_id] = version
+        return version
+
+    async def _count(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec, version: str) -> tuple[int, int]:
+        """(tasks in scope, of which done) in one project, from Label Studio's Data Manager."""
+        total = await _ls(ls.tasks.list(project=project_id, query=scope_query(spec), page_size=1, include="id"), "count tasks")
+        done = await _ls(ls.tasks.list(project=project_id, query=done_query(spec, version), page_size=1, include="id"), "count predicted tasks")
+        return int(total.response.total), int(done.response.total)
+
+    async def _project(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, version: str,
+                       spec: PrelabelSpec, stopped: Any) -> None:
+        """Pages the tasks lacking a prediction (id cursor) and runs them in batches, at most
+        spec.concurrency at once; the next page is read while batches are in flight."""
+        assert self.attempts is not None
+        slots = asyncio.Semaphore(spec.concurrency)
+        running: set[asyncio.Task[None]] = set()
+        failure: list[BaseException] = []
+        after_id = 0
+        try:
+            while not stopped and not failure:
+                page = await _ls(ls.tasks.list(project=project_id, query=pending_query(spec, version, after_id), page_size=PAGE_SIZE,
+                                               include="id,data"), f"list the tasks of project {project_id}")
+                tasks = list(page.items or [])
+                if not tasks:
+                    break
+                after_id = max(int(t.id) for t in tasks)
+                now = time.monotonic()
+                due = [{"id": int(t.id), "data": t.data or {}} for t in tasks if self.attempts.due(int(t.id), now)]
+                for start in range(0, len(due), spec.batch_size):
+                    await slots.acquire()
+                    if stopped or failure:
+                        slots.release()
+                        break
+                    task = asyncio.create_task(self._batch(ls, backend, project_id, version, due[start:start + spec.batch_size]))
+                    running.add(task)
+
+                    def done(t: asyncio.Task[None]) -> None:
+                        running.discard(t)
+                        slots.release()
+                        if not t.cancelled() and t.exception() is not None:
+                            failure.append(t.exception())  # type: ignore[arg-type]
+
+                    task.add_done_callback(done)
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        finally:
+            for task in running:
+                task.cancel()
+        if failure:
+            raise failure[0]
+
+    async def _batch(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, version: str, tasks: list[dict[str, Any]]) -> None:
+        assert self.attempts is not None
+        ids = [t["id"] for t in tasks]
+        started = time.monotonic()
+        answer = await _backend(backend.post("/predict", json={"tasks": tasks, "project": f"{project_id}.0"}), "/predict")
+        metrics.PRELABEL_SECONDS.labels("predict").observe(time.monotonic() - started)
+        if answer.status_code >= 500 or answer.status_code in (401, 403, 429):
+            raise Outage(f"the backend answered HTTP {answer.status_code} to /predict: {_error_text(answer)}")
+        if answer.status_code != 200:  # a 4xx names what is wrong with these tasks
+            reason = f"the backend refused the batch (HTTP {answer.status_code}): {_error_text(answer)}"
+            sorted_ = Sorted(failed=[(t, reason) for t in ids])
+        else:
+            sorted_ = sort_results(ids, answer.json(), version)
+        if sorted_.store:
+            started = time.monotonic()
+            # One request per batch; never retried as is (a lost answer may hide a stored batch).
+            await _ls(ls.projects.import_predictions(project_id, request=sorted_.store), f"import predictions into project {project_id}")
+            metrics.PRELABEL_SECONDS.labels("store").observe(time.monotonic() - started)
+            for item in sorted_.store:
+                self.attempts.stored(item["task"])
+            self.progress.predicted += len(sorted_.store)
+            self.progress.stored_this_run += len(sorted_.store)
+            self.progress.last_progress = _utcnow()
+            metrics.PRELABEL_TASKS.labels("predicted").inc(len(sorted_.store))
+        now = time.monotonic()
+        for task_id, reason in sorted_.failed:
+            metrics.PRELABEL_TASKS.labels("failed_attempt").inc()
+            if self.attempts.fail(project_id, task_id, reason, now):
+                self.progress.failed += 1
+                metrics.PRELABEL_TASKS.labels("failed").inc()
+                log.warning("%s/%s: task %s failed for good: %s", self.namespace, self.name, task_id, reason)
+        if sorted_.stale:
+            log.info("%s/%s: %d task(s) answered by a backend pod of another model version; left for the next pass",
+                     self.namespace, self.name, len(sorted_.stale))
+        self._refresh_failures()
+        await self._report()
+
+    # -- progress --------------------------------------------------------------------------------
+    def _start_run_if_new(self, counts: list[tuple[int, str, int, int]]) -> None:
+        versions = ",".join(sorted({v for _, v, _, _ in counts}))
+        pending = sum(total - done for _, _, total, done in counts)
+        if versions != self.progress.model_version or (pending and self.progress.completed is not None) or self.progress.run_started is None:
+            self.progress.run_started, self.progress.run_started_mono = _utcnow(), time.monotonic()
+            self.progress.stored_this_run, self.progress.completed = 0, None
+            self.progress.model_version = versions
+        self._set_counts(counts)
+
+    def _set_counts(self, counts: list[tuple[int, str, int, int]]) -> None:
+        assert self.attempts is not None
+        self.progress.total = sum(total for _, _, total, _ in counts)
+        self.progress.predicted = sum(done for _, _, _, done in counts)
+        self._refresh_failures()
+        metrics.PRELABEL_PENDING.labels(self.namespace, self.name).set(self.progress.pending)
+
+    def _refresh_failures(self) -> None:
+        assert self.attempts is not None
+        given_up = self.attempts.given_up()
+        self.progress.failed = len(given_up)
+        self.progress.failures = [{"project": a.project, "task": t, "reason": a.reason, "attempts": a.count}
+                                  for t, a in sorted(given_up.items())]
+
+    async def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_report >= REPORT_EVERY:
+            self._last_report = now
+            metrics.PRELABEL_PENDING.labels(self.namespace, self.name).set(self.progress.pending)
+            await self.report(self.progress)
+
+
+async def _ls(call: Awaitable[Any], action: str) -> Any:
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        return await call
+    except ApiError as exc:
+        if exc.status_code in (401, 403):
+            raise Outage(f"Label Studio refused the API key while trying to {action} (HTTP {exc.status_code}): "
+                         "check the Secret named in spec.labelStudio.apiKeySecretRef") from None
+        raise Outage(f"Label Studio answered HTTP {exc.status_code} while trying to {action}: {str(exc.body)[:200]}") from None
+    except (httpx.HTTPError, OSError) as exc:
+        raise Outage(f"Label Studio unreachable while trying to {action}: {type(exc).__name__}") from None
+
+
+async def _backend(call: Awaitable[httpx.Response], route: str) -> httpx.Response:
+    try:
+        return await call
+    except (httpx.HTTPError, OSError) as exc:
+        raise Outage(f"the backend is unreachable ({route}): {type(exc).__name__}") from None
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error") or response.text)[:300]
+    except ValueError:
+        return response.text[:300]
