@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--peering", default=os.environ.get("PRELABEL_PEERING"), help="peering name for several replicas; standalone if unset")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per pre-labeling request is noise
     from . import handlers, kube  # handlers: registers them
 
     kube.wait_for_crd(handlers.GROUP, handlers.VERSION, handlers.PLURAL, logging.getLogger("prelabel_operator"))

@@ -154,13 +154,14 @@ class Progress:
     completed: dt.datetime | None = None
     message: str = ""
     failures: list[dict[str, Any]] = field(default_factory=list)
+    counted: bool = False  # the counts were read from Label Studio at least once
 
     @property
     def pending(self) -> int:
         return max(0, self.total - self.predicted - self.failed)
 
     def phase(self) -> str:
-        if self.pending:
+        if self.pending or not self.counted:
             return "Progressing"
         return "Failed" if self.failed else "Complete"
 
@@ -177,7 +178,7 @@ def status(progress: Progress, now_mono: float) -> dict[str, Any]:
     """status.prelabel: counts, rate (predictions stored per second over the current run), times."""
     body = {
         "phase": progress.phase(),
-        "summary": f"{progress.predicted}/{progress.total}",
+        "summary": f"{progress.predicted}/{progress.total}" if progress.counted else None,
         "modelVersion": progress.model_version,
         "total": progress.total, "predicted": progress.predicted, "failed": progress.failed, "pending": progress.pending,
         "tasksPerSecond": progress.rate(now_mono),

@@ -215,6 +215,7 @@ class Driver:
         assert self.attempts is not None
         self.progress.total = sum(total for _, _, total, _ in counts)
         self.progress.predicted = sum(done for _, _, _, done in counts)
+        self.progress.counted = True
         self._refresh_failures()
         metrics.PRELABEL_PENDING.labels(self.namespace, self.name).set(self.progress.pending)
 

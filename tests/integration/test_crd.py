@@ -66,6 +66,17 @@ def test_a_minimal_resource_gets_every_default(crd) -> None:  # noqa: ANN001
     assert spec["model"] == {"scoreThreshold": 0.5, "device": "cpu"}
     assert spec["service"] == {"type": "ClusterIP", "port": 9090}
     assert (spec["replicas"], spec["deletionPolicy"], spec["imagePullPolicy"]) == (1, "Deregister", "IfNotPresent")
+    assert "prelabel" not in spec  # pre-labeling is asked for, never on by default
+
+
+def test_prelabel_turned_on_with_an_empty_section_gets_its_defaults(crd) -> None:  # noqa: ANN001
+    body = copy.deepcopy(MINIMAL)
+    body["spec"]["prelabel"] = {}
+    done, name = apply(crd, body)
+    assert done.returncode == 0, done.stderr
+    spec = json.loads(crd.kubectl("get", "mlb", name, "-o", "json").stdout)["spec"]
+    assert spec["prelabel"] == {"paused": False, "tasks": "All", "onNewModelVersion": "Repredict", "batchSize": 16,
+                                "concurrency": 2, "pollSeconds": 15, "maxAttempts": 3}
 
 
 @pytest.mark.parametrize(
@@ -85,6 +96,11 @@ def test_a_minimal_resource_gets_every_default(crd) -> None:  # noqa: ANN001
         (with_spec(autoscaling={"enabled": True, "minReplicas": 5, "maxReplicas": 2}), "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
         (with_spec(replicas=-1), "spec.replicas in body should be greater than or equal to 0"),
         (with_spec(deletionPolicy="Keep"), 'supported values: "Deregister", "Orphan"'),
+        (with_spec(prelabel={"tasks": "Unlabeled"}), 'spec.prelabel.tasks: Unsupported value: "Unlabeled": supported values: "All", "Unannotated"'),
+        (with_spec(prelabel={"onNewModelVersion": "Never"}), 'supported values: "Repredict", "KeepExisting"'),
+        (with_spec(prelabel={"batchSize": 0}), "spec.prelabel.batchSize in body should be greater than or equal to 1"),
+        (with_spec(prelabel={"concurrency": 500}), "spec.prelabel.concurrency in body should be less than or equal to 64"),
+        (with_spec(prelabel={"paused": "yes"}), 'spec.prelabel.paused: Invalid value: "string": spec.prelabel.paused in body must be of type boolean'),
     ],
 )
 def test_malformed_resources_are_rejected_with_a_readable_message(crd, body: dict, message: str) -> None:  # noqa: ANN001
@@ -97,12 +113,14 @@ def test_kubectl_explain_teaches_the_fields(crd) -> None:  # noqa: ANN001
     explained = crd.kubectl("explain", "mlbackend.spec.labelStudio").stdout
     assert "The Label Studio server and the projects this backend serves." in explained
     assert "apiKeySecretRef" in explained and "Never put a key in this resource." in explained
+    explained = crd.kubectl("explain", "mlbackend.spec.prelabel").stdout
+    assert all(field in explained for field in ("paused", "tasks", "onNewModelVersion", "batchSize", "concurrency", "pollSeconds", "maxAttempts"))
 
 
 def test_printer_columns_and_short_name(crd) -> None:  # noqa: ANN001
     apply(crd, MINIMAL)
     header = crd.kubectl("get", "mlb").stdout.splitlines()[0].split()
-    assert header == ["NAME", "READY", "URL", "PROJECTS", "AGE"]
+    assert header == ["NAME", "READY", "URL", "PROJECTS", "PRELABELED", "AGE"]
 
 
 def test_the_built_backend_pods_are_admitted_under_restricted_pod_security(crd) -> None:  # noqa: ANN001

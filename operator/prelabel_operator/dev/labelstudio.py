@@ -111,9 +111,11 @@ class LabelStudio:
         """Uploads images as tasks (one task each: distinct multipart field names); returns file name -> task
         id for every image task of the project, those uploaded before included."""
         headers = {"Authorization": f"Token {self.token}"}
-        files = {f"file{i}": (name, data, "image/png") for i, (name, data) in enumerate(images.items())}
-        requests.post(f"{self.url}/api/projects/{project_id}/import", files=files, headers=headers, timeout=120).raise_for_status()
-        tasks = requests.get(f"{self.url}/api/tasks", params={"project": project_id, "page_size": 10000}, headers=headers, timeout=60).json()["tasks"]
+        items = list(images.items())
+        for start in range(0, len(items), 50):  # Django refuses more than 100 files in one request
+            files = {f"file{i}": (name, data, "image/png") for i, (name, data) in enumerate(items[start:start + 50])}
+            requests.post(f"{self.url}/api/projects/{project_id}/import", files=files, headers=headers, timeout=120).raise_for_status()
+        tasks = requests.get(f"{self.url}/api/tasks", params={"project": project_id, "page_size": 100000}, headers=headers, timeout=120).json()["tasks"]
         by_name = {}
         for task in tasks:
             # Label Studio stores uploads as /data/upload/<project>/<8 hex>-<original name>

@@ -1,0 +1,171 @@
+"""Pre-labeling whole projects (spec.prelabel) on a real control plane, with the operator installed by
+its Helm chart, a real Label Studio and the real backend. Every count is read back from Label Studio.
+
+One scenario, in the order a user lives it: 200 tasks -> each holds exactly one prediction of the
+current model version, 200/200 Complete; 20 imported -> predicted within the poll delay, nothing else
+re-predicted; a new model version (the threshold) -> re-predicted; paused mid-run -> no new
+prediction; resumed; the operator SIGKILLed and Label Studio restarted mid-run -> completes with zero
+duplicates; a broken image -> failed with its reason, the others complete."""
+
+from __future__ import annotations
+
+import collections
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import requests
+import yaml
+
+from prelabel_backend import synthetic
+from prelabel_operator.dev import chart
+from prelabel_operator.dev.kubelet import BackendKubelet
+from prelabel_operator.dev.operator_process import OperatorProcess
+from prelabel_operator.reconcile import condition
+from tests.conftest import scenes, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
+
+# The seed's config without a per-control threshold, so spec.model.scoreThreshold sets it (and the model version).
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="label" toName="image">
+    <Label value="Square" predicted_values="square"/>
+    <Label value="Circle" predicted_values="circle"/>
+    <Label value="Triangle" predicted_values="triangle"/>
+  </RectangleLabels>
+</View>"""
+POLL_SECONDS = 3
+
+
+@pytest.fixture(scope="module")
+def env(cluster, label_studio, tmp_path_factory) -> Iterator:  # noqa: ANN001
+    service_account = chart.install(cluster)
+    work = tmp_path_factory.mktemp("prelabel")
+    kubelet = BackendKubelet(cluster.kubeconfig, work).start()
+    operator = OperatorProcess(service_account, work / "operator.log").start()
+    yield cluster, operator
+    operator.stop()
+    kubelet.stop()
+    print("operator log tail:\n", (work / "operator.log").read_text()[-4000:])
+
+
+def per_version(ls_client, project_id: int) -> dict[str, collections.Counter]:  # noqa: ANN001
+    """model version -> Counter(task id -> predictions of that version), as Label Studio stores them."""
+    out: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for p in ls_client.predictions.list(project=project_id):
+        out[p.model_version][p.task] += 1
+    return out
+
+
+def test_prelabel_a_whole_project_and_keep_it_prelabeled(env, label_studio, ls_client) -> None:  # noqa: ANN001, PLR0915
+    cluster, operator = env
+    ns = f"pl-{uuid.uuid4().hex[:6]}"
+    chart.restricted_namespace(cluster, ns)
+    cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
+    project = ls_client.projects.create(title=f"prelabel {ns}", label_config=CONFIG)
+    images = {f"pl-{i:03d}.png": synthetic.encode_png(s.image) for i, s in enumerate(scenes(601, 200))}
+    tasks = set(label_studio.upload_images(project.id, images).values())
+    assert len(tasks) == 200
+
+    def status() -> dict:
+        return cluster.status("mlb", ns, "shapes")
+
+    def prelabel() -> dict:
+        return status().get("prelabel") or {}
+
+    # Small batches, one at a time: slow enough to pause, kill and restart mid-run.
+    resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": ns},
+                "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": project.id}]},
+                         "model": {"scoreThreshold": 0.5}, "image": "prelabel-backend:test",
+                         "prelabel": {"batchSize": 4, "concurrency": 1, "pollSeconds": POLL_SECONDS, "maxAttempts": 2}}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
+
+    # 1. The whole project: every task exactly one prediction of the current model version.
+    done = wait_for("200/200 Complete", lambda: (p := prelabel()).get("phase") == "Complete" and p, 300)
+    first = done["modelVersion"]
+    assert first == status()["modelVersion"] and first.startswith("prelabel-")
+    assert (done["summary"], done["total"], done["predicted"], done["pending"], done["failed"]) == ("200/200", 200, 200, 0, 0)
+    assert done["tasksPerSecond"] > 0 and done["startedAt"] <= done["lastProgressAt"] <= done["completedAt"]
+    stored = per_version(ls_client, project.id)
+    assert set(stored) == {first} and set(stored[first]) == tasks and set(stored[first].values()) == {1}
+    assert sum(len(p.result) for p in ls_client.predictions.list(project=project.id)) > 0  # real boxes, not empty shells
+    cond = condition(status(), "Prelabeled")
+    assert (cond["status"], cond["reason"]) == ("True", "Complete") and "200/200" in cond["message"]
+    assert condition(status(), "Ready")["status"] == "True"
+    row = cluster.kubectl("get", "mlb", "shapes", "-n", ns).stdout.splitlines()
+    assert row[0].split()[4] == "PRELABELED" and row[1].split()[4] == "200/200"
+    events = cluster.kubectl("get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}").stdout.split()
+    assert "PrelabelStarted" in events and "PrelabelComplete" in events
+    scraped = requests.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+    assert 'prelabel_operator_prelabel_tasks_total{outcome="predicted"} 200.0' in scraped
+    assert f'prelabel_operator_prelabel_pending_tasks{{name="shapes",namespace="{ns}"}} 0.0' in scraped
+
+    # 2. Imported later: pre-labeled within the poll delay; nothing else predicted again.
+    imported_at = time.monotonic()
+    late = set(label_studio.upload_images(project.id, {f"late-{i}.png": synthetic.encode_png(s.image)
+                                                        for i, s in enumerate(scenes(602, 20))}).values()) - tasks
+    assert len(late) == 20
+    wait_for("220/220", lambda: prelabel().get("summary") == "220/220" and prelabel().get("phase") == "Complete", 120)
+    delay = time.monotonic() - imported_at
+    print(f"20 imported tasks pre-labeled {delay:.1f}s after the import (pollSeconds {POLL_SECONDS})")
+    stored = per_version(ls_client, project.id)
+    assert set(stored) == {first} and set(stored[first]) == tasks | late and set(stored[first].values()) == {1}
+    tasks |= late
+
+    # 3. A new model version (the threshold changes the backend's version): re-predicted (Repredict),
+    # 4. paused mid-run: no new prediction once stopped; resumed: completes.
+    cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"model": {"scoreThreshold": 0.3}}}')
+    second = wait_for("a new model version", lambda: (v := prelabel().get("modelVersion")) not in (None, first) and v, 180)
+    wait_for("some predictions of the new version", lambda: len(per_version(ls_client, project.id).get(second, ())) >= 8, 120)
+    cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"prelabel": {"paused": true}}}')
+    paused = wait_for("Paused", lambda: (c := condition(status(), "Prelabeled")).get("reason") == "Paused" and c, 60)
+    assert paused["status"] == "False" and "paused at" in paused["message"]
+    time.sleep(5)  # an in-flight batch may land; nothing after it
+    at_pause = sum(per_version(ls_client, project.id)[second].values())
+    time.sleep(10)
+    assert sum(per_version(ls_client, project.id)[second].values()) == at_pause < 220
+    assert prelabel()["phase"] == "Paused"
+    cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"prelabel": {"paused": false}}}')
+    wait_for("re-predicted with the new version", lambda: prelabel().get("phase") == "Complete" and prelabel().get("modelVersion") == second, 180)
+    stored = per_version(ls_client, project.id)
+    assert set(stored[second]) == tasks and set(stored[second].values()) == {1}
+    assert set(stored[first].values()) == {1}  # the old version's predictions stay, as Label Studio keeps versions
+
+    # 5. Another version; mid-run the operator is SIGKILLed and Label Studio restarted: no duplicate.
+    cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"model": {"scoreThreshold": 0.4}}}')
+    third = wait_for("a third model version", lambda: (v := prelabel().get("modelVersion")) not in (None, first, second) and v, 180)
+    wait_for("some predictions of the third version", lambda: len(per_version(ls_client, project.id).get(third, ())) >= 8, 120)
+    operator.kill()
+    operator.start()
+    wait_for("progress after the operator restart",
+             lambda: sum(per_version(ls_client, project.id).get(third, {}).values()) >= 40, 120)
+    label_studio.stop(keep=True)
+    time.sleep(3)
+    outage = wait_for("the outage shown in status", lambda: "Label Studio" in (m := prelabel().get("message", "")) and "retrying" in m and m, 60)
+    print("status during the outage:", outage)
+    label_studio.start()
+    wait_for("complete after both restarts", lambda: prelabel().get("phase") == "Complete" and prelabel().get("modelVersion") == third, 300)
+    stored = per_version(ls_client, project.id)
+    assert set(stored[third]) == tasks
+    duplicates = {t: n for t, n in stored[third].items() if n != 1}
+    assert not duplicates, duplicates
+
+    # 6. A task whose image cannot be read: failed with its reason after its tries; the others complete.
+    broken = ls_client.projects.import_tasks(project.id, request=[{"image": "/data/upload/999/missing.png"}], return_task_ids=True).task_ids[0]
+    failed = wait_for("Failed", lambda: (p := prelabel()).get("phase") == "Failed" and p, 120)
+    assert (failed["summary"], failed["failed"], failed["pending"]) == ("220/221", 1, 0)
+    assert failed["failures"][0]["task"] == broken and "missing.png" in failed["failures"][0]["reason"]
+    cond = condition(status(), "Prelabeled")
+    assert (cond["status"], cond["reason"]) == ("False", "Failed") and f"task {broken}" in cond["message"]
+    assert broken not in per_version(ls_client, project.id)[third]
+    assert "PrelabelFailed" in cluster.kubectl("get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}").stdout
+
+    # Removing the section turns it off: its status goes, Ready stays.
+    cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=json", "-p", '[{"op": "remove", "path": "/spec/prelabel"}]')
+    wait_for("status.prelabel removed", lambda: "prelabel" not in status() and not condition(status(), "Prelabeled"), 60)
+    cluster.kubectl("delete", "mlb", "shapes", "-n", ns, "--timeout=90s")
+    # All of it within the chart's RBAC: the daemon writes status and events, reads the key's Secret.
+    denied = [e for e in cluster.audit_events(chart.SERVICE_ACCOUNT_USER) if e["responseStatus"]["code"] == 403]
+    assert not denied, denied

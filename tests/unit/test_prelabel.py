@@ -1,0 +1,128 @@
+"""Pre-labeling decisions: the Data Manager queries, what is stored from a /predict answer, retries
+with backoff, and what status and the Prelabeled condition say."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from prelabel_operator import prelabel, reconcile
+from prelabel_operator.prelabel import Attempts, Progress, sort_results
+from prelabel_operator.spec import MLBackendSpec, PrelabelSpec
+
+V = "prelabel-0123456789ab"
+
+
+def items(query: str) -> list[tuple[str, str, object]]:
+    return [(f["filter"], f["operator"], f["value"]) for f in json.loads(query)["filters"]["items"]]
+
+
+def test_pending_query_pages_tasks_lacking_the_current_version_by_id_cursor() -> None:
+    query = prelabel.pending_query(PrelabelSpec(), V, after_id=41)
+    assert items(query) == [("filter:tasks:predictions_model_versions", "not_contains", [V]), ("filter:tasks:id", "greater", 41)]
+    assert json.loads(query)["ordering"] == ["tasks:id"]  # a cursor needs a stable order
+    # Label Studio iterates the value: a bare string would be matched letter by letter.
+    assert isinstance(items(query)[0][2], list)
+
+
+def test_unannotated_scope_and_keep_existing_policy() -> None:
+    spec = PrelabelSpec(tasks="Unannotated", on_new_model_version="KeepExisting")
+    assert items(prelabel.pending_query(spec, V, 0)) == [
+        ("filter:tasks:total_annotations", "equal", 0), ("filter:tasks:total_predictions", "equal", 0), ("filter:tasks:id", "greater", 0)]
+    assert items(prelabel.scope_query(spec)) == [("filter:tasks:total_annotations", "equal", 0)]
+    assert items(prelabel.done_query(spec, V)) == [("filter:tasks:total_annotations", "equal", 0), ("filter:tasks:total_predictions", "greater", 0)]
+    assert items(prelabel.done_query(PrelabelSpec(), V)) == [("filter:tasks:predictions_model_versions", "contains", [V])]
+    assert items(prelabel.scope_query(PrelabelSpec())) == []
+
+
+def test_sort_results_stores_good_predictions_fails_errors_and_leaves_other_versions() -> None:
+    answer = {"results": [
+        {"result": [{"type": "rectanglelabels"}], "score": 0.9, "model_version": V},
+        {"result": [], "score": 0.0, "model_version": V, "error": "field 'image': GET ... answered HTTP 404"},
+        {"result": [], "score": 0.0, "model_version": "prelabel-old000000000"},
+        {"result": [], "score": 0.0, "model_version": V},  # nothing found is a prediction too
+        "junk",
+    ]}
+    out = sort_results([1, 2, 3, 4, 5], answer, V)
+    assert out.store == [{"task": 1, "result": [{"type": "rectanglelabels"}], "score": 0.9, "model_version": V},
+                         {"task": 4, "result": [], "score": 0.0, "model_version": V}]
+    assert out.failed == [(2, "field 'image': GET ... answered HTTP 404"), (5, "the backend's result is not a Label Studio prediction")]
+    assert out.stale == [3]
+
+
+@pytest.mark.parametrize("answer", [{"results": [{"result": [], "model_version": V}]}, {"error": "x"}, [], None])
+def test_an_answer_of_the_wrong_shape_fails_every_task_with_a_reason(answer: object) -> None:
+    out = sort_results([7, 8], answer, V)
+    assert [t for t, _ in out.failed] == [7, 8] and not out.store
+    assert "results for 2 tasks" in out.failed[0][1]
+
+
+def test_attempts_back_off_and_give_up_after_max() -> None:
+    attempts = Attempts(max_attempts=3)
+    assert attempts.due(5, now=0)
+    assert not attempts.fail(1, 5, "broken", now=0)
+    assert not attempts.due(5, now=4.9) and attempts.due(5, now=5.0)  # 5 s after the first failure
+    assert not attempts.fail(1, 5, "broken", now=5)
+    assert not attempts.due(5, now=14.9) and attempts.due(5, now=15.0)  # then 10 s
+    assert attempts.next_retry(now=12) == pytest.approx(3)
+    assert attempts.fail(1, 5, "still broken", now=15)  # the third try was the last
+    assert not attempts.due(5, now=10_000)
+    assert attempts.given_up() == {5: prelabel.Attempt(1, 3, "still broken", 15 + 20)}
+    assert attempts.next_retry(now=20) is None
+    attempts.fail(2, 6, "flaky", now=0)
+    attempts.stored(6)
+    assert 6 not in attempts.tasks and attempts.given_up(project=2) == {}
+    assert prelabel.retry_delay(50) == 300
+
+
+def test_status_and_condition_follow_the_counts() -> None:
+    started = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+    waiting = prelabel.status(Progress(message="waiting for the backend"), now_mono=0)
+    assert waiting["phase"] == "Progressing" and "summary" not in waiting  # nothing counted yet is not complete
+    progress = Progress(model_version=V, total=200, predicted=180, run_started=started, run_started_mono=100.0, stored_this_run=90, counted=True)
+    body = prelabel.status(progress, now_mono=130.0)
+    assert body["phase"] == "Progressing" and body["summary"] == "180/200" and body["pending"] == 20
+    assert body["tasksPerSecond"] == 3.0 and body["startedAt"] == "2026-11-29T12:00:00Z" and "completedAt" not in body
+    assert set(body) <= set(prelabel.STATUS_KEYS)
+    status, reason, message = prelabel.condition(body, paused=False)
+    assert (status, reason) == ("False", "Progressing") and "180/200" in message and "20 pending" in message
+
+    progress.predicted, progress.completed = 200, started
+    done = prelabel.status(progress, now_mono=130.0)
+    assert prelabel.condition(done, paused=False)[:2] == ("True", "Complete") and done["completedAt"] == "2026-11-29T12:00:00Z"
+
+    progress.predicted, progress.failed = 199, 1
+    progress.failures = [{"project": 1, "task": 17, "reason": "not an image", "attempts": 3}]
+    failed = prelabel.status(progress, now_mono=130.0)
+    assert failed["phase"] == "Failed" and failed["pending"] == 0
+    status, reason, message = prelabel.condition(failed, paused=False)
+    assert (status, reason) == ("False", "Failed") and "task 17: not an image" in message
+
+    assert prelabel.condition(failed, paused=True)[:2] == ("False", "Paused")
+    assert prelabel.condition(None, paused=False) is None
+
+
+def test_the_condition_is_carried_by_reconciles_and_set_in_place_by_the_driver() -> None:
+    now = dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc)
+    observed = reconcile.Observed(generation=3, prelabel=("False", "Progressing", "10/20"))
+    conditions = reconcile.status(observed, [], now)["conditions"]
+    assert [c["type"] for c in conditions] == ["Ready", "Available", "Registered", "ConfigCompatible", "Prelabeled"]
+    assert all(c["type"] != "Prelabeled" for c in reconcile.status(reconcile.Observed(generation=3), [], now)["conditions"])
+    later = now + dt.timedelta(minutes=5)
+    updated = reconcile.with_condition(conditions, reconcile.Condition("Prelabeled", "False", "Progressing", "15/20"), 3, later)
+    assert updated[:4] == conditions[:4] and updated[4]["message"] == "15/20"
+    assert updated[4]["lastTransitionTime"] == conditions[4]["lastTransitionTime"]  # same status: no transition
+    done = reconcile.with_condition(updated, reconcile.Condition("Prelabeled", "True", "Complete", "20/20"), 3, later)
+    assert done[4]["lastTransitionTime"] == "2026-11-29T00:05:00Z"
+    assert reconcile.with_condition([], reconcile.Condition("Prelabeled", "True", "Complete", ""), 1, now)[0]["type"] == "Prelabeled"
+
+
+def test_spec_prelabel_defaults_and_absence() -> None:
+    base = {"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "k"}, "projects": [{"id": 1}]}}
+    assert MLBackendSpec.parse(base).prelabel is None
+    assert MLBackendSpec.parse({**base, "prelabel": {}}).prelabel == PrelabelSpec()
+    parsed = MLBackendSpec.parse({**base, "prelabel": {"paused": True, "tasks": "Unannotated", "onNewModelVersion": "KeepExisting",
+                                                       "batchSize": 8, "concurrency": 4, "pollSeconds": 5, "maxAttempts": 2}}).prelabel
+    assert parsed == PrelabelSpec(True, "Unannotated", "KeepExisting", 8, 4, 5, 2)
