@@ -1,5 +1,6 @@
 """The README's main job, run as a person would: `prelabel demo`, end to end, checked by its output
-(every demo task holds a prediction of the model version the operator reported) and its exit code."""
+(the operator pre-labels the project, every demo task holds a prediction of the model version it
+reported) and its exit code."""
 
 from __future__ import annotations
 
@@ -19,3 +20,6 @@ def test_prelabel_demo_prelabels_every_task() -> None:
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert re.search(r"6/6 tasks pre-labeled by the backend at http://127\.99\.\d+\.\d+:9090", done.stdout), done.stdout
     assert "MLBackend Ready=True" in done.stderr
+    # The operator pre-labeled the project (spec.prelabel), shown as a progress bar over its status.
+    assert "pre-labeling Complete: 6/6 with prelabel-" in done.stderr
+    assert re.search(r"pre-labeling: 100%\|.*\| 6/6", done.stderr), done.stderr[-2000:]

@@ -3,8 +3,9 @@
 Starts a real Kubernetes control plane (local processes, built from Go modules and cached) and a
 real Label Studio; installs the operator's Helm chart and runs the operator with the chart's
 ServiceAccount; starts a stand-in kubelet that runs the YOLO backend on its Service's ClusterIP;
-creates a project with the seed's labeling config and 20 generated images; applies an MLBackend;
-waits until it is Ready; retrieves predictions; prints what Label Studio stored.
+creates a project with the seed's labeling config and 20 generated images; applies an MLBackend
+with `spec.prelabel`; waits until it is Ready, then shows the operator's pre-labeling progress
+(status.prelabel) as a progress bar until the project is complete; prints what Label Studio stored.
 `--keep` leaves everything running (Ctrl-C stops it) so you can look at the boxes in the UI.
 """
 
@@ -56,6 +57,25 @@ def wait_ready(cluster, step: Progress, timeout: float = 300) -> dict:  # noqa: 
     raise TimeoutError("the MLBackend did not become Ready: see its status (kubectl describe mlb shapes)")
 
 
+def wait_prelabeled(cluster, total: int, timeout: float = 600) -> dict:  # noqa: ANN001
+    """A progress bar over status.prelabel (tasks holding a prediction of the current model version)
+    until the operator reports the project Complete (or Failed); returns status.prelabel."""
+    from tqdm import tqdm
+
+    deadline = time.monotonic() + timeout
+    with tqdm(total=total, desc="pre-labeling", unit="task", file=sys.stderr, dynamic_ncols=True) as bar:
+        while time.monotonic() < deadline:
+            prelabel = cluster.status("mlb", NAMESPACE, "shapes").get("prelabel") or {}
+            if prelabel.get("total"):
+                bar.total = prelabel["total"]
+                bar.update(prelabel.get("predicted", 0) - bar.n)
+                bar.set_postfix_str(f"{prelabel.get('tasksPerSecond', 0)} tasks/s, {prelabel.get('failed', 0)} failed")
+            if prelabel.get("phase") in ("Complete", "Failed"):
+                return prelabel
+            time.sleep(0.5)
+    raise TimeoutError("pre-labeling did not complete: see status.prelabel (kubectl describe mlb shapes)")
+
+
 def run(images: int, keep: bool) -> int:
     from label_studio_sdk import LabelStudio as Client
     from prelabel_backend import synthetic
@@ -88,14 +108,16 @@ def run(images: int, keep: bool) -> int:
         chart.restricted_namespace(cluster, NAMESPACE)
         cluster.kubectl("create", "secret", "generic", "label-studio", "-n", NAMESPACE, f"--from-literal=api-key={ls.token}")
         resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": NAMESPACE},
-                    "spec": {"labelStudio": {"url": ls.url, "apiKeySecretRef": {"name": "label-studio"}, "projects": [{"id": project.id}]}}}
+                    "spec": {"labelStudio": {"url": ls.url, "apiKeySecretRef": {"name": "label-studio"}, "projects": [{"id": project.id}]},
+                             "prelabel": {}}}  # pre-label the whole project, and keep it so
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
         step("applied MLBackend prelabel-demo/shapes; waiting for it to be Ready")
         status = wait_ready(cluster, step)
-        step(f"registered at {status['url']}; retrieving predictions for {len(task_ids)} tasks")
-        client.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": False, "included": task_ids})
+        step(f"registered at {status['url']}; the operator pre-labels the project's {len(task_ids)} tasks")
+        prelabel = wait_prelabeled(cluster, len(task_ids))
+        step(f"pre-labeling {prelabel['phase']}: {prelabel['summary']} with {prelabel.get('modelVersion')}")
         # Count only predictions made by the backend the operator registered: its model version.
-        predictions = {t: [p for p in client.predictions.list(task=t) if p.model_version == status.get("modelVersion")] for t in task_ids}
+        predictions = {t: [p for p in client.predictions.list(task=t) if p.model_version == prelabel.get("modelVersion")] for t in task_ids}
         counts = [sum(len(p.result) for p in predictions[t]) for t in task_ids]
         with_prediction = sum(1 for c in counts if c)
         shapes = sum(len(s.shapes) for s in scenes)

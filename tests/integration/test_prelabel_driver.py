@@ -1,0 +1,109 @@
+"""The pre-labeling driver against a real Label Studio and a real backend process (no cluster): the
+task scopes and model-version policies as Label Studio's Data Manager really filters them, a lost
+import answer that must not become a duplicate, and a backend outage that fails no task."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import httpx
+import pytest
+from label_studio_sdk.projects.client import AsyncProjectsClient
+
+from prelabel_backend import synthetic
+from prelabel_operator.prelabel import Progress
+from prelabel_operator.prelabel_driver import Driver, Outage, Target
+from prelabel_operator.spec import PrelabelSpec
+from tests.conftest import SEED_CONFIG, scenes
+
+pytestmark = pytest.mark.labelstudio
+
+
+class Running:
+    def __bool__(self) -> bool:
+        return False
+
+
+def run(driver: Driver, target: Target, spec: PrelabelSpec) -> float | None:
+    return asyncio.run(driver.run_pass(target, spec, Running()))
+
+
+@pytest.fixture
+def project(label_studio, ls_client, start_backend, request):  # noqa: ANN001, ANN201
+    """A project of 6 uploaded images, a backend that reads them from Label Studio, and a Target."""
+    created = ls_client.projects.create(title=f"driver {request.node.name[:40]}", label_config=SEED_CONFIG)
+    images = {f"d-{i}.png": synthetic.encode_png(s.image) for i, s in enumerate(scenes(701, 6))}
+    tasks = sorted(label_studio.upload_images(created.id, images).values())
+    backend = start_backend({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token})
+    return created, tasks, backend, Target(label_studio.url, label_studio.token, backend.url, None, (created.id,))
+
+
+def stored(ls_client, project_id: int) -> collections.Counter:  # noqa: ANN001
+    return collections.Counter((p.task, p.model_version) for p in ls_client.predictions.list(project=project_id))
+
+
+async def _no_report(progress: Progress) -> None:
+    pass
+
+
+def test_unannotated_scope_skips_annotated_tasks(project, ls_client) -> None:  # noqa: ANN001
+    created, tasks, _, target = project
+    for task in tasks[:2]:
+        ls_client.annotations.create(task, result=[], was_cancelled=False)
+    driver = Driver("ns", "d", _no_report)
+    assert run(driver, target, PrelabelSpec(tasks="Unannotated")) is None
+    assert (driver.progress.total, driver.progress.predicted, driver.progress.phase()) == (4, 4, "Complete")
+    assert sorted(t for t, _ in stored(ls_client, created.id)) == tasks[2:]
+
+
+def test_keep_existing_predicts_only_tasks_without_any_prediction(project, ls_client) -> None:  # noqa: ANN001
+    created, tasks, _, target = project
+    ls_client.projects.import_predictions(created.id, request=[{"task": tasks[0], "result": [], "model_version": "someone-elses-model"}])
+    run(Driver("ns", "d", _no_report), target, PrelabelSpec(on_new_model_version="KeepExisting"))
+    first = stored(ls_client, created.id)
+    assert first[(tasks[0], "someone-elses-model")] == 1 and len(first) == 6  # task 0 kept its prediction only
+    version = next(v for t, v in first if t == tasks[1])
+    # A new model version (the labeling config's threshold): KeepExisting leaves predicted tasks alone...
+    ls_client.projects.update(created.id, label_config=SEED_CONFIG.replace('model_score_threshold="0.25"', 'model_score_threshold="0.3"'))
+    driver = Driver("ns", "d", _no_report)
+    run(driver, target, PrelabelSpec(on_new_model_version="KeepExisting"))
+    assert stored(ls_client, created.id) == first and driver.progress.model_version != version
+    # ...while Repredict gives every task one prediction of it.
+    run(driver, target, PrelabelSpec())
+    now = stored(ls_client, created.id)
+    assert {t for t, v in now if v == driver.progress.model_version} == set(tasks)
+    assert all(n == 1 for n in now.values())
+
+
+def test_a_lost_import_answer_makes_no_duplicate(project, ls_client, monkeypatch) -> None:  # noqa: ANN001
+    """Label Studio stores the batch but the answer never arrives (a restart, a proxy timeout): the
+    pass fails, and the next one reads back what is stored instead of importing it again."""
+    created, tasks, _, target = project
+    real = AsyncProjectsClient.import_predictions
+    lost = []
+
+    async def stored_then_lost(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        await real(self, *args, **kwargs)
+        lost.append(1)
+        raise httpx.ReadTimeout("the answer was lost")
+
+    monkeypatch.setattr(AsyncProjectsClient, "import_predictions", stored_then_lost)
+    driver = Driver("ns", "d", _no_report)
+    with pytest.raises(Outage, match="Label Studio unreachable while trying to import predictions"):
+        run(driver, target, PrelabelSpec(batch_size=2, concurrency=1))
+    assert lost == [1]
+    monkeypatch.setattr(AsyncProjectsClient, "import_predictions", real)
+    run(driver, target, PrelabelSpec(batch_size=2, concurrency=1))
+    counts = stored(ls_client, created.id)
+    assert {t for t, _ in counts} == set(tasks) and set(counts.values()) == {1}
+
+
+def test_a_backend_outage_fails_no_task_and_is_retried(project, ls_client) -> None:  # noqa: ANN001
+    created, tasks, backend, target = project
+    backend.stop()
+    driver = Driver("ns", "d", _no_report)
+    with pytest.raises(Outage, match="the backend is unreachable"):
+        run(driver, target, PrelabelSpec())
+    assert driver.progress.failed == 0 and not driver.attempts.tasks
+    assert list(ls_client.predictions.list(project=created.id)) == []
