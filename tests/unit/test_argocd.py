@@ -96,3 +96,19 @@ def test_sync_waves_put_the_operator_before_the_mlbackends() -> None:
         assert (ARGOCD.parents[1] / app["spec"]["source"]["path"]).is_dir(), app["spec"]["source"]["path"]
     mlbackends = [yaml.safe_load(p.read_text()) for p in (ARGOCD / "mlbackends").glob("*.yaml")]
     assert mlbackends and all(m["kind"] == "MLBackend" for m in mlbackends)  # no Secret in Git
+
+
+@pytest.mark.parametrize("phase", ["Progressing", "Failed", "Complete"])
+def test_prelabeling_never_changes_the_health_only_the_message(phase: str) -> None:
+    """A long run must not hold later sync waves back (they wait for Healthy); its progress shows in the message."""
+    from prelabel_operator import prelabel
+
+    progress = prelabel.Progress(model_version="prelabel-0123456789ab", total=200, counted=True,
+                                 predicted={"Progressing": 180, "Failed": 199, "Complete": 200}[phase], failed=int(phase == "Failed"))
+    observed = reconcile.Observed(1, available=True, url="http://10.0.0.1:9090",
+                                  projects=[reconcile.ProjectStatus(1, "p", 5, "Connected", compatible=True)])
+    observed.prelabel = prelabel.condition(prelabel.status(progress, 0.0), paused=False)
+    resource = resource_with(observed)
+    resource["status"]["prelabel"] = prelabel.status(progress, 0.0)
+    judged = health(MLBACKEND / "health.lua", resource)
+    assert judged["status"] == "Healthy" and judged["message"].endswith(f"pre-labeling {phase} {progress.predicted}/200"), judged

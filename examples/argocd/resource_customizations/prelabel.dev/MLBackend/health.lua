@@ -2,6 +2,9 @@
 -- Healthy: Ready. Progressing: being deleted, not yet seen by the operator, or still starting
 -- (backend pods coming up, registration waiting for them). Degraded: anything that needs a person
 -- (missing Secret, refused key, incompatible labeling config, Label Studio unreachable, RBAC...).
+-- Pre-labeling (spec.prelabel) never changes the health, only the message: a run over a big project
+-- can take hours and must not hold later sync waves back, and a failed task is data to look at, not
+-- a broken deployment. Its progress shows as e.g. "; pre-labeling Progressing 180/200".
 local hs = {}
 local starting = {DeploymentNotAvailable = true, WaitingForBackend = true, NotChecked = true}
 
@@ -34,6 +37,10 @@ if ready == nil then
 elseif ready.status == "True" then
   hs.status = "Healthy"
   hs.message = "Registered at " .. (obj.status.url or "?") .. " in " .. (obj.status.projectsSummary or "?") .. " projects"
+  local prelabel = obj.status.prelabel
+  if prelabel ~= nil and prelabel.phase ~= nil then
+    hs.message = hs.message .. "; pre-labeling " .. prelabel.phase .. " " .. (prelabel.summary or "")
+  end
 elseif starting[ready.reason] then
   hs.status = "Progressing"
   hs.message = ready.reason .. ": " .. (ready.message or "")
