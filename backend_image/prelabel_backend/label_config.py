@@ -158,7 +158,7 @@ def _labels(el: Element, sources: list[Element]) -> list[tuple[Element, tuple[st
         for child in parent:
             if child.tag not in ("Label", "Choice") or child.get("value") is None:
                 continue
-            here = (*path, child.get("alias") or child.get("value", ""))
+            here = (*path, str(child.get("alias") or child.get("value", "")))
             out.append((child, here))
             if nested:
                 walk(child, here, nested)
@@ -280,6 +280,7 @@ class Coverage:
 def coverage(control: Control, model_names: list[str]) -> Coverage:
     """Which of the control's labels the model can produce (see Control.label_map; KeyPointLabels
     through model_index)."""
+    by_label: dict[str, tuple[str, ...]]
     if control.point_indexes:
         by_label = {label: (cls,) for label, (cls, _) in control.point_indexes.items() if cls in model_names}
     else:
