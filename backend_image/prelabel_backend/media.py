@@ -234,7 +234,7 @@ class MediaFetcher:
                         continue
                     if response.status_code != 200:
                         error = MediaNotFound if response.status_code == 404 else MediaError
-                        raise error(f"GET {_safe(url)} answered HTTP {response.status_code}{_hint(response.status_code, bool(headers))}")
+                        raise error(f"GET {_safe(url)} answered HTTP {response.status_code}{_hint(url, response.status_code, bool(headers))}")
                     declared = int(response.headers.get("Content-Length") or 0)
                     if declared > limit:
                         raise MediaError(f"{_safe(url)} is {declared} bytes, over MEDIA_MAX_BYTES ({limit})")
@@ -250,10 +250,14 @@ class MediaFetcher:
         raise MediaError(f"more than {MAX_REDIRECTS} redirects, the last to {_safe(url)}")
 
 
-def _hint(status: int, sent_key: bool) -> str:
+def _hint(url: str, status: int, sent_key: bool) -> str:
     """What to check after a refusal: the key only when it was sent."""
     if status in (401, 403):
-        return " (check LABEL_STUDIO_API_KEY)" if sent_key else " (no key is sent to hosts other than LABEL_STUDIO_URL's)"
+        if sent_key:
+            return " (check LABEL_STUDIO_API_KEY)"
+        if media_urls.LABEL_STUDIO_PATH.match(urlsplit(url).path):
+            return " (no key is sent to hosts other than LABEL_STUDIO_URL's: if this is Label Studio's public address, list it in LABEL_STUDIO_PUBLIC_URLS)"
+        return " (no key is sent to hosts other than LABEL_STUDIO_URL's)"
     if status == 404 and sent_key:
         return " (check LABEL_STUDIO_URL, including any sub-path Label Studio is served under)"
     return ""

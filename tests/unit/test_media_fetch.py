@@ -193,3 +193,13 @@ def test_a_refusal_by_another_host_does_not_blame_the_key(servers) -> None:  # n
     with pytest.raises(MediaError) as err:
         fetcher(ls.url, media_allowed_hosts=("localhost",)).fetch(other.url.replace("127.0.0.1", "localhost") + "/private.png", 1, "1")
     assert "LABEL_STUDIO_API_KEY" not in str(err.value) and "no key is sent" in str(err.value)
+
+
+def test_a_public_host_listed_as_an_ordinary_host_gets_no_key_and_the_error_says_where_to_list_it(servers) -> None:  # noqa: ANN001
+    """Case 2's old workaround (MEDIA_ALLOWED_HOSTS) sends no key; the 401 no longer blames the key."""
+    ls, other = servers
+    other.needs_key = True
+    public = other.url.replace("127.0.0.1", "localhost")
+    with pytest.raises(MediaError) as err:
+        fetcher(ls.url, media_allowed_hosts=("localhost",)).fetch(public + "/data/upload/1/a.png", 1, "1")
+    assert "check LABEL_STUDIO_API_KEY" not in str(err.value) and "LABEL_STUDIO_PUBLIC_URLS" in str(err.value)
