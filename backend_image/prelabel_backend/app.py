@@ -1,7 +1,10 @@
 """The flask app: Label Studio's ML-backend protocol and auth. No model logic lives here.
 
     GET  /health, /   {"status": "UP", "model_class": ...}; 503 with a reason while models load
-    POST /setup       {project, schema, hostname, access_token, extra_params} -> {"model_version"}
+    POST /setup       {project, schema, hostname, access_token, extra_params} -> {"model_version", "compatible", ...}
+                      200 even for a config with nothing to serve yet (Label Studio connects a backend
+                      only on 200): then "compatible": false and the reason in "error"; 422 for a
+                      config that names something this backend cannot do (a bad model_path, ...)
     POST /predict     {tasks, label_config, project, params} -> {"results": [one per task, in order]}
     POST /webhook     training events acknowledged (201); others 200 {"status": "Unknown event"}
     GET  /metrics     Prometheus text
@@ -29,6 +32,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 MODEL_CLASS = "PrelabelYOLO"
+UNCONFIGURED_VERSION = "prelabel-unconfigured"  # what /setup reports before the config has a control to serve
 TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING"}
 
 
@@ -120,7 +124,7 @@ def _config_or_error(backend: Backend, xml: Any) -> LabelConfig:
     try:
         return backend.config(xml)
     except UnsupportedConfig as exc:
-        raise BadRequest(str(exc), 422, found=exc.found, supported=exc.supported) from None
+        raise BadRequest(str(exc), 422, found=exc.found, reasons=exc.reasons, supported=exc.supported) from None
     except ConfigError as exc:
         raise BadRequest(str(exc), 422) from None
 
@@ -187,11 +191,36 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         body = _json_body()
         project = _project_id(body)
         xml = body.get("schema")
-        config = _config_or_error(backend, xml)
+        if project:
+            backend.media.remember_setup(project, body.get("hostname"), body.get("access_token"))
+        if not isinstance(xml, str):
+            raise BadRequest("no labeling config: send it as 'schema'")
+        try:
+            config = backend.config(xml) if xml.strip() else None
+            unsupported = None if config is not None else UnsupportedConfig([])
+        except UnsupportedConfig as exc:
+            config, unsupported = None, exc
+        except ConfigError as exc:
+            raise BadRequest(str(exc), 422) from None
+        if config is None:
+            # As HumanSignal's example: Label Studio may connect the backend to a project whose config
+            # is not set yet (<View></View>) or has nothing to serve; the reason travels in the answer
+            # (the operator's ConfigCompatible condition reads it), and /predict refuses with 422.
+            assert unsupported is not None
+            return jsonify({"model_version": UNCONFIGURED_VERSION, "compatible": False, "error": str(unsupported),
+                            "found": unsupported.found, "reasons": unsupported.reasons, "supported": unsupported.supported})
         if project:
             backend.remember_schema(project, xml)
-            backend.media.remember_setup(project, body.get("hostname"), body.get("access_token"))
-        return jsonify({"model_version": backend.predictor.model_version(config)})
+        answer: dict[str, Any] = {"model_version": backend.predictor.model_version(config), "compatible": True}
+        gaps = backend.predictor.coverage(config)
+        if gaps:
+            answer["unmapped_labels"] = [{"control": g.control, "model": g.model_file, "unmapped": list(g.unmapped),
+                                          "mapped": {k: list(v) for k, v in g.mapped.items()}, "unknown_classes": list(g.unknown)}
+                                         for g in gaps]
+        warnings = [g.describe() for g in gaps] + [f"not served: {reason}" for reason in config.skipped]
+        if warnings:
+            answer["warnings"] = warnings
+        return jsonify(answer)
 
     @app.post("/predict")
     def predict() -> Response:

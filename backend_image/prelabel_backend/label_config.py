@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from xml.etree.ElementTree import Element  # the type only; parsing is defusedxml's
 
 from defusedxml import ElementTree
 
@@ -24,6 +25,7 @@ SUPPORTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "PolygonLabels": ("segment", ("Image",)),
     "BrushLabels": ("segment", ("Image",)),
     "Choices": ("classify", ("Image",)),
+    "Taxonomy": ("classify", ("Image",)),  # like Choices (as HumanSignal's example); results as taxonomy paths
     "KeyPointLabels": ("pose", ("Image",)),
     "VideoRectangle": ("detect", ("Video",)),  # tracked through the video; labels from the <Labels> on the same video
     "TimelineLabels": ("classify", ("Video",)),  # each frame classified; runs of one label become ranges
@@ -36,15 +38,18 @@ class ConfigError(ValueError):
 
 
 class UnsupportedConfig(ConfigError):
-    """The config is valid XML but has no control this backend can predict."""
+    """The config is valid XML but has no control this backend can predict. `reasons` says, per
+    control, why it cannot be served (its tag, its object, a multi-image valueList, ...)."""
 
-    def __init__(self, found: list[str]) -> None:
+    def __init__(self, found: list[str], reasons: list[str] | None = None) -> None:
         self.found = found
+        self.reasons = reasons or []
         self.supported = sorted(SUPPORTED)
-        shown = ", ".join(found) or "none"
+        why = "; ".join(self.reasons) if self.reasons else "it has no control tags yet"
         super().__init__(
-            f"no control in the labeling config can be served: found {shown}; "
-            f"supported are {', '.join(self.supported)} on an <Image>"
+            f"no control in the labeling config can be served: {why}. "
+            f"Supported: {', '.join(self.supported)} on an <Image> with value=\"$<field>\" "
+            f"(VideoRectangle and TimelineLabels on a <Video>)"
         )
 
 
@@ -62,6 +67,7 @@ class Control:
     point_indexes: dict[str, tuple[str, int]] = field(default_factory=dict)  # label -> (model class, keypoint index)
     attrs: dict[str, str] = field(default_factory=dict)
     media: str = "Image"  # the object tag: Image or Video
+    paths: dict[str, tuple[str, ...]] = field(default_factory=dict)  # Taxonomy: label -> its path from the root
 
     @property
     def result_type(self) -> str:
@@ -101,6 +107,14 @@ class LabelConfig:
     found: tuple[str, ...]  # every control tag seen, supported or not
     control_names: frozenset[str]  # every control's name, to know which extra regions may be emitted
     digest: str  # identifies the parts of the config that change predictions
+    data_keys: tuple[str, ...] = ()  # the task data fields of every object tag (value="$key")
+    skipped: tuple[str, ...] = ()  # controls that are not served, each with the reason
+
+    @property
+    def single_object(self) -> bool:
+        """Exactly one object tag: Label Studio then reads a task's `$undefined$` value as its data
+        (Project.one_object_in_label_config, core/label_config.py)."""
+        return len(self.data_keys) == 1
 
     def has_control(self, name: str, tag: str) -> bool:
         return f"{tag}:{name}" in self.control_names
@@ -130,18 +144,48 @@ def resolve_model_file(settings: Settings, requested: str | None, task: str, whe
     return str(path)
 
 
+def _describe(el: Element) -> str:
+    shown = " ".join(f'{k}="{el.get(k)}"' for k in ("name", "value", "valueList") if el.get(k) is not None)
+    return f"<{el.tag} {shown}>"
+
+
+def _labels(el: Element, sources: list[Element]) -> list[tuple[Element, tuple[str, ...]]]:
+    """(label element, path) of every <Label>/<Choice>: direct children, or for a Taxonomy every
+    nested <Choice>, its path being the values (or aliases, as Label Studio stores them) from the root."""
+    out: list[tuple[Element, tuple[str, ...]]] = []
+
+    def walk(parent: Element, path: tuple[str, ...], nested: bool) -> None:
+        for child in parent:
+            if child.tag not in ("Label", "Choice") or child.get("value") is None:
+                continue
+            here = (*path, str(child.get("alias") or child.get("value", "")))
+            out.append((child, here))
+            if nested:
+                walk(child, here, nested)
+
+    for source in sources:
+        walk(source, (), el.tag == "Taxonomy")
+    return out
+
+
 def parse(xml: str, settings: Settings) -> LabelConfig:
+    """The controls of a labeling config this backend serves. Raises ConfigError (invalid XML, a bad
+    attribute) or UnsupportedConfig (nothing to serve: each control's reason in its message)."""
     if not xml or not xml.strip():
-        raise ConfigError("the labeling config is empty")
+        raise UnsupportedConfig([])
     try:
         root = ElementTree.fromstring(xml)
     except Exception as exc:  # defusedxml raises several types; all mean "not a config we accept"
         raise ConfigError(f"the labeling config is not valid XML: {exc}") from exc
 
-    objects = {el.get("name"): el for el in root.iter() if el.get("value", "").startswith("$") and el.get("name")}
+    objects = {el.get("name"): el for el in root.iter()
+               if el.get("name") and (el.get("value", "").startswith("$") or el.get("valueList", "").startswith("$"))}
+    data_keys = tuple(dict.fromkeys(
+        (el.get("value") or el.get("valueList") or "$")[1:] for el in objects.values()))
     found: list[str] = []
     names: set[str] = set()
     controls: list[Control] = []
+    skipped: list[str] = []
     for el in root.iter():
         to_name = el.get("toName")
         if not to_name or el.get("name") is None:
@@ -149,26 +193,35 @@ def parse(xml: str, settings: Settings) -> LabelConfig:
         tag, name = el.tag, el.get("name", "")
         found.append(tag)
         names.add(f"{tag}:{name}")
+        where = f'<{tag} name="{name}">'
         if tag not in SUPPORTED:
+            skipped.append(f"{where}: {tag} is not a control this backend predicts")
             continue
         attrs = dict(el.attrib)
         if attrs.get("model_skip", "").lower() in TRUE:
+            skipped.append(f'{where}: model_skip="true"')
             continue
         task, object_tags = SUPPORTED[tag]
         target = objects.get(to_name.split(",")[0])
-        if target is None or target.tag not in object_tags:
+        if target is None:
+            skipped.append(f'{where}: toName="{to_name}" names no object tag with a $field value')
+            continue
+        if target.tag not in object_tags:
+            skipped.append(f"{where} on {_describe(target)}: {tag} is served on {' or '.join(f'<{t}>' for t in object_tags)} only")
+            continue
+        if not target.get("value", "").startswith("$"):
+            skipped.append(f"{where} on {_describe(target)}: a multi-image valueList is not supported; "
+                           f'use one image per task (value="$field")')
             continue
         if tag == "RectangleLabels" and attrs.get("model_obb", "").lower() in TRUE:
             task = "obb"
-        where = f'<{tag} name="{name}">'
-        labels, predicted, points = [], {}, {}
+        labels, predicted, points, paths = [], {}, {}, {}
         # VideoRectangle has no labels of its own: they are on a <Labels> naming the same video.
         sources = [el] if tag != "VideoRectangle" else [o for o in root.iter("Labels") if o.get("toName") == to_name]
-        for child in (c for source in sources for c in source):
-            value = child.get("value")
-            if child.tag not in ("Label", "Choice") or value is None:
-                continue
+        for child, path in _labels(el, sources):
+            value = child.get("value", "")
             labels.append(value)
+            paths[value] = path
             if child.get("predicted_values"):
                 predicted[value] = tuple(v.strip() for v in child.get("predicted_values", "").split(",") if v.strip())
             if child.get("model_index") not in (None, ""):
@@ -194,12 +247,53 @@ def parse(xml: str, settings: Settings) -> LabelConfig:
                 predicted_values=predicted,
                 point_indexes=points,
                 attrs=attrs,
+                paths=paths if tag == "Taxonomy" else {},
             )
         )
     if not controls:
-        raise UnsupportedConfig(found)
-    digest = hashlib.sha256(repr(sorted((c.name, c.task, c.model_file, c.threshold, sorted(c.predicted_values.items()), c.labels) for c in controls)).encode()).hexdigest()
-    return LabelConfig(controls=tuple(controls), found=tuple(found), control_names=frozenset(names), digest=digest)
+        raise UnsupportedConfig(found, skipped)
+    digest = hashlib.sha256(repr(sorted((c.name, c.task, c.model_file, c.threshold, sorted(c.predicted_values.items()), c.labels, sorted(c.paths.items())) for c in controls)).encode()).hexdigest()
+    return LabelConfig(controls=tuple(controls), found=tuple(found), control_names=frozenset(names), digest=digest,
+                       data_keys=data_keys, skipped=tuple(skipped))
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How one control's labels meet a model's classes (label-studio#6825: a label no class maps to
+    silently never gets a region). `mapped`: label -> the model classes that map to it;
+    `unmapped`: labels no class maps to; `unknown`: predicted_values names the model does not have."""
+
+    control: str  # '<RectangleLabels name="label">'
+    model_file: str
+    mapped: dict[str, tuple[str, ...]]
+    unmapped: tuple[str, ...]
+    unknown: tuple[str, ...]
+
+    def describe(self) -> str:
+        pairs = ", ".join(f"{label}<-{'|'.join(classes)}" for label, classes in self.mapped.items()) or "none"
+        text = f"{self.control} with {self.model_file}: labels no model class maps to: {', '.join(self.unmapped)}; mapped: {pairs}"
+        if self.unknown:
+            text += f"; predicted_values the model lacks: {', '.join(self.unknown)}"
+        return text
+
+
+def coverage(control: Control, model_names: list[str]) -> Coverage:
+    """Which of the control's labels the model can produce (see Control.label_map; KeyPointLabels
+    through model_index)."""
+    by_label: dict[str, tuple[str, ...]]
+    if control.point_indexes:
+        by_label = {label: (cls,) for label, (cls, _) in control.point_indexes.items() if cls in model_names}
+    else:
+        by_label = {}
+        for cls, label in control.label_map(model_names).items():
+            if cls in model_names:
+                by_label.setdefault(label, ())
+                by_label[label] += (cls,)
+    mapped = {label: by_label[label] for label in control.labels if label in by_label}
+    unmapped = tuple(label for label in control.labels if label not in by_label)
+    wanted = {cls for classes in control.predicted_values.values() for cls in classes}
+    unknown = tuple(sorted(wanted - set(model_names)))
+    return Coverage(f'<{control.tag} name="{control.name}">', control.model_file, mapped, unmapped, unknown)
 
 
 def model_path(settings: Settings, model_file: str) -> Path:

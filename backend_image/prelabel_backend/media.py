@@ -1,9 +1,11 @@
-"""Fetching task images: from Label Studio (uploads, local files, cloud storage through its presign
+"""Fetching task media: from Label Studio (uploads, local files, cloud storage through its presign
 endpoint), from allowlisted http(s) hosts, from the local files root, or inline data: URIs.
 
-Requests go only to Label Studio's host and to MEDIA_ALLOWED_HOSTS (no SSRF through task data),
-with a size limit, timeouts and a small in-memory cache. Keys and Authorization headers are never
-logged: errors name the URL without its query string.
+Where a reference points is decided by `media_urls` (pure); this module does the I/O: requests go
+only to Label Studio and to MEDIA_ALLOWED_HOSTS (no SSRF through task data), redirects are followed
+hop by hop under the same rule, the key goes only to Label Studio's own origin, with a size limit,
+timeouts and a small in-memory cache. Keys and Authorization headers are never logged: errors name
+the URL without its query string.
 """
 
 from __future__ import annotations
@@ -17,26 +19,24 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 import requests
 
+from . import media_urls
+from .media_urls import CLOUD_SCHEMES, LabelStudioAddress, MediaError
+from .media_urls import safe as _safe
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-CLOUD_SCHEMES = {"s3", "gs", "azure-blob", "azure-spi"}
+MAX_REDIRECTS = 5  # presign answers one redirect; a CDN may add one or two
+__all__ = ["CLOUD_SCHEMES", "LabelStudioAuth", "LabelStudioSource", "MediaError", "MediaFetcher", "MediaNotFound"]
 
 
-class MediaError(Exception):
-    """A task's media could not be fetched or decoded; the message is safe to log."""
-
-
-def _safe(url: str) -> str:
-    """The URL without query or fragment: presigned URLs carry credentials there."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else parts.path
+class MediaNotFound(MediaError):
+    """The server answered 404: another reading of the same reference may exist."""
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -49,6 +49,11 @@ class LabelStudioSource:
 
     url: str
     token: str | None
+    public: tuple[str, ...] = ()  # the other addresses Label Studio writes into task data
+
+    @property
+    def address(self) -> LabelStudioAddress:
+        return LabelStudioAddress(self.url, self.public)
 
 
 class LabelStudioAuth:
@@ -90,20 +95,32 @@ class MediaFetcher:
         self.session = session or requests.Session()
         self.session.trust_env = False  # no proxy from the environment: requests go where we decide
         self.auth = LabelStudioAuth(self.session, settings.media_timeout, settings.verify_ssl)
-        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._setup: dict[str, LabelStudioSource] = {}
 
     # -- what /setup told us ------------------------------------------------------------------
     def remember_setup(self, project: str, hostname: str | None, access_token: str | None) -> None:
+        """/setup's `hostname` is Label Studio's own LABEL_STUDIO_HOST: where it writes absolute
+        media links. It becomes the project's Label Studio address when LABEL_STUDIO_URL is unset,
+        and one of its public addresses otherwise (only paths are taken from it, never the key's
+        destination: that stays LABEL_STUDIO_URL)."""
         if hostname:
             self._setup[project] = LabelStudioSource(hostname.rstrip("/"), access_token or None)
 
     def source(self, project: str | None) -> LabelStudioSource | None:
+        """LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY, else /setup's hostname with /setup's token.
+        The env key is never paired with a /setup hostname: whoever can call /setup would otherwise
+        choose where the key goes."""
         remembered = self._setup.get(project or "")
-        url = self.settings.label_studio_url or (remembered.url if remembered else None)
-        token = self.settings.label_studio_api_key or (remembered.token if remembered else None)
-        return LabelStudioSource(url, token) if url else None
+        public = tuple(self.settings.label_studio_public_urls)
+        if self.settings.label_studio_url:
+            if remembered and remembered.url != self.settings.label_studio_url and remembered.url not in public:
+                public += (remembered.url,)
+            return LabelStudioSource(self.settings.label_studio_url, self.settings.label_studio_api_key, public)
+        if remembered:
+            return LabelStudioSource(remembered.url, remembered.token, public)
+        return None
 
     # -- fetching -----------------------------------------------------------------------------
     def image(self, ref: str, task_id: int | None, project: str | None) -> np.ndarray:
@@ -141,58 +158,54 @@ class MediaFetcher:
             return self._inline(ref)
         if not cache:
             return self._fetch(ref, task_id, project)
+        key = (project or "", ref)  # a relative reference means another file in another Label Studio
         with self._cache_lock:
-            if ref in self._cache:
-                self._cache.move_to_end(ref)
-                return self._cache[ref]
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
         data = self._fetch(ref, task_id, project)
         if self.settings.media_cache_items > 0:
             with self._cache_lock:
-                self._cache[ref] = data
+                self._cache[key] = data
                 while len(self._cache) > self.settings.media_cache_items:
                     self._cache.popitem(last=False)
         return data
 
     def _fetch(self, ref: str, task_id: int | None, project: str | None) -> bytes:
-        parts = urlsplit(ref)
         source = self.source(project)
-        if parts.scheme in CLOUD_SCHEMES:
-            return self._presigned(ref, task_id, source)
-        if not parts.scheme and ref.startswith("/"):
-            local = self._local_file(ref)
-            if local is not None:
-                return local
-            if source is None:
-                raise MediaError(f"{_safe(ref)} is relative to Label Studio: set LABEL_STUDIO_URL")
-            return self._get(urljoin(source.url + "/", ref.lstrip("/")), self.auth.header(source))
-        if parts.scheme not in ("http", "https"):
-            raise MediaError(f"unsupported media reference scheme {parts.scheme!r} in {_safe(ref)}")
-        host = (parts.hostname or "").lower()
-        if source is not None and host == (urlsplit(source.url).hostname or "").lower():
-            return self._get(ref, self.auth.header(source))
-        if host in self.settings.media_allowed_hosts:
-            return self._get(ref, {})
-        raise MediaError(f"host {host!r} is neither Label Studio's nor in MEDIA_ALLOWED_HOSTS")
-
-    def _presigned(self, ref: str, task_id: int | None, source: LabelStudioSource | None) -> bytes:
-        """Cloud storage: Label Studio signs the URI (it holds the storage credentials) and redirects."""
-        if source is None or task_id is None:
-            raise MediaError(f"{_safe(ref)} needs Label Studio's presign endpoint: set LABEL_STUDIO_URL")
-        fileuri = base64.urlsafe_b64encode(ref.encode()).decode()
-        return self._get(f"{source.url}/tasks/{task_id}/presign/?fileuri={quote(fileuri)}", self.auth.header(source))
-
-    def _local_file(self, ref: str) -> bytes | None:
+        address = source.address if source else None
         root = self.settings.local_files_document_root
-        if root is None or not ref.startswith("/data/local-files"):
-            return None
-        relative = unquote(parse_qs(urlsplit(ref).query).get("d", [""])[0])
+        target = media_urls.resolve(ref, task_id, address, self.settings.media_allowed_hosts, local_files=root is not None)
+        if target.local_query is not None:
+            assert root is not None
+            return self._local_file(root, target.local_query)
+        for fallback in target.fallbacks:
+            try:
+                return self._get(target.url, source)
+            except MediaNotFound:
+                target = media_urls.Target(url=fallback, label_studio=target.label_studio)
+        return self._get(target.url, source)
+
+    def _local_file(self, root: Path, query: str) -> bytes:
+        """The file a `/data/local-files/?d=` query names under LOCAL_FILES_DOCUMENT_ROOT: the first
+        reading of the path that exists (media_urls.local_file_candidates), never outside the root."""
+        candidates = media_urls.local_file_candidates(query)
+        if not candidates:
+            raise MediaError("a /data/local-files/ reference without a ?d= path")
         base = root.resolve()
-        path = (base / relative).resolve()
-        if not path.is_relative_to(base) or not path.is_file():
-            raise MediaError(f"local file {relative!r} is not under LOCAL_FILES_DOCUMENT_ROOT")
-        if path.stat().st_size > self.settings.media_max_bytes:
-            raise MediaError(f"local file {relative!r} is larger than MEDIA_MAX_BYTES")
-        return path.read_bytes()
+        outside = []
+        for relative in candidates:
+            path = (base / relative).resolve()
+            if not path.is_relative_to(base):
+                outside.append(relative)
+                continue
+            if path.is_file():
+                if path.stat().st_size > self.settings.media_max_bytes:
+                    raise MediaError(f"local file {relative!r} is larger than MEDIA_MAX_BYTES")
+                return path.read_bytes()
+        if outside and len(outside) == len(candidates):
+            raise MediaError(f"local file {candidates[0]!r} is outside LOCAL_FILES_DOCUMENT_ROOT: refused")
+        raise MediaError(f"local file {candidates[0]!r} not found under LOCAL_FILES_DOCUMENT_ROOT ({root})")
 
     def _inline(self, ref: str) -> bytes:
         header, _, payload = ref.partition(",")
@@ -206,25 +219,45 @@ class MediaFetcher:
             raise MediaError("inline image is larger than MEDIA_MAX_BYTES")
         return data
 
-    def _get(self, url: str, headers: dict[str, str]) -> bytes:
+    def _get(self, url: str, source: LabelStudioSource | None) -> bytes:
+        """GET with redirects followed by hand, at most MAX_REDIRECTS hops, each checked by
+        media_urls.redirect; the Authorization header only on Label Studio's own origin."""
+        address = source.address if source else None
         limit = self.settings.media_max_bytes
-        try:
-            # Redirects are followed only from Label Studio's own endpoints (presign): requests drops
-            # the Authorization header when a redirect leaves the original host.
-            with self.session.get(url, headers=headers, timeout=self.settings.media_timeout,
-                                  verify=self.settings.verify_ssl, stream=True, allow_redirects=bool(headers)) as response:
-                if response.status_code != 200:
-                    hint = " (check LABEL_STUDIO_API_KEY)" if response.status_code in (401, 403) else ""
-                    raise MediaError(f"GET {_safe(url)} answered HTTP {response.status_code}{hint}")
-                declared = int(response.headers.get("Content-Length") or 0)
-                if declared > limit:
-                    raise MediaError(f"{_safe(url)} is {declared} bytes, over MEDIA_MAX_BYTES ({limit})")
-                chunks, size = [], 0
-                for chunk in response.iter_content(1 << 16):
-                    size += len(chunk)
-                    if size > limit:
-                        raise MediaError(f"{_safe(url)} is over MEDIA_MAX_BYTES ({limit})")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except requests.RequestException as exc:
-            raise MediaError(f"GET {_safe(url)} failed: {type(exc).__name__}") from None
+        for _ in range(MAX_REDIRECTS + 1):
+            headers = self.auth.header(source) if source is not None and media_urls.carries_key(url, address) else {}
+            try:
+                with self.session.get(url, headers=headers, timeout=self.settings.media_timeout,
+                                      verify=self.settings.verify_ssl, stream=True, allow_redirects=False) as response:
+                    if response.is_redirect:
+                        url = media_urls.redirect(url, response.headers["Location"], address, self.settings.media_allowed_hosts)
+                        continue
+                    if response.status_code != 200:
+                        error = MediaNotFound if response.status_code == 404 else MediaError
+                        raise error(f"GET {_safe(url)} answered HTTP {response.status_code}{_hint(url, response.status_code, bool(headers))}")
+                    declared = int(response.headers.get("Content-Length") or 0)
+                    if declared > limit:
+                        raise MediaError(f"{_safe(url)} is {declared} bytes, over MEDIA_MAX_BYTES ({limit})")
+                    chunks, size = [], 0
+                    for chunk in response.iter_content(1 << 16):
+                        size += len(chunk)
+                        if size > limit:
+                            raise MediaError(f"{_safe(url)} is over MEDIA_MAX_BYTES ({limit})")
+                        chunks.append(chunk)
+                    return b"".join(chunks)
+            except requests.RequestException as exc:
+                raise MediaError(f"GET {_safe(url)} failed: {type(exc).__name__}") from None
+        raise MediaError(f"more than {MAX_REDIRECTS} redirects, the last to {_safe(url)}")
+
+
+def _hint(url: str, status: int, sent_key: bool) -> str:
+    """What to check after a refusal: the key only when it was sent."""
+    if status in (401, 403):
+        if sent_key:
+            return " (check LABEL_STUDIO_API_KEY)"
+        if media_urls.LABEL_STUDIO_PATH.match(urlsplit(url).path):
+            return " (no key is sent to hosts other than LABEL_STUDIO_URL's: if this is Label Studio's public address, list it in LABEL_STUDIO_PUBLIC_URLS)"
+        return " (no key is sent to hosts other than LABEL_STUDIO_URL's)"
+    if status == 404 and sent_key:
+        return " (check LABEL_STUDIO_URL, including any sub-path Label Studio is served under)"
+    return ""

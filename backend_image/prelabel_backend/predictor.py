@@ -1,9 +1,9 @@
 """One /predict request: fetch every task's media in parallel, run each model once over all the
 tasks that need it (batched), convert per control, and answer one result per task, in order.
 
-A task whose media cannot be fetched or decoded gets an empty result and an "error" naming why (Label
-Studio ignores the extra key; Prelabel's pre-labeling counts the task as failed instead of storing
-it); the others are unaffected.
+A task whose media cannot be fetched or decoded gets an empty result with the reason in its
+`errors` (Label Studio keeps only result, score and model_version, and ignores the rest); the
+others are unaffected.
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from . import results
-from .label_config import ConfigError, LabelConfig
+from .label_config import ConfigError, Coverage, LabelConfig, coverage
 from .media import MediaError, MediaFetcher
+from .media_urls import media_value
 from .metrics import Metrics
 from .models import ModelStore
 from .settings import Settings
@@ -36,12 +37,12 @@ class Prediction:
     result: list[dict[str, Any]]
     score: float
     model_version: str
-    error: str | None = None  # why the task's media could not be read: its result is then incomplete
+    errors: list[str] = field(default_factory=list)  # why (part of) the task could not be predicted
 
     def as_json(self) -> dict[str, Any]:
-        body = {"result": self.result, "score": self.score, "model_version": self.model_version}
-        if self.error:
-            body["error"] = self.error
+        body: dict[str, Any] = {"result": self.result, "score": self.score, "model_version": self.model_version}
+        if self.errors:
+            body["errors"] = self.errors
         return body
 
 
@@ -66,15 +67,20 @@ class Predictor:
                     f'<{control.tag} name="{control.name}"> needs a {control.task} model but {control.model_file!r} is a {loaded.task} model'
                 )
 
+    def coverage(self, config: LabelConfig) -> list[Coverage]:
+        """Per control, which labels its model's classes reach (only the controls some label misses)."""
+        found = [coverage(c, self.store.get(c.model_file).names) for c in config.controls]
+        return [c for c in found if c.unmapped]
+
     def predict(self, config: LabelConfig, tasks: list[dict[str, Any]], project: str | None) -> list[Prediction]:
         version = self.model_version(config)
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
-        errors: dict[int, str] = {}  # position of the task -> first media error
+        errors: list[list[str]] = [[] for _ in tasks]
         keys = sorted({c.data_key for c in config.controls if c.media == "Image"})
-        images = self._fetch_all(tasks, keys, project, errors) if keys else [{} for _ in tasks]
+        images = self._fetch_all(tasks, keys, project, config, errors) if keys else [{} for _ in tasks]
         for control in (c for c in config.controls if c.media == "Video"):
             for i, task in enumerate(tasks):
-                regions[i].extend(self._video(control, task, project, lambda reason, i=i: errors.setdefault(i, reason)))
+                regions[i].extend(self._video(control, task, project, config, errors[i]))
         for control in (c for c in config.controls if c.media == "Image"):
             loaded = self.store.get(control.model_file)
             wanted = [i for i, task in enumerate(tasks) if images[i].get(control.data_key) is not None]
@@ -89,27 +95,28 @@ class Predictor:
                     regions[i].extend(results.convert(control, config, output, loaded.names))
                 except ValueError as exc:
                     log.warning("task %s, control %s: %s", tasks[i].get("id"), control.name, exc)
+                    errors[i].append(f"{control.name}: {exc}")
                 if self.settings.debug_plot:
                     self._plot(output, tasks[i].get("id"), control.name)
-        return [Prediction(r, results.task_score(r), version, errors.get(i)) for i, r in enumerate(regions)]
+        return [Prediction(r, results.task_score(r), version, e) for r, e in zip(regions, errors)]
 
-    def _media(self, task: Any, key: str, fetch: Callable[[Any, Any], T], on_error: Callable[[str], Any]) -> T | None:
-        """fetch(data[key], task id), or None (logged, counted and passed to on_error) when the field is
-        missing or its media unreadable: a bad task loses only its own prediction."""
+    def _media(self, task: Any, key: str, config: LabelConfig, errors: list[str], fetch: Callable[[Any, Any], T]) -> T | None:
+        """fetch(the task's value for key, task id), or None when the field is missing or its media
+        unreadable (logged, counted and added to `errors`): a bad task loses only its own prediction."""
         data = task.get("data") if isinstance(task, dict) else None
         task_id = task.get("id") if isinstance(task, dict) else "?"
         try:
-            if not isinstance(data, dict) or key not in data:
-                raise MediaError(f"task data has no field {key!r}")
-            return fetch(data[key], task_id)
+            if not isinstance(data, dict):
+                raise MediaError("the task has no 'data' object")
+            return fetch(media_value(data, key, config.single_object), task_id)
         except MediaError as exc:
             self.metrics.media_errors.inc()
             log.warning("task %s: no prediction for field %r: %s", task_id, key, exc)
-            on_error(f"field {key!r}: {exc}")
+            errors.append(f"field {key!r}: {exc}")
             return None
 
-    def _video(self, control: Any, task: dict[str, Any], project: str | None, on_error: Callable[[str], Any]) -> list[dict[str, Any]]:
-        fetched = self._media(task, control.data_key, lambda value, task_id: self.media.video(value, task_id, project), on_error)
+    def _video(self, control: Any, task: dict[str, Any], project: str | None, config: LabelConfig, errors: list[str]) -> list[dict[str, Any]]:
+        fetched = self._media(task, control.data_key, config, errors, lambda value, task_id: self.media.video(value, task_id, project))
         if fetched is None:
             return []
         frames, fps = fetched
@@ -129,16 +136,15 @@ class Predictor:
         self.metrics.observe_inference(loaded.path.name, len(frames), time.monotonic() - started)
         return regions
 
-    def _fetch_all(self, tasks: list[dict[str, Any]], keys: list[str], project: str | None,
-                   errors: dict[int, str]) -> list[dict[str, np.ndarray | None]]:
-        def one(item: tuple[int, dict[str, Any]]) -> dict[str, np.ndarray | None]:
-            i, task = item
-            out = {key: self._media(task, key, lambda value, task_id: self.media.image(value, task_id, project),
-                                    lambda reason: errors.setdefault(i, reason)) for key in keys}
+    def _fetch_all(self, tasks: list[dict[str, Any]], keys: list[str], project: str | None, config: LabelConfig,
+                   errors: list[list[str]]) -> list[dict[str, np.ndarray | None]]:
+        def one(i: int) -> dict[str, np.ndarray | None]:
+            out = {key: self._media(tasks[i], key, config, errors[i], lambda value, task_id: self.media.image(value, task_id, project))
+                   for key in keys}
             self.metrics.images.inc(sum(1 for image in out.values() if image is not None))
             return out
 
-        return list(self._pool.map(one, enumerate(tasks)))
+        return list(self._pool.map(one, range(len(tasks))))
 
     def _plot(self, output: Any, task_id: Any, control: str) -> None:
         folder = Path(self.settings.model_dir) / "debug"

@@ -104,19 +104,35 @@ def brushes(control: Control, config: LabelConfig, result: Any, names: list[str]
     return regions
 
 
-def choices(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
-    height, width = result.orig_shape
+def _picked(control: Control, result: Any, names: list[str]) -> list[tuple[float, str]]:
+    """(probability, label) chosen from a classification: the best one, or with choice="multiple"
+    every label at or over the threshold (HumanSignal's example reads `choice` the same way)."""
     label_map = control.label_map(names)
     probs = result.probs.data.tolist()
     ranked = sorted(((p, label_map[names[i]]) for i, p in enumerate(probs) if names[i] in label_map), reverse=True)
     if control.attrs.get("choice") == "multiple":
-        picked = [(p, label) for p, label in ranked if p >= control.threshold]
-    else:
-        picked = ranked[:1] if ranked and ranked[0][0] >= control.threshold else []
+        return [(p, label) for p, label in ranked if p >= control.threshold]
+    return ranked[:1] if ranked and ranked[0][0] >= control.threshold else []
+
+
+def choices(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
+    height, width = result.orig_shape
+    picked = _picked(control, result, names)
     if not picked:
         return []
     score = float(picked[0][0])
     return [_region(control, {"choices": [label for _, label in picked]}, score, width, height)]
+
+
+def taxonomy(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
+    """Like choices, in Label Studio's Taxonomy format: `{"taxonomy": [[root, ..., choice], ...]}`,
+    one path per picked choice (its ancestors' values first)."""
+    height, width = result.orig_shape
+    picked = _picked(control, result, names)
+    if not picked:
+        return []
+    paths = [list(control.paths.get(label, (label,))) for _, label in picked]
+    return [_region(control, {"taxonomy": paths}, float(picked[0][0]), width, height)]
 
 
 def keypoints(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
@@ -162,6 +178,7 @@ CONVERTERS: dict[tuple[str, str], Callable[[Control, LabelConfig, Any, list[str]
     ("PolygonLabels", "segment"): polygons,
     ("BrushLabels", "segment"): brushes,
     ("Choices", "classify"): choices,
+    ("Taxonomy", "classify"): taxonomy,
     ("KeyPointLabels", "pose"): keypoints,
 }
 

@@ -77,10 +77,17 @@ class Settings:
     debug_plot: bool = False  # DEBUG_PLOT: write each prediction's plot as PNG under MODEL_DIR/debug (never a window)
     # --- media -------------------------------------------------------------------------------
     label_studio_url: str | None = None  # LABEL_STUDIO_URL (or LABEL_STUDIO_HOST): base URL for relative media
+    # LABEL_STUDIO_PUBLIC_URLS (Prelabel): comma list of the addresses Label Studio writes into task
+    # data when they differ from LABEL_STUDIO_URL (its own LABEL_STUDIO_HOST, e.g. https://ls.example.com
+    # or https://example.com/ls; a bare host name matches any scheme and port). Label Studio's paths on
+    # them are fetched through LABEL_STUDIO_URL, with the key; /setup's hostname is added on its own.
+    label_studio_public_urls: tuple[str, ...] = ()
     label_studio_api_key: str | None = None  # LABEL_STUDIO_API_KEY (or LABEL_STUDIO_ACCESS_TOKEN): legacy token or PAT
     verify_ssl: bool = True  # VERIFY_SSL: check TLS certificates when fetching media
     local_files_document_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT: read /data/local-files/ from disk
-    media_allowed_hosts: tuple[str, ...] = ()  # MEDIA_ALLOWED_HOSTS (Prelabel): comma list; besides Label Studio's host
+    # MEDIA_ALLOWED_HOSTS (Prelabel): comma list of other hosts media may come from (and redirect to),
+    # fetched without Label Studio's key
+    media_allowed_hosts: tuple[str, ...] = ()
     media_max_bytes: int = 50 * 1024 * 1024  # MEDIA_MAX_BYTES (Prelabel): larger downloads are refused
     media_timeout: float = 15.0  # MEDIA_TIMEOUT (Prelabel): seconds per media request
     media_cache_items: int = 64  # MEDIA_CACHE_ITEMS (Prelabel): recently fetched media kept in memory
@@ -118,6 +125,7 @@ class Settings:
             batch_size=max(1, _int(env, "BATCH_SIZE", 16)),
             debug_plot=_bool(env, "DEBUG_PLOT", False),
             label_studio_url=(env.get("LABEL_STUDIO_URL") or env.get("LABEL_STUDIO_HOST") or "").rstrip("/") or None,
+            label_studio_public_urls=tuple(u.strip().rstrip("/") for u in env.get("LABEL_STUDIO_PUBLIC_URLS", "").split(",") if u.strip()),
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or env.get("LABEL_STUDIO_ACCESS_TOKEN") or None,
             verify_ssl=_bool(env, "VERIFY_SSL", True),
             local_files_document_root=Path(root) if root else None,

@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 import requests
 
-from . import kube, manifests, metrics, prelabel, reconcile
+from . import configcheck, kube, manifests, metrics, prelabel, reconcile
 from .labelstudio import Client, LabelStudioError
 from .prelabel_driver import Driver, Outage, Target
 from .registration import Desired, marker, ours
@@ -78,17 +78,17 @@ def _secrets(namespace: str, spec: MLBackendSpec) -> tuple[str, tuple[str, str] 
     return api_key, auth, manifests.secrets_hash(digest_input)
 
 
-def _check_config(url: str, project_id: int, label_config: str, auth: tuple[str, str] | None) -> tuple[bool | None, str, str | None]:
+def _check_config(url: str, project_id: int, label_config: str, auth: tuple[str, str] | None) -> configcheck.ConfigCheck:
     """Asks the backend itself (POST /setup) whether it serves this labeling config."""
     try:
         answer = requests.post(f"{url}/setup", json={"project": f"{project_id}.0", "schema": label_config}, auth=auth, timeout=30)
     except requests.RequestException as exc:
-        return None, f"backend unreachable for the config check: {type(exc).__name__}", None
-    if answer.status_code == 200:
-        return True, "", answer.json().get("model_version")
-    if answer.status_code == 422:
-        return False, answer.json().get("error", "labeling config not supported"), None
-    return None, f"backend answered HTTP {answer.status_code} to /setup", None
+        return configcheck.ConfigCheck(None, f"backend unreachable for the config check: {type(exc).__name__}")
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    return configcheck.interpret(answer.status_code, body)
 
 
 def _apply_objects(body: kopf.Body, name: str, namespace: str, spec: MLBackendSpec, digest: str) -> tuple[dict | None, dict | None]:
@@ -117,11 +117,13 @@ def _register(body: kopf.Body, observed: reconcile.Observed, spec: MLBackendSpec
         try:
             project = client.resolve(ref)
             project_id, title = project.id, project.title
-            compatible, message, version = _check_config(observed.url, project_id, project.label_config, auth)
-            if compatible is False:
-                observed.projects.append(reconcile.ProjectStatus(project_id, title, state="Error", message=message, compatible=False))
+            check = _check_config(observed.url, project_id, project.label_config, auth)
+            if not check.registrable:
+                observed.projects.append(reconcile.ProjectStatus(project_id, title, state="Error", message=check.message, compatible=False))
                 continue
-            observed.model_version = version or observed.model_version
+            # A config with nothing to serve yet is still registered (Label Studio connects the
+            # backend, as HumanSignal's example); ConfigCompatible says why it predicts nothing.
+            observed.model_version = check.model_version or observed.model_version
             registration_id, decided = client.ensure(project_id, desired, uid, auth[1] if auth else None)
             client.set_model_version(project, spec.label_studio.title)
             for action, happened in (("create", decided.create), ("update", bool(decided.update_id)), ("delete", bool(decided.delete_ids))):
@@ -130,7 +132,8 @@ def _register(body: kopf.Body, observed: reconcile.Observed, spec: MLBackendSpec
             if decided.create or decided.update_id or decided.delete_ids:
                 what = "registered" if decided.create else "updated the registration"
                 kopf.info(body, reason="Registered", message=f"{what} {observed.url} in project {project_id} (ML backend {registration_id})")
-            observed.projects.append(reconcile.ProjectStatus(project_id, title, registration_id, "Connected", compatible=compatible))
+            observed.projects.append(reconcile.ProjectStatus(project_id, title, registration_id, "Connected",
+                                                             message=check.message, compatible=check.compatible))
         except LabelStudioError as exc:
             if exc.reason in FATAL:
                 observed.label_studio_error = (exc.reason, exc.message)

@@ -12,7 +12,7 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from .registration import Desired, Plan, Registration, plan, same_url
+from .registration import OWNER_HEADER, Desired, Plan, Registration, Webhook, owner_of, plan, plan_webhooks, same_url
 from .spec import ProjectRef
 
 
@@ -92,7 +92,8 @@ class Client:
 
     def ensure(self, project_id: int, desired: Desired, uid: str, auth_password: str | None = None) -> tuple[int, Plan]:
         """Makes exactly one registration of ours match `desired`; returns its id and what was done."""
-        decided = plan(self.registrations(project_id), desired, uid)
+        existing = self.registrations(project_id)
+        decided = plan(existing, desired, uid)
         fields: dict[str, Any] = {"url": desired.url, "project": project_id, "title": desired.title, "description": desired.description,
                                   "is_interactive": desired.is_interactive, "timeout": int(desired.timeout)}
         if desired.auth_user:
@@ -107,31 +108,46 @@ class Client:
         else:
             registration_id = int(decided.keep_id or 0)
         for extra in decided.delete_ids:
-            self.remove(project_id, extra)
+            self._call(f"delete registration {extra}", self.sdk.ml.delete, extra)
+        # What the project's registrations use now, without listing them again (each list makes
+        # Label Studio call every backend's /health and /setup).
+        gone = set(decided.delete_ids) | {registration_id}
+        in_use = {r.url for r in existing if r.id not in gone} | {desired.url}
+        released = {r.url for r in existing if r.id in gone and not same_url(r.url, desired.url)}
+        self.tidy_webhooks(project_id, uid, in_use, released, desired.url)
         return registration_id, decided
 
     def remove(self, project_id: int, registration_id: int) -> None:
-        """Deletes a registration and the webhook Label Studio made for it (it leaves that behind)."""
+        """Deletes a registration and every webhook of its resource that no registration left in the
+        project uses (Label Studio leaves them behind, and they POST every annotation)."""
         try:
-            url = str(self._call(f"read registration {registration_id}", self.sdk.ml.get, registration_id).url)
+            registration = self._call(f"read registration {registration_id}", self.sdk.ml.get, registration_id)
         except LabelStudioError as exc:
             if exc.reason == "NotFound":
                 return  # already gone
             raise
         self._call(f"delete registration {registration_id}", self.sdk.ml.delete, registration_id)
-        # The webhook belongs to the URL: keep it while another registration (a kept twin) still uses it.
-        if not any(same_url(r.url, url) for r in self.registrations(project_id)):
-            self.remove_webhooks(project_id, url)
+        uid = owner_of(str(registration.description or "")) or ""
+        in_use = {r.url for r in self.registrations(project_id)}
+        self.tidy_webhooks(project_id, uid, in_use, {str(registration.url)}, None)
 
-    def remove_webhooks(self, project_id: int, backend_url: str) -> int:
+    def webhooks(self, project_id: int) -> list[Webhook]:
         hooks = self._call(f"list the webhooks of project {project_id}", self.sdk.webhooks.list, project=str(project_id))
-        target = backend_url.rstrip("/") + "/webhook"
-        removed = 0
-        for hook in hooks:
-            if same_url(str(hook.url), target):
-                self._call(f"delete webhook {hook.id}", self.sdk.webhooks.delete, hook.id)
-                removed += 1
-        return removed
+        return [Webhook(int(h.id), str(h.url), dict(h.headers) if isinstance(h.headers, dict) else {}) for h in hooks]
+
+    def tidy_webhooks(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None) -> None:
+        """Applies registration.plan_webhooks: deletes this resource's webhooks at addresses no
+        registration uses, stamps the current one with the owner header, and makes it when Label
+        Studio made none (it does only on create, not when an update changes the address)."""
+        decided = plan_webhooks(self.webhooks(project_id), in_use, uid, released, current)
+        for hook_id in decided.delete_ids:
+            self._call(f"delete webhook {hook_id}", self.sdk.webhooks.delete, hook_id)
+        for hook_id in decided.stamp_ids:
+            self._call(f"mark webhook {hook_id}", self.sdk.webhooks.update, hook_id, headers={OWNER_HEADER: uid})
+        if decided.create_url:
+            # What Label Studio itself makes for a new registration (ml/models.py create_ml_webhook).
+            self._call(f"create the webhook of project {project_id}", self.sdk.webhooks.create, project=project_id,
+                       url=decided.create_url, send_payload=True, send_for_all_actions=True, headers={OWNER_HEADER: uid})
 
     def set_model_version(self, project: Project, model_version: str) -> None:
         """Makes "Retrieve predictions" and the project's prediction view use this backend's output."""

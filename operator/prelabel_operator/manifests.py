@@ -56,6 +56,8 @@ def env(spec: MLBackendSpec) -> list[dict[str, Any]]:
         {"name": "PORT", "value": str(CONTAINER_PORT)},
         {"name": "MODEL_DIR", "value": "/tmp/prelabel"},
     ]
+    if ls.public_urls:
+        out.append({"name": "LABEL_STUDIO_PUBLIC_URLS", "value": ",".join(ls.public_urls)})
     weights = spec.weights
     if weights.file_name:
         out.append({"name": "MODEL_WEIGHTS", "value": weights.file_name})

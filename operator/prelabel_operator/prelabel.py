@@ -85,8 +85,8 @@ def sort_results(task_ids: list[int], answer: Any, version: str) -> Sorted:
     for task_id, result in zip(task_ids, results):
         if not isinstance(result, dict) or not isinstance(result.get("result"), list):
             out.failed.append((task_id, "the backend's result is not a Label Studio prediction"))
-        elif result.get("error"):
-            out.failed.append((task_id, str(result["error"])[:300]))
+        elif result.get("errors"):  # the backend names why it could not read the task's media
+            out.failed.append((task_id, "; ".join(str(e) for e in result["errors"])[:300]))
         elif result.get("model_version") != version:
             out.stale.append(task_id)
         else:

@@ -66,7 +66,6 @@ class Driver:
         self.namespace, self.name, self.report = namespace, name, report
         self.progress = Progress()
         self.attempts: Attempts | None = None
-        self._versions: dict[int, str] = {}
         self._last_report = 0.0
 
     async def run_pass(self, target: Target, spec: PrelabelSpec, stopped: Any) -> float | None:
@@ -80,9 +79,12 @@ class Driver:
         async with (httpx.AsyncClient(base_url=target.backend_url, auth=auth, timeout=httpx.Timeout(600, connect=10)) as backend,
                     httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10)) as ls_http):
             ls = AsyncLabelStudio(base_url=target.label_studio_url, api_key=target.api_key, httpx_client=ls_http)
-            counts = []
+            counts, skipped = [], []
             for project_id in target.projects:
-                version = await self._version(ls, backend, project_id)
+                version, refusal = await self._version(ls, backend, project_id)
+                if refusal:  # nothing in this project's config to predict (yet): ConfigCompatible says why
+                    skipped.append(f"project {project_id} skipped: {refusal}")
+                    continue
                 counts.append((project_id, version, *await self._count(ls, project_id, spec, version)))
             self._start_run_if_new(counts)
             for project_id, version, _, _ in counts:
@@ -94,7 +96,7 @@ class Driver:
         self._set_counts(counts)
         if not self.progress.pending and self.progress.completed is None:
             self.progress.completed = _utcnow()
-        self.progress.message = ""
+        self.progress.message = "; ".join(skipped)
         await self._report(force=True)
         now = time.monotonic()
         waiting = sum(1 for t in self.attempts.tasks.values() if t.count < spec.max_attempts)
@@ -103,18 +105,19 @@ class Driver:
         return self.attempts.next_retry(now)
 
     # -- Label Studio and backend calls --------------------------------------------------------
-    async def _version(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int) -> str:
-        """The backend's model version for this project's labeling config (its /setup answer)."""
+    async def _version(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int) -> tuple[str, str]:
+        """(the backend's model version for this project's labeling config, "") from its /setup answer,
+        or ("", why) when the config has nothing the backend predicts (e.g. not set yet)."""
         project = await _ls(ls.projects.get(project_id), f"read project {project_id}")
         answer = await _backend(backend.post("/setup", json={"project": f"{project_id}.0", "schema": project.label_config or ""}), "/setup")
+        if answer.status_code in (400, 422) or (answer.status_code == 200 and answer.json().get("compatible") is False):
+            return "", f"the backend serves no control of its labeling config: {_error_text(answer)}"
         if answer.status_code != 200:
-            raise Outage(f"the backend refused project {project_id}'s labeling config at /setup (HTTP {answer.status_code}): "
-                         f"{_error_text(answer)}")
+            raise Outage(f"the backend answered HTTP {answer.status_code} to /setup: {_error_text(answer)}")
         version = str(answer.json().get("model_version") or "")
         if not version:
             raise Outage("the backend's /setup answered no model_version")
-        self._versions[project_id] = version
-        return version
+        return version, ""
 
     async def _count(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec, version: str) -> tuple[int, int]:
         """(tasks in scope, of which done) in one project, from Label Studio's Data Manager."""

@@ -88,7 +88,9 @@ def conditions(observed: Observed) -> list[Condition]:
     elif unknown or not projects:
         compat = Condition("ConfigCompatible", "Unknown", "NotChecked", "checked once the backend is available")
     else:
-        compat = Condition("ConfigCompatible", "True", "Compatible", "every project's labeling config has controls the backend serves")
+        # Warnings of a served config (labels no model class maps to, controls not served) do not fail it.
+        notes = "".join(f"; project {p.id}: {p.message}" for p in projects if p.message)
+        compat = Condition("ConfigCompatible", "True", "Compatible", "every project's labeling config has controls the backend serves" + notes)
     return [available, registered, compat]
 
 

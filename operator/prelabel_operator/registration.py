@@ -77,3 +77,63 @@ def plan(existing: list[Registration], desired: Desired, uid: str) -> Plan:
 
 def ours(existing: list[Registration], uid: str) -> list[int]:
     return [r.id for r in existing if _is_ours(r, uid)]
+
+
+# -- the webhooks Label Studio makes for registrations ------------------------------------------
+# Label Studio creates `<url>/webhook` when a registration is created (ml/models.py create_ml_webhook),
+# never on an update, and leaves it behind on deletion. The operator stamps the webhooks of its
+# registrations with this header so it finds them again after an address change, a crash or a restart.
+OWNER_HEADER = "X-Prelabel-Owner"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    id: int
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def owner(self) -> str | None:
+        return self.headers.get(OWNER_HEADER) if isinstance(self.headers, dict) else None
+
+
+def webhook_url(backend_url: str) -> str:
+    """The webhook Label Studio makes for a registration at backend_url."""
+    return backend_url.rstrip("/") + "/webhook"
+
+
+def owner_of(description: str) -> str | None:
+    """The MLBackend UID in a registration's marker, None when the registration is not ours."""
+    if not description.startswith(MARKER_PREFIX) or not description.endswith(")") or "(" not in description:
+        return None
+    return description.rsplit("(", 1)[1][:-1] or None
+
+
+@dataclass(frozen=True)
+class WebhookPlan:
+    delete_ids: tuple[int, ...] = ()
+    stamp_ids: tuple[int, ...] = ()  # ours by URL but not stamped yet
+    create_url: str | None = None  # the registration's webhook, missing (Label Studio made none on update)
+
+
+def plan_webhooks(hooks: list[Webhook], in_use: set[str], uid: str, released: set[str], current: str | None) -> WebhookPlan:
+    """What to do with a project's webhooks so none of ours points at an address that no
+    registration uses any more.
+
+    in_use: the URLs of every registration left in the project (ours or not: a webhook at a URL
+    someone still uses stays); released: URLs this resource's registration just left (an address
+    change, a deletion); current: this resource's registration URL (None when deregistering)."""
+    used = {webhook_url(u) for u in in_use}
+    released_hooks = {webhook_url(u) for u in released}
+    mine = webhook_url(current) if current else None
+    delete, stamp = [], []
+    for hook in hooks:
+        url = hook.url.rstrip("/")
+        ours = hook.owner() == uid or url in released_hooks or url == mine
+        if not ours:
+            continue
+        if not any(same_url(url, u) for u in used):
+            delete.append(hook.id)
+        elif url == mine and hook.owner() != uid:
+            stamp.append(hook.id)
+    create = mine if mine and not any(same_url(h.url, mine) for h in hooks) else None
+    return WebhookPlan(tuple(delete), tuple(stamp), create)

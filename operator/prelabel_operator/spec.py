@@ -38,6 +38,7 @@ class LabelStudioSpec:
     timeout_seconds: int = 100
     address_mode: AddressMode = "ClusterIP"
     address_url: str | None = None
+    public_urls: tuple[str, ...] = ()  # Label Studio's other addresses in task data (its LABEL_STUDIO_HOST)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class MLBackendSpec:
                 timeout_seconds=int(ls.get("timeoutSeconds", 100)),
                 address_mode=address.get("mode", "ClusterIP"),
                 address_url=address.get("url"),
+                public_urls=tuple(str(u).rstrip("/") for u in ls.get("publicUrls") or ()),
             ),
             image=spec.get("image", cls.image),
             image_pull_policy=spec.get("imagePullPolicy", cls.image_pull_policy),

@@ -4,6 +4,7 @@ predictions" through the API, and what Label Studio really stored, against the s
 from __future__ import annotations
 
 import math
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -98,11 +99,73 @@ def test_personal_access_token_fetches_uploads(label_studio, ls_client, start_ba
     assert all(len(stored[t][0].result) == len(s.shapes) for t, s in truth.items())
 
 
-def test_a_backend_that_cannot_serve_the_config_is_refused_by_label_studio(label_studio, ls_client, start_backend) -> None:  # noqa: ANN001
+def test_label_studio_connects_before_the_config_is_set_and_predicts_once_it_is(label_studio, ls_client, start_backend) -> None:  # noqa: ANN001
+    """Case 7: a new project (<View></View>) or a text-only one connects, as with HumanSignal's
+    example; /setup's answer says why nothing is predicted (the operator's ConfigCompatible reads it);
+    once the config is set, "Retrieve predictions" works without registering again."""
+    from prelabel_operator.configcheck import interpret
+
     backend = start_backend({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token})
-    xml = '<View><Text name="text" value="$text"/><Labels name="ner" toName="text"><Label value="PER"/></Labels></View>'
-    project = ls_client.projects.create(title="text project", label_config=xml)
-    with pytest.raises(Exception) as err:
-        ls_client.ml.create(project=project.id, url=backend.url, title="prelabel")
-    assert "422" in str(err.value) or "supported" in str(err.value)
-    assert list(ls_client.ml.list(project=project.id)) == []
+    text = '<View><Text name="text" value="$text"/><Labels name="ner" toName="text"><Label value="PER"/></Labels></View>'
+    for title, xml in (("new project", None), ("text project", text)):
+        project = ls_client.projects.create(title=title, **({"label_config": xml} if xml else {}))
+        ml = ls_client.ml.create(project=project.id, url=backend.url, title="prelabel")
+        assert ml.state == "CO", ml
+        schema = ls_client.projects.get(project.id).label_config
+        answer = requests.post(f"{backend.url}/setup", json={"project": f"{project.id}.0", "schema": schema}, timeout=30)
+        check = interpret(answer.status_code, answer.json())
+        assert check.compatible is False and check.registrable and "no control in the labeling config can be served" in check.message
+    ls_client.projects.update(project.id, label_config=SEED_CONFIG)
+    truth = upload_tasks(label_studio, project.id, scenes(306, 2))
+    ls_client.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": False, "included": list(truth)})
+    for task_id, scene in truth.items():
+        (prediction,) = ls_client.predictions.list(task=task_id)
+        assert len(prediction.result) == len(scene.shapes)
+
+
+@pytest.fixture(scope="module")
+def public_label_studio(tmp_path_factory):  # noqa: ANN001, ANN201
+    """A Label Studio whose LABEL_STUDIO_HOST is a public name this machine cannot reach, serving
+    local files: it writes `https://labelstudio.example.com/data/local-files/?d=<quoted path>`."""
+    from prelabel_operator.dev.labelstudio import LabelStudio
+
+    root = tmp_path_factory.mktemp("local-files")
+    server = LabelStudio(extra_env={"LABEL_STUDIO_HOST": "https://labelstudio.example.com",
+                                    "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+                                    "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root)}).start()
+    yield server, root
+    server.stop()
+
+
+def test_label_studio_links_on_its_public_host_and_local_files(public_label_studio, start_backend) -> None:  # noqa: ANN001
+    """Cases 2 and 3 against the real thing: Label Studio writes local-file links on its public host
+    name, percent-encoded; the backend fetches them through LABEL_STUDIO_URL with the key (learning the
+    public host from /setup's hostname), or reads them from disk with LOCAL_FILES_DOCUMENT_ROOT."""
+    from label_studio_sdk import LabelStudio as Client
+
+    server, root = public_label_studio
+    client = Client(base_url=server.url, api_key=server.token)
+    folder = root / "set 1"
+    folder.mkdir()
+    batch = scenes(307, 3)
+    names = ["a b+c.png", "plain.png", "R&D #1.png"]
+    for name, scene in zip(names, batch):
+        (folder / name).write_bytes(synthetic.encode_png(scene.image))
+    backends = {
+        "over HTTP": start_backend({"LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": server.token}),
+        "from disk": start_backend({"LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": server.token,
+                                    "LOCAL_FILES_DOCUMENT_ROOT": str(root)}),
+    }
+    for how, backend in backends.items():
+        project = client.projects.create(title=f"local files {how}", label_config=SEED_CONFIG)
+        storage = client.import_storage.local.create(project=project.id, path=str(folder), use_blob_urls=True, regex_filter=r".*\.png")
+        client.import_storage.local.sync(id=storage.id)
+        tasks = requests.get(f"{server.url}/api/tasks", params={"project": project.id}, headers={"Authorization": f"Token {server.token}"},
+                             timeout=60).json()["tasks"]
+        links = {t["id"]: next(iter(t["data"].values())) for t in tasks}
+        assert len(links) == 3 and all(link.startswith("https://labelstudio.example.com/data/local-files/?d=set%201/") for link in links.values()), links
+        stored = prelabel(client, project.id, backend.url, list(links))
+        for task_id, link in links.items():
+            scene = batch[names.index(next(n for n in names if link.endswith(quote(n))))]
+            (prediction,) = stored[task_id]
+            assert len(prediction.result) == len(scene.shapes), (how, link, prediction.result)

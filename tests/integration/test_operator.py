@@ -49,7 +49,8 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     second = ls_client.projects.create(title=f"second project {ns}", label_config=SEED_CONFIG)
     projects = [{"id": project.id}, {"title": second.title}]  # one backend, two projects: by id and by title
     resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": ns},
-                "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": projects},
+                "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": projects,
+                                         "publicUrls": ["https://labelstudio.example.com"]},
                          "model": {"scoreThreshold": 0.3}, "image": "prelabel-backend:test"}}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
 
@@ -60,6 +61,7 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     assert env_vars["LABEL_STUDIO_URL"]["value"] == label_studio.url
     assert env_vars["LABEL_STUDIO_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "ls-key", "key": "api-key"}
     assert env_vars["MODEL_SCORE_THRESHOLD"]["value"] == "0.3"
+    assert env_vars["LABEL_STUDIO_PUBLIC_URLS"]["value"] == "https://labelstudio.example.com"
     assert deployment["metadata"]["ownerReferences"][0]["kind"] == "MLBackend"
     assert label_studio.token not in json.dumps(deployment) and label_studio.token not in json.dumps(status)
     cluster_ip = cluster.kubectl("get", "service", "shapes-backend", "-n", ns, "-o", "jsonpath={.spec.clusterIP}").stdout
@@ -176,9 +178,20 @@ def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, 
 
     cluster.kubectl("create", "secret", "generic", "absent", "-n", ns, f"--from-literal=api-key={label_studio.token}")
     compat = wait_for("IncompatibleLabelConfig", lambda: (c := condition(cluster.status("mlb", ns, "texts"), "ConfigCompatible")).get("reason") == "IncompatibleLabelConfig" and c)
-    assert compat["status"] == "False" and "found Labels" in compat["message"]
-    assert list(ls_client.ml.list(project=text.id)) == []
+    assert compat["status"] == "False" and '<Labels name="l">: Labels is not a control this backend predicts' in compat["message"]
+    # Case 7: registered all the same (Label Studio connects, as with HumanSignal's example), so the
+    # project predicts as soon as its config is set, with no step in between.
+    status = wait_for("Registered", lambda: (s := cluster.status("mlb", ns, "texts")) and condition(s, "Registered").get("status") == "True" and s)
+    assert [(m.url, m.state) for m in ls_client.ml.list(project=text.id)] == [(status["url"], "CO")]
+    assert condition(status, "Ready")["reason"] == "IncompatibleLabelConfig"
+
+    # Case 10: labels no model class maps to are named, and the config is compatible all the same.
+    ls_client.projects.update(text.id, label_config=SEED_CONFIG.replace("</RectangleLabels>", '<Label value="Star" predicted_values="star"/></RectangleLabels>'))
+    compat = wait_for("Compatible", lambda: (c := condition(cluster.status("mlb", ns, "texts"), "ConfigCompatible")).get("status") == "True" and c, 90)
+    assert "labels no model class maps to: Star" in compat["message"] and "Square<-square" in compat["message"]
+    assert condition(cluster.status("mlb", ns, "texts"), "Ready")["status"] == "True"
     cluster.kubectl("delete", "mlb", "texts", "-n", ns, "--timeout=90s")
+    assert list(ls_client.ml.list(project=text.id)) == [] and list(ls_client.webhooks.list(project=str(text.id))) == []
 
 
 def test_an_unreachable_label_studio_is_retried_and_shown(env, label_studio) -> None:  # noqa: ANN001

@@ -93,3 +93,35 @@ def test_label_studio_guarding_private_ranges_is_reported_as_such(backend) -> No
         assert "LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false" in err.value.message
     finally:
         guarded.stop()
+
+
+def hook_urls(ls_client, project_id: int) -> list[str]:  # noqa: ANN001
+    return sorted(h.url.rstrip("/") for h in ls_client.webhooks.list(project=str(project_id)))
+
+
+def test_no_webhook_is_left_at_an_address_no_registration_uses(label_studio, ls_client, backend) -> None:  # noqa: ANN001
+    """Case 9: Label Studio makes `<url>/webhook` only on create; the operator updates in place when
+    the backend's address changes (a new ClusterIP), and deregisters on deletion. Afterwards no
+    webhook points at an address none of its registrations uses; others' webhooks are untouched."""
+    client = Client(label_studio.url, label_studio.token)
+    project = ls_client.projects.create(title="webhook project", label_config=SEED_CONFIG)
+    old = backend.url
+    new = backend.url.replace("127.0.0.1", "localhost")  # the same backend at another address
+    foreign = ls_client.webhooks.create(project=project.id, url="http://127.0.0.1:9/hand-made", send_payload=False)
+
+    first, decided = client.ensure(project.id, desired(old), UID)
+    assert decided.create and hook_urls(ls_client, project.id) == sorted([old + "/webhook", foreign.url])
+    moved, decided = client.ensure(project.id, desired(new), UID)
+    assert moved == first and decided.update_id == first and ls_client.ml.get(first).url == new
+    assert hook_urls(ls_client, project.id) == sorted([new + "/webhook", foreign.url])
+
+    # An update whose clean-up was lost (a crash, an older operator): the stamped webhook is found again.
+    ls_client.ml.update(first, url=old, project=project.id)
+    stale = ls_client.webhooks.create(project=project.id, url=new + "/webhook", send_payload=True, headers={"X-Prelabel-Owner": UID})
+    assert stale.id
+    client.ensure(project.id, desired(old), UID)
+    assert hook_urls(ls_client, project.id) == sorted([old + "/webhook", foreign.url])
+
+    client.remove(project.id, first)
+    assert list(ls_client.ml.list(project=project.id)) == []
+    assert hook_urls(ls_client, project.id) == [foreign.url]

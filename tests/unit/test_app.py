@@ -54,13 +54,56 @@ def test_setup_returns_a_model_version_tied_to_weights_and_config(client) -> Non
     assert again == version and other != version
 
 
-def test_setup_refuses_a_config_it_cannot_serve_with_422(client) -> None:  # noqa: ANN001
-    xml = '<View><Text name="t" value="$text"/><Labels name="ner" toName="t"><Label value="PER"/></Labels></View>'
+@pytest.mark.parametrize("xml", [
+    "<View></View>",  # a new project's config
+    "",
+    '<View><Text name="t" value="$text"/><Labels name="ner" toName="t"><Label value="PER"/></Labels></View>',
+])
+def test_setup_lets_label_studio_connect_before_the_config_has_anything_to_serve(client, xml: str) -> None:  # noqa: ANN001
+    """Case 7: 200 (Label Studio connects only on 200) with the reason; /predict still refuses."""
     response = client.post("/setup", json={"project": "1.1", "schema": xml})
-    assert response.status_code == 422
+    assert response.status_code == 200
     body = response.get_json()
-    assert body["found"] == ["Labels"] and "RectangleLabels" in body["supported"]
-    assert "Traceback" not in response.get_data(as_text=True)
+    assert body["compatible"] is False and body["model_version"] == "prelabel-unconfigured"
+    assert "no control in the labeling config can be served" in body["error"] and "RectangleLabels" in body["supported"]
+    if "Labels" in xml:
+        assert body["found"] == ["Labels"] and '<Labels name="ner">' in body["error"]
+    refused = client.post("/predict", json={"tasks": [{"id": 1, "data": {"text": "x"}}], "label_config": xml or "<View/>"})
+    assert refused.status_code == 422 and "no control" in refused.get_json()["error"]
+    assert "Traceback" not in refused.get_data(as_text=True)
+
+
+def test_a_multi_image_value_list_is_named_as_the_reason(client) -> None:  # noqa: ANN001
+    """Case 8."""
+    xml = '<View><Image name="pages" valueList="$images"/><RectangleLabels name="label" toName="pages"><Label value="Square"/></RectangleLabels></View>'
+    body = client.post("/setup", json={"project": "1.1", "schema": xml}).get_json()
+    assert body["compatible"] is False and "multi-image valueList is not supported" in body["error"]
+    assert not body["error"].startswith("no control in the labeling config can be served: found")
+    refused = client.post("/predict", json={"tasks": [{"id": 1, "data": {"images": ["a.png"]}}], "label_config": xml})
+    assert refused.status_code == 422 and "multi-image valueList" in refused.get_json()["error"]
+    assert refused.get_json()["reasons"] == ['<RectangleLabels name="label"> on <Image name="pages" valueList="$images">: '
+                                             'a multi-image valueList is not supported; use one image per task (value="$field")']
+
+
+def test_a_config_that_names_something_impossible_is_still_422(client) -> None:  # noqa: ANN001
+    xml = '<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i" model_path="missing.pt"/></View>'
+    response = client.post("/setup", json={"project": "1.1", "schema": xml})
+    assert response.status_code == 422 and "missing.pt" in response.get_json()["error"]
+
+
+def test_setup_names_labels_no_model_class_maps_to_without_failing(client) -> None:  # noqa: ANN001
+    """Case 10: the project's own detector knows square, circle and triangle only."""
+    xml = SEED_CONFIG.replace('</RectangleLabels>', '<Label value="Star" predicted_values="star,pentagon"/><Label value="Hexagon"/></RectangleLabels>')
+    response = client.post("/setup", json={"project": "2.1", "schema": xml})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["compatible"] is True and body["model_version"].startswith("prelabel-")
+    (gap,) = body["unmapped_labels"]
+    assert gap["control"] == '<RectangleLabels name="label">' and gap["unmapped"] == ["Star", "Hexagon"]
+    assert gap["mapped"] == {"Square": ["square"], "Circle": ["circle"], "Triangle": ["triangle"]}
+    assert gap["unknown_classes"] == ["pentagon", "star"]
+    assert "labels no model class maps to: Star, Hexagon" in body["warnings"][0] and "Square<-square" in body["warnings"][0]
+    assert "warnings" not in client.post("/setup", json={"project": "2.1", "schema": SEED_CONFIG}).get_json()
 
 
 @pytest.mark.parametrize(
@@ -114,15 +157,37 @@ def test_a_bad_image_empties_its_task_only(client, caplog) -> None:  # noqa: ANN
     with caplog.at_level(logging.WARNING):
         results = client.post("/predict", json={"tasks": tasks, "label_config": SEED_CONFIG}).get_json()["results"]
     assert [bool(r["result"]) for r in results] == [True, False, False, False, True]
-    # The reason travels in the answer too, so a caller (the operator's pre-labeling) can report it.
-    errors = [r.get("error") for r in results]
-    assert errors[0] is None and errors[4] is None
-    assert "not an image OpenCV can decode" in errors[1]
-    assert "no field 'image'" in errors[2]
-    assert "neither Label Studio's nor in MEDIA_ALLOWED_HOSTS" in errors[3]
+    # The reason travels in the answer, not only in the log (Label Studio ignores the extra key).
+    assert ["errors" in r for r in results] == [False, True, True, True, False]
+    assert "not an image OpenCV can decode" in results[1]["errors"][0] and "no field 'image'" in results[2]["errors"][0]
     assert "not an image OpenCV can decode" in caplog.text
     assert "no field 'image'" in caplog.text
-    assert "neither Label Studio's nor in MEDIA_ALLOWED_HOSTS" in caplog.text
+    assert "is neither Label Studio's" in caplog.text and "nor in MEDIA_ALLOWED_HOSTS" in caplog.text
+
+
+def test_undefined_key_is_used_when_the_config_has_one_object(client) -> None:  # noqa: ANN001
+    """Case 5: Label Studio's storages write `$undefined$` when the task lacks the config's key."""
+    scene = scenes(205, 1)[0]
+    tasks = [{"id": 1, "data": {"$undefined$": data_uri(scene.image)}}, {"id": 2, "data": {"image": data_uri(scene.image)}}]
+    first, second = client.post("/predict", json={"tasks": tasks, "label_config": SEED_CONFIG}).get_json()["results"]
+    assert first["result"] and first["result"] == second["result"]
+
+
+def test_taxonomy_on_an_image_gives_taxonomy_results(client) -> None:  # noqa: ANN001
+    """Case 6: a flat <Taxonomy> answers in Label Studio's taxonomy format."""
+    xml = ('<View><Image name="image" value="$image"/><Taxonomy name="taxonomy" toName="image">'
+           '<Choice value="square"/><Choice value="circle"/><Choice value="triangle"/></Taxonomy></View>')
+    assert client.post("/setup", json={"project": "9.1", "schema": xml}).get_json()["compatible"] is True
+    batch = scenes(206, 6, width=128, height=128, count=(1, 1), size=(32.0, 80.0))
+    tasks = [{"id": i, "data": {"image": data_uri(s.image)}} for i, s in enumerate(batch)]
+    results = client.post("/predict", json={"tasks": tasks, "label_config": xml}).get_json()["results"]
+    right = 0
+    for scene, result in zip(batch, results):
+        (region,) = result["result"]
+        assert (region["from_name"], region["to_name"], region["type"]) == ("taxonomy", "image", "taxonomy")
+        assert set(region["value"]) == {"taxonomy"} and len(region["value"]["taxonomy"]) == 1
+        right += region["value"]["taxonomy"] == [[scene.shapes[0].cls]]
+    assert right >= 5
 
 
 def test_webhook_acknowledges_training_events(client) -> None:  # noqa: ANN001

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from prelabel_backend.label_config import ConfigError, UnsupportedConfig, model_path, parse
+from prelabel_backend.label_config import ConfigError, UnsupportedConfig, coverage, model_path, parse
 from prelabel_backend.settings import Settings
 from tests.conftest import SEED_CONFIG
 
@@ -56,14 +56,14 @@ def test_unsupported_config_names_what_was_found() -> None:
     with pytest.raises(UnsupportedConfig) as err:
         parse(xml, S)
     assert err.value.found == ["Labels"]
-    assert "RectangleLabels" in str(err.value) and "found Labels" in str(err.value)
+    assert "RectangleLabels" in str(err.value) and '<Labels name="l">: Labels is not a control this backend predicts' in str(err.value)
 
 
 @pytest.mark.parametrize(
     ("xml", "message"),
     [
         ("<View><Image", "not valid XML"),
-        ("", "empty"),
+        ("", "has no control tags yet"),
         ('<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i" model_score_threshold="high"/></View>', "must be a number"),
         ('<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i" model_score_threshold="3"/></View>', "between 0 and 1"),
         ('<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i" model_path="../../etc/passwd"/></View>', "relative path under MODEL_ROOT"),
@@ -98,3 +98,77 @@ def test_model_path_resolves_under_model_root_then_packaged_weights(tmp_path: Pa
         model_path(settings, "link.pt")
     with pytest.raises(ConfigError, match="not found under MODEL_ROOT"):
         model_path(settings, "missing.pt")
+
+
+@pytest.mark.parametrize("xml", ["<View></View>", "<View/>", "", "   ",
+                                 '<View><Text name="t" value="$text"/><TextArea name="a" toName="t"/></View>'])
+def test_a_config_with_nothing_to_serve_yet_is_unsupported_not_invalid(xml: str) -> None:
+    """Case 7: /setup answers these with 200 and compatible: false (see test_app)."""
+    with pytest.raises(UnsupportedConfig):
+        parse(xml, S)
+
+
+@pytest.mark.parametrize(("xml", "reason"), [
+    ('<View><Image name="pages" valueList="$images"/><RectangleLabels name="r" toName="pages"><Label value="a"/></RectangleLabels></View>',
+     '<RectangleLabels name="r"> on <Image name="pages" valueList="$images">: a multi-image valueList is not supported'),
+    ('<View><Image name="pages" valueList="$images"/><Choices name="c" toName="pages"><Choice value="a"/></Choices></View>',
+     '<Choices name="c"> on <Image name="pages" valueList="$images">: a multi-image valueList is not supported'),
+    ('<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>',
+     '<Choices name="c"> on <Text name="t" value="$text">: Choices is served on <Image> only'),
+    ('<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="nope"><Label value="a"/></RectangleLabels></View>',
+     '<RectangleLabels name="r">: toName="nope" names no object tag'),
+    ('<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i" model_skip="true"><Label value="a"/></RectangleLabels></View>',
+     '<RectangleLabels name="r">: model_skip="true"'),
+])
+def test_an_unsupported_config_names_what_is_not_supported(xml: str, reason: str) -> None:
+    """Case 8: the message names the real cause (a supported control on a multi-image valueList is
+    not 'found RectangleLabels; supported are ... RectangleLabels')."""
+    with pytest.raises(UnsupportedConfig) as err:
+        parse(xml, S)
+    assert reason in err.value.reasons[0] and reason in str(err.value)
+
+
+def test_controls_not_served_beside_served_ones_are_listed() -> None:
+    xml = """<View><Image name="i" value="$image"/><Image name="pages" valueList="$pages"/>
+      <RectangleLabels name="r" toName="i"><Label value="a"/></RectangleLabels>
+      <Choices name="c" toName="pages"><Choice value="a"/></Choices></View>"""
+    config = parse(xml, S)
+    assert [c.name for c in config.controls] == ["r"] and "multi-image valueList" in config.skipped[0]
+    assert config.data_keys == ("image", "pages") and not config.single_object
+
+
+def test_single_object_configs_read_undefined() -> None:
+    """Case 5 (the config side): exactly one object tag."""
+    assert parse(SEED_CONFIG, S).single_object
+
+
+def test_taxonomy_is_served_like_choices_with_paths() -> None:
+    """Case 6: flat and nested <Taxonomy> on an image."""
+    flat = parse('<View><Image name="image" value="$image"/><Taxonomy name="taxonomy" toName="image">'
+                 '<Choice value="square"/><Choice value="circle"/><Choice value="triangle"/></Taxonomy></View>', S)
+    (control,) = flat.controls
+    assert (control.tag, control.task, control.result_type, control.labels) == ("Taxonomy", "classify", "taxonomy", ("square", "circle", "triangle"))
+    assert control.paths == {"square": ("square",), "circle": ("circle",), "triangle": ("triangle",)}
+    nested = parse('<View><Image name="image" value="$image"/><Taxonomy name="t" toName="image">'
+                   '<Choice value="Shape"><Choice value="Round" alias="round"><Choice value="Circle" predicted_values="circle"/></Choice>'
+                   '<Choice value="Square" predicted_values="square"/></Choice></Taxonomy></View>', S).controls[0]
+    assert nested.paths["Circle"] == ("Shape", "round", "Circle") and nested.paths["Square"] == ("Shape", "Square")
+    assert nested.label_map(["square", "circle", "triangle"]) == {"circle": "Circle", "square": "Square"}
+
+
+def test_coverage_names_labels_no_model_class_maps_to() -> None:
+    """Case 10: the seed's Car with predicted_values jeep,cab,limousine,truck on a COCO model."""
+    xml = """<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">
+      <Label value="Car" predicted_values="jeep,cab,limousine,truck"/><Label value="Airplane"/>
+      <Label value="Coach" predicted_values="motorcoach"/><Label value="Pedestrian"/></RectangleLabels></View>"""
+    coco = ["person", "bicycle", "truck", "airplane", "bus"]
+    found = coverage(parse(xml, S).controls[0], coco)
+    assert found.mapped == {"Car": ("truck",), "Airplane": ("airplane",)}  # exact, then case-insensitive names count too
+    assert found.unmapped == ("Coach", "Pedestrian")
+    assert found.unknown == ("cab", "jeep", "limousine", "motorcoach")
+    text = found.describe()
+    assert "labels no model class maps to: Coach, Pedestrian" in text and "Car<-truck" in text and "jeep" in text
+    keypoints = parse('<View><Image name="i" value="$image"/><KeyPointLabels name="k" toName="i">'
+                      '<Label value="apex" predicted_values="triangle" model_index="0"/>'
+                      '<Label value="nose" predicted_values="person" model_index="0"/></KeyPointLabels></View>', S).controls[0]
+    assert coverage(keypoints, ["triangle"]).unmapped == ("nose",)

@@ -135,3 +135,14 @@ def test_weights_from_a_url_are_fetched_and_checked_by_an_init_container() -> No
 def test_two_weight_sources_are_refused() -> None:
     with pytest.raises(SpecError, match="at most one"):
         parsed(model={"weights": {"file": "a.pt", "pvc": {"claimName": "c", "file": "b.pt"}}})
+
+
+def test_label_studio_public_urls_reach_the_backend_env() -> None:
+    """Case 2 with the operator: spec.labelStudio.publicUrls -> LABEL_STUDIO_PUBLIC_URLS."""
+    assert "LABEL_STUDIO_PUBLIC_URLS" not in env_of(manifests.deployment("shapes", parsed(), "h"))
+    raw = copy.deepcopy(RAW)
+    raw["labelStudio"]["publicUrls"] = ["https://labelstudio.example.com/", "https://example.com/ls"]
+    spec = MLBackendSpec.parse(raw)
+    assert spec.label_studio.public_urls == ("https://labelstudio.example.com", "https://example.com/ls")
+    env = env_of(manifests.deployment("shapes", spec, "h"))
+    assert env["LABEL_STUDIO_PUBLIC_URLS"] == {"name": "LABEL_STUDIO_PUBLIC_URLS", "value": "https://labelstudio.example.com,https://example.com/ls"}

@@ -128,7 +128,7 @@ def test_local_files_are_read_under_the_document_root_only(tmp_path: Path) -> No
     (tmp_path / "images" / "a.png").write_bytes(PNG)
     fetcher = MediaFetcher(Settings(local_files_document_root=tmp_path, label_studio_url="http://127.0.0.1:9"))
     assert fetcher.fetch("/data/local-files/?d=images/a.png", 1, None) == PNG
-    with pytest.raises(MediaError, match="not under LOCAL_FILES_DOCUMENT_ROOT"):
+    with pytest.raises(MediaError, match="outside LOCAL_FILES_DOCUMENT_ROOT"):
         fetcher.fetch("/data/local-files/?d=../../etc/passwd", 1, None)
 
 

@@ -40,7 +40,7 @@ def test_unannotated_scope_and_keep_existing_policy() -> None:
 def test_sort_results_stores_good_predictions_fails_errors_and_leaves_other_versions() -> None:
     answer = {"results": [
         {"result": [{"type": "rectanglelabels"}], "score": 0.9, "model_version": V},
-        {"result": [], "score": 0.0, "model_version": V, "error": "field 'image': GET ... answered HTTP 404"},
+        {"result": [], "score": 0.0, "model_version": V, "errors": ["field 'image': GET ... answered HTTP 404"]},
         {"result": [], "score": 0.0, "model_version": "prelabel-old000000000"},
         {"result": [], "score": 0.0, "model_version": V},  # nothing found is a prediction too
         "junk",

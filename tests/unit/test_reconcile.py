@@ -69,3 +69,30 @@ def test_deployment_availability_needs_a_ready_pod() -> None:
     assert reconcile.deployment_available(up) == (True, "1/2 backend pods ready")
     down = {"spec": {"replicas": 1}, "status": {"conditions": [{"type": "Available", "status": "False", "message": "minimum not met"}]}}
     assert reconcile.deployment_available(down) == (False, "minimum not met")
+
+
+def test_config_compatible_names_unmapped_labels_without_failing_and_unconfigured_projects_fail_it() -> None:
+    """Cases 7 and 10 in the status: warnings keep ConfigCompatible True; a connected project whose
+    config has nothing to serve yet makes it False while Registered stays True."""
+    warned = ProjectStatus(1, "p1", 11, "Connected", message='<RectangleLabels name="label"> with yolov8n.pt: labels no model class maps to: Coach; mapped: Car<-truck', compatible=True)
+    conds = by_type(reconcile.status(Observed(1, available=True, url="http://u", projects=[warned, connected(2)]), None, T0))
+    assert conds["ConfigCompatible"]["status"] == "True" and "project 1: <RectangleLabels" in conds["ConfigCompatible"]["message"]
+    assert "Car<-truck" in conds["ConfigCompatible"]["message"] and conds["Ready"]["status"] == "True"
+    empty = ProjectStatus(3, "new", 13, "Connected", message="no control in the labeling config can be served: it has no control tags yet", compatible=False)
+    conds = by_type(reconcile.status(Observed(1, available=True, url="http://u", projects=[empty]), None, T0))
+    assert conds["Registered"]["status"] == "True"
+    assert (conds["ConfigCompatible"]["status"], conds["ConfigCompatible"]["reason"]) == ("False", "IncompatibleLabelConfig")
+    assert "project 3: no control" in conds["ConfigCompatible"]["message"]
+
+
+def test_the_setup_answer_is_read_into_a_config_check() -> None:
+    from prelabel_operator.configcheck import ConfigCheck, interpret
+
+    assert interpret(200, {"model_version": "prelabel-1", "compatible": True}) == ConfigCheck(True, "", "prelabel-1", True)
+    assert interpret(200, {"model_version": "prelabel-1"}) == ConfigCheck(True, "", "prelabel-1", True)  # an older backend
+    warned = interpret(200, {"model_version": "v", "compatible": True, "warnings": ["a", "b"]})
+    assert warned.compatible and warned.message == "a; b"
+    unconfigured = interpret(200, {"model_version": "prelabel-unconfigured", "compatible": False, "error": "no control"})
+    assert unconfigured == ConfigCheck(False, "no control", None, True)  # registered all the same
+    assert interpret(422, {"error": "bad model_path"}) == ConfigCheck(False, "bad model_path", None, False)
+    assert interpret(503, None) == ConfigCheck(None, "backend answered HTTP 503 to /setup", None, True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prelabel_operator.registration import Desired, Registration, marker, ours, plan
+from prelabel_operator.registration import OWNER_HEADER, Desired, Registration, Webhook, marker, ours, owner_of, plan, plan_webhooks
 
 UID = "0b5e-uid"
 MARK = marker("ml", "shapes", UID)
@@ -45,3 +45,40 @@ def test_duplicates_from_a_crashed_create_are_deleted_keeping_the_oldest() -> No
     decided = plan([reg(9), reg(4), reg(7, title="stale")], DESIRED, UID)
     assert decided.keep_id == 4 and decided.delete_ids == (7, 9)
     assert ours([reg(9), reg(4), Registration(1, "u", "t", "by hand")], UID) == [9, 4]
+
+
+# -- webhooks (case 9) -----------------------------------------------------------------------------
+OLD, NEW = "http://127.99.0.7:9090", "http://127.99.0.9:9090"
+
+
+def hook(id: int, url: str, owner: str | None = None) -> Webhook:  # noqa: A002
+    return Webhook(id, url + "/webhook", {OWNER_HEADER: owner} if owner else {})
+
+
+def test_owner_is_read_from_the_marker() -> None:
+    assert owner_of(MARK) == UID
+    assert owner_of("added by hand (not ours)") is None
+
+
+def test_an_address_change_deletes_the_old_webhook_and_makes_the_new_one() -> None:
+    decided = plan_webhooks([hook(1, OLD)], in_use={NEW}, uid=UID, released={OLD}, current=NEW)
+    assert decided.delete_ids == (1,) and decided.create_url == NEW + "/webhook"
+
+
+def test_stamped_webhooks_at_old_addresses_are_found_again_after_a_restart() -> None:
+    """A crash between the update and the clean-up: the stamp still names the owner."""
+    hooks = [hook(1, OLD, UID), hook(2, NEW, UID), hook(3, "http://10.0.0.1:9090", "another-uid"), hook(4, "http://hand.made")]
+    decided = plan_webhooks(hooks, in_use={NEW, "http://10.0.0.1:9090"}, uid=UID, released=set(), current=NEW)
+    assert decided.delete_ids == (1,) and decided.stamp_ids == () and decided.create_url is None
+
+
+def test_the_current_webhook_is_stamped_and_one_still_in_use_is_kept() -> None:
+    hooks = [hook(1, NEW), hook(2, OLD, UID)]
+    decided = plan_webhooks(hooks, in_use={NEW, OLD}, uid=UID, released={OLD}, current=NEW)  # OLD: someone else's now
+    assert decided.delete_ids == () and decided.stamp_ids == (1,)
+
+
+def test_deregistering_deletes_every_webhook_of_ours_that_nothing_uses() -> None:
+    hooks = [hook(1, OLD, UID), hook(2, NEW), hook(3, "http://other:9090")]
+    decided = plan_webhooks(hooks, in_use={"http://other:9090"}, uid=UID, released={NEW}, current=None)
+    assert decided.delete_ids == (1, 2) and decided.create_url is None
