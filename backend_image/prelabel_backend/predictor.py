@@ -90,7 +90,7 @@ class Predictor:
             started = time.monotonic()
             outputs = self.store.predict(loaded, batch, conf=control.threshold)
             self.metrics.observe_inference(loaded.path.name, len(batch), time.monotonic() - started)
-            for i, output in zip(wanted, outputs):
+            for i, output in zip(wanted, outputs, strict=True):
                 try:
                     regions[i].extend(results.convert(control, config, output, loaded.names))
                 except ValueError as exc:
@@ -98,7 +98,7 @@ class Predictor:
                     errors[i].append(f"{control.name}: {exc}")
                 if self.settings.debug_plot:
                     self._plot(output, tasks[i].get("id"), control.name)
-        return [Prediction(r, results.task_score(r), version, e) for r, e in zip(regions, errors)]
+        return [Prediction(r, results.task_score(r), version, e) for r, e in zip(regions, errors, strict=True)]
 
     def _media(self, task: Any, key: str, config: LabelConfig, errors: list[str], fetch: Callable[[Any, Any], T]) -> T | None:
         """fetch(the task's value for key, task id), or None when the field is missing or its media

@@ -159,7 +159,7 @@ def make_video(rng: np.random.Generator, frames: int = 16, step: tuple[float, fl
     for i in range(frames):
         image = background.copy()
         moved = [Shape(s.cls, s.cx + step[0] * i, s.cy + step[1] * i, s.size, s.angle) for s in first.shapes]
-        for shape, colour in zip(moved, colours):
+        for shape, colour in zip(moved, colours, strict=True):
             cv2.fillPoly(image, [np.round(shape.polygon()).astype(np.int32)], colour, cv2.LINE_AA)
         video.append(Scene(image=image, shapes=moved))
     return video

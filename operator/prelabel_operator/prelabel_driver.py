@@ -55,7 +55,7 @@ Report = Callable[[Progress], Awaitable[None]]
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Driver:

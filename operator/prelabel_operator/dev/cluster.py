@@ -249,7 +249,7 @@ class LocalCluster:
         ])
         for i in range(self.nodes):
             self.kubectl("apply", "-f", "-", input=yaml.safe_dump(fake_node(f"kwok-node-{i}")))
-        self._wait("nodes Ready", lambda: self._all_nodes_ready(), 60)
+        self._wait("nodes Ready", self._all_nodes_ready, 60)
         # Node admission taints new nodes not-ready; the node-lifecycle controller would lift it on
         # kubelet heartbeats. kwok nodes have none and that controller is not run, so lift it here.
         for i in range(self.nodes):
@@ -270,7 +270,7 @@ class LocalCluster:
 
         pki = self.workdir / "pki"
         pki.mkdir(parents=True, exist_ok=True)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
 
         def write_key(path: Path, key) -> None:  # noqa: ANN001
             path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,

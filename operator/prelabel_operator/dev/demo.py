@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..reconcile import condition
+from prelabel_operator.reconcile import condition
 
 SEED_LABEL_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -78,6 +78,7 @@ def wait_prelabeled(cluster, total: int, timeout: float = 600) -> dict:  # noqa:
 
 def run(images: int, keep: bool) -> int:
     from label_studio_sdk import LabelStudio as Client
+
     from prelabel_backend import synthetic
 
     from . import chart
@@ -124,7 +125,7 @@ def run(images: int, keep: bool) -> int:
         print(f"\nLabel Studio: {ls.url}   login: {ls.username} / {ls.password}")
         print(f"project {project.id}: {with_prediction}/{len(task_ids)} tasks pre-labeled by the backend at {status['url']}, "
               f"{sum(counts)} boxes for {shapes} drawn shapes")
-        print("boxes per task: " + ", ".join(f"{t}: {c}" for t, c in zip(task_ids, counts)))
+        print("boxes per task: " + ", ".join(f"{t}: {c}" for t, c in zip(task_ids, counts, strict=True)))
         print(f"kubectl --kubeconfig {cluster.kubeconfig} get mlb -n {NAMESPACE}")
         print(f"time: {time.monotonic() - step.started:.1f}s")
         if keep:
@@ -142,9 +143,3 @@ def run(images: int, keep: bool) -> int:
         ls.stop()
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    from ..cli import main
-
-    main(["demo", *sys.argv[1:]])
