@@ -83,10 +83,10 @@ class Predictor:
                 regions[i].extend(self._video(control, task, project, config, errors[i]))
         for control in (c for c in config.controls if c.media == "Image"):
             loaded = self.store.get(control.model_file)
-            wanted = [i for i, task in enumerate(tasks) if images[i].get(control.data_key) is not None]
-            if not wanted:
+            found = [(i, image) for i, task_images in enumerate(images) if (image := task_images.get(control.data_key)) is not None]
+            if not found:
                 continue
-            batch = [images[i][control.data_key] for i in wanted]
+            wanted, batch = [i for i, _ in found], [image for _, image in found]
             started = time.monotonic()
             outputs = self.store.predict(loaded, batch, conf=control.threshold)
             self.metrics.observe_inference(loaded.path.name, len(batch), time.monotonic() - started)

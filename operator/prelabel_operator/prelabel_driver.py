@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 from label_studio_sdk import AsyncLabelStudio
+from label_studio_sdk.types import PredictionRequest
 
 from . import metrics
 from .prelabel import Attempts, Progress, Sorted, done_query, pending_query, scope_query, sort_results
@@ -183,7 +184,8 @@ class Driver:
         if sorted_.store:
             started = time.monotonic()
             # One request per batch; never retried as is (a lost answer may hide a stored batch).
-            await _ls(ls.projects.import_predictions(project_id, request=sorted_.store), f"import predictions into project {project_id}")
+            request = [PredictionRequest(**item) for item in sorted_.store]  # the same JSON as the dicts, typed as the SDK asks
+            await _ls(ls.projects.import_predictions(project_id, request=request), f"import predictions into project {project_id}")
             metrics.PRELABEL_SECONDS.labels("store").observe(time.monotonic() - started)
             for item in sorted_.store:
                 self.attempts.stored(item["task"])

@@ -104,9 +104,10 @@ def ready(conds: list[Condition]) -> Condition:
 
 def render(c: Condition, old: dict[str, Any] | None, generation: int, now: dt.datetime) -> dict[str, Any]:
     """A condition as status holds it; lastTransitionTime moves only when its status changes."""
-    changed = old is None or old.get("status") != c.status
+    unchanged = old is not None and old.get("status") == c.status
+    since = old.get("lastTransitionTime") if unchanged and old is not None else now.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message, "observedGeneration": generation,
-            "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if changed else old.get("lastTransitionTime")}
+            "lastTransitionTime": since}
 
 
 def with_condition(previous: list[dict[str, Any]], c: Condition, generation: int, now: dt.datetime | None = None) -> list[dict[str, Any]]:

@@ -124,6 +124,14 @@ def test_polygons_outline_the_shapes(store, settings) -> None:  # noqa: ANN001
     assert recall >= 0.85 and precision >= 0.85, (recall, precision)
 
 
+
+def test_a_segmentation_control_given_a_detection_model_says_so(store, settings) -> None:  # noqa: ANN001
+    """Plain boxes have no outline: the task's error names the control, instead of no regions at all."""
+    xml = (f'<View><Image name="image" value="$image"/><PolygonLabels name="poly" toName="image" model_path="shapes-detect.pt">'
+           f'{LABELS}</PolygonLabels></View>')
+    with pytest.raises(ValueError, match='<PolygonLabels name="poly"> needs a segmentation model'):
+        run(store, settings, xml, scenes(105, 2))
+
 def test_brushes_are_label_studio_rle_masks(store, settings) -> None:  # noqa: ANN001
     batch = scenes(106, 8)
     xml = f'<View><Image name="image" value="$image"/><BrushLabels name="brush" toName="image">{LABELS}</BrushLabels></View>'
