@@ -8,7 +8,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: env cluster label-studio test test-unit demo bench lint clean
+.PHONY: env cluster label-studio test test-unit demo bench lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with both packages and the test tools
 $(STAMP): requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml
@@ -35,5 +35,14 @@ demo: env cluster label-studio  ## the whole product locally: Kubernetes, Label 
 bench: env  ## the backend's /predict throughput beside raw ultralytics, in one run
 	$(PY) bench/predict_bench.py
 
+lint: env  ## ruff (lint), mypy --strict on both packages, the import contracts in .importlinter (config: pyproject.toml)
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache
+
+format: env  ## ruff format the files you name: make format FILES="path/a.py path/b.py" (not enforced; see pyproject.toml)
+	@[ -n "$(FILES)" ] || { echo 'name the files: make format FILES="..."'; exit 2; }
+	.venv/bin/ruff format $(FILES)
+
 clean:
-	rm -rf .venv .pytest_cache
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
