@@ -5,13 +5,13 @@ CACHE ?= $(HOME)/.cache/prelabel
 export UV_CACHE_DIR := $(CACHE)/uv
 export UV_LINK_MODE := hardlink
 PY := .venv/bin/python
-STAMP := .venv/.installed-$(shell cat requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml | sha256sum | cut -c1-12)
+STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: env cluster label-studio test test-unit demo bench lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with both packages and the test tools
-$(STAMP): requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml
+$(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install -q --user uv
 	@export PATH="$$HOME/.local/bin:$$PATH"; [ -x $(PY) ] || uv venv -q -p python3.11 .venv; \
 	  uv pip install -q -p $(PY) -r requirements-dev.txt
