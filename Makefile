@@ -8,7 +8,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: env cluster label-studio test test-unit demo bench lint format clean
+.PHONY: env cluster label-studio test test-unit demo bench bench-prelabel lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with both packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml
@@ -34,6 +34,9 @@ demo: env cluster label-studio  ## the whole product locally: Kubernetes, Label 
 
 bench: env  ## the backend's /predict throughput beside raw ultralytics, in one run
 	$(PY) bench/predict_bench.py
+
+bench-prelabel: env label-studio  ## pre-labeling a project: backend alone, the driver, Label Studio's action, in one run
+	$(PY) bench/prelabel_bench.py
 
 lint: env  ## ruff (lint), mypy --strict on both packages, the import contracts in .importlinter (config: pyproject.toml)
 	.venv/bin/ruff check .

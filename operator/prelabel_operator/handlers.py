@@ -271,7 +271,9 @@ def _prelabel_target(namespace: str, spec: dict[str, Any], status: dict[str, Any
     url = status.get("url")
     projects = tuple(int(p["id"]) for p in status.get("projects") or [] if p.get("state") == "Connected" and p.get("id") is not None)
     if not url or not projects:
-        return None, "waiting for the backend to be available and registered"
+        ready = reconcile.condition(status, "Ready")
+        why = f" ({ready.get('reason')}: {ready.get('message')})" if ready.get("status") == "False" else ""
+        return None, f"waiting for the backend to be available and registered{why}; retrying in 5s"
     parsed = MLBackendSpec.parse(spec)
     api_key, auth, _ = _secrets(namespace, parsed)
     return Target(parsed.label_studio.url, api_key, url, auth, projects), ""
