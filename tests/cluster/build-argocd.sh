@@ -40,17 +40,15 @@ wrapper="$out/src/build"
 mkdir -p "$wrapper"
 info=$(cd "$wrapper" && go mod download -json "$module@$ARGOCD_VERSION")
 upstream_mod=$(sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' <<<"$info")
-upstream_zip=$(sed -n 's/.*"Zip": "\(.*\)".*/\1/p' <<<"$info")
-# The module as the proxy served it (its zip, checked against go.sum by `go mod download`), unpacked
-# beside the wrapper with one line changed: the application controller binds its metrics server to
+upstream_dir=$(sed -n 's/.*"Dir": "\(.*\)".*/\1/p' <<<"$info")
+# The module as the proxy served it (checked against the checksum database by `go mod download`),
+# copied beside the wrapper with one line changed: the application controller binds its metrics server to
 # 0.0.0.0 with no flag to change that; here it binds 127.0.0.1, like every server the tests start.
 # (`go build -overlay` cannot replace a file in the module cache, hence the copy.)
 source_dir="$out/src/argo-cd"
 if [ ! -f "$source_dir/.patched" ]; then
-  rm -rf "$source_dir" "$out/src/unzip"
-  mkdir -p "$out/src/unzip"
-  (cd "$out/src/unzip" && unzip -q "$upstream_zip")
-  mv "$out/src/unzip/$module@$ARGOCD_VERSION" "$source_dir" && rm -rf "$out/src/unzip"
+  [ ! -d "$source_dir" ] || { chmod -R u+w "$source_dir" && rm -rf "$source_dir"; }
+  cp -r "$upstream_dir" "$source_dir" && chmod -R u+w "$source_dir"
   from='metricsAddr := fmt.Sprintf("0.0.0.0:%d", metricsPort)'
   to='metricsAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort)'
   [ "$(grep -cF "$from" "$source_dir/controller/appcontroller.go")" = 1 ] \
