@@ -53,7 +53,7 @@ def test_the_cases_cover_each_state_argocd_shows() -> None:
     assert {"healthy", "progressing", "degraded-secret-missing", "stale-generation", "deleting"} <= covered
     assert {c["healthStatus"]["status"] for c in CASES} == {"Healthy", "Progressing", "Degraded"}
     covered = {Path(c["inputPath"]).stem for c in APPLICATION_CASES}
-    assert {"no-status", "never-synced", "syncing", "retrying", "sync-failed", "healthy"} <= covered
+    assert {"no-status", "never-synced", "syncing", "retrying", "sync-failed", "healthy", "stale-after-sync"} <= covered
 
 
 def resource_with(observed: reconcile.Observed, generation: int = 1) -> dict[str, Any]:
@@ -87,12 +87,14 @@ def test_a_new_generation_is_progressing_until_the_operator_reports_it() -> None
     assert health(MLBACKEND / "health.lua", stale) == {"status": "Progressing", "message": "Waiting for the operator to apply generation 2"}
 
 
-def application(health_status: str | None, phase: str | None, sync: str = "Synced", retry_count: int = 0) -> dict[str, Any]:
-    status: dict[str, Any] = {"sync": {"status": sync}}
+def application(health_status: str | None, phase: str | None, sync: str = "Synced", retry_count: int = 0,
+                compared: str = "2026-11-29T10:00:04Z") -> dict[str, Any]:
+    status: dict[str, Any] = {"sync": {"status": sync}, "reconciledAt": compared}
     if health_status:
         status["health"] = {"status": health_status, "message": "from status.health"}
     if phase:
-        status["operationState"] = {"phase": phase, "message": "from the operation", "retryCount": retry_count}
+        status["operationState"] = {"phase": phase, "message": "from the operation", "retryCount": retry_count,
+                                    "finishedAt": "2026-11-29T10:00:04Z"}
     return {"metadata": {"name": "child"}, "status": status}
 
 
@@ -126,6 +128,8 @@ def test_a_successful_sync_shows_the_health_of_its_resources(resources: str | No
         judged = health(APPLICATION / "health.lua", application(resources, "Succeeded", sync))
         assert judged == ({"status": resources, "message": "from status.health"} if resources else
                           {"status": "Progressing", "message": "Waiting for the first sync"})
+        stale = health(APPLICATION / "health.lua", application(resources, "Succeeded", sync, compared="2026-11-29T10:00:03Z"))
+        assert stale == {"status": "Progressing", "message": "Waiting for the health after the sync"}
 
 
 def test_the_argocd_cm_patch_carries_the_same_scripts() -> None:

@@ -1,9 +1,10 @@
 -- Application health for sync waves in an app of apps (Argo CD stopped assessing Application health
 -- by default in 1.8). A parent waits in a wave until each child Application is Healthy, and its sync
 -- fails on a Degraded one. Healthy: the child has synced and its resources are Healthy. Progressing:
--- not synced yet, syncing, or waiting to retry a failed attempt (its syncPolicy.retry). Degraded:
--- its last sync failed for good (retries spent), with Argo CD's message, so a half-applied child is
--- never called Healthy; the parent's retry goes on once the child is fixed.
+-- not synced yet, syncing, waiting to retry a failed attempt (its syncPolicy.retry), or its health
+-- not compared since its last sync yet. Degraded: its last sync failed for good (retries spent),
+-- with Argo CD's message, so a half-applied child is never called Healthy; the parent's retry goes
+-- on once the child is fixed.
 local hs = {status = "Progressing", message = "Waiting for the first sync"}
 if obj.status == nil then
   return hs
@@ -21,6 +22,12 @@ if op ~= nil then
     else
       hs.message = "Syncing: " .. (op.message or "")
     end
+    return hs
+  end
+  -- A health compared before the sync ended describes the state before it (Argo CD refreshes right
+  -- after a sync; until then a re-synced child could still look Healthy from before).
+  if op.finishedAt ~= nil and obj.status.reconciledAt ~= nil and obj.status.reconciledAt < op.finishedAt then
+    hs.message = "Waiting for the health after the sync"
     return hs
   end
 elseif obj.status.sync == nil or obj.status.sync.status ~= "Synced" then
