@@ -101,6 +101,7 @@ class Recorder:
     deleting: dict[str, float] = field(default_factory=dict)
     gone: dict[str, float] = field(default_factory=dict)
     operations: set[tuple[str, str, int]] = field(default_factory=set)  # (app, phase, retryCount)
+    timeline: list[tuple[float, str, str]] = field(default_factory=list)  # (time, what, its new state): printed at the end
     errors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -124,6 +125,10 @@ class Recorder:
             except Exception as exc:  # noqa: BLE001 - keep recording; the test reads .errors
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
+    def _change(self, key: str, state: str, now: float) -> None:
+        if next((s for _, k, s in reversed(self.timeline) if k == key), None) != state:
+            self.timeline.append((now, key, state))
+
     def _see(self, key: str, obj: dict[str, Any] | None, now: float) -> None:
         if obj is None:
             if key in self.first_seen:
@@ -145,7 +150,9 @@ class Recorder:
             op = (app.get("status") or {}).get("operationState")
             if op:
                 self.operations.add((name, op.get("phase", ""), int(op.get("retryCount", 0))))
-            if health(APPLICATION / "health.lua", app)["status"] == "Healthy":
+            judged = health(APPLICATION / "health.lua", app)
+            self._change(f"app/{name}", f"{judged['status']}: {judged['message'][:120]}", now)
+            if judged["status"] == "Healthy":
                 self.healthy.setdefault(f"app/{name}", now)
         namespaces = {n.metadata.name for n in self.core.list_namespace().items}
         self._see("namespace/labeling", {"metadata": {}} if "labeling" in namespaces else None, now)
@@ -155,7 +162,11 @@ class Recorder:
             if exc.status != 404:  # no CRD yet
                 raise
             items = []
-        self._see("mlbackend/yolo", next((m for m in items if m["metadata"]["name"] == "yolo"), None), now)
+        mlbackend = next((m for m in items if m["metadata"]["name"] == "yolo"), None)
+        self._see("mlbackend/yolo", mlbackend, now)
+        if mlbackend:
+            ready = condition(mlbackend.get("status") or {}, "Ready")
+            self._change("mlbackend/yolo", f"{ready.get('reason')}: {str(ready.get('message'))[:120]}", now)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +190,7 @@ def mlbackend_health_in_argocd(app: dict[str, Any]) -> dict[str, str]:
 
 
 def test_argocd_syncs_the_examples_from_git(argocd, cluster, label_studio, ls_client, tmp_path: Path) -> None:  # noqa: ANN001
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     timings: dict[str, float] = {}
     project = ls_client.projects.create(title=f"Street scenes {uuid.uuid4().hex[:6]}", label_config=SEED_CONFIG)
     git = gitops_repository(tmp_path / "gitops", label_studio.url, project.title)
@@ -295,6 +306,7 @@ def test_argocd_syncs_the_examples_from_git(argocd, cluster, label_studio, ls_cl
             print(f"{name}: sync={s.get('sync', {}).get('status')} health={s.get('health', {}).get('status')} "
                   f"operation={op.get('phase')} retries={op.get('retryCount', 0)}: {str(op.get('message'))[:500]}")
         print("operations seen:", sorted(recorder.operations))
+        print("timeline:\n" + "\n".join(f"  {when - started_at:6.1f}s {what}: {state}" for when, what, state in recorder.timeline))
         recorder.stop()
         kubelet.stop()
         operator.stop()
