@@ -7,13 +7,13 @@ export UV_LINK_MODE := hardlink
 PY := .venv/bin/python
 # Debian packages (redis-server for the GitOps test); RUNLEVEL=1: install a service without starting it.
 APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get
-STAMP := .venv/.installed-$(shell cat requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml | sha256sum | cut -c1-12)
+STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: env cluster argocd label-studio test test-unit demo bench lint clean
+.PHONY: env cluster argocd label-studio test test-unit demo bench bench-prelabel lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with both packages and the test tools
-$(STAMP): requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml
+$(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install -q --user uv
 	@export PATH="$$HOME/.local/bin:$$PATH"; [ -x $(PY) ] || uv venv -q -p python3.11 .venv; \
 	  uv pip install -q -p $(PY) -r requirements-dev.txt
@@ -42,5 +42,17 @@ demo: env cluster label-studio  ## the whole product locally: Kubernetes, Label 
 bench: env  ## the backend's /predict throughput beside raw ultralytics, in one run
 	$(PY) bench/predict_bench.py
 
+bench-prelabel: env label-studio  ## pre-labeling a project: backend alone, the driver, Label Studio's action, in one run
+	$(PY) bench/prelabel_bench.py
+
+lint: env  ## ruff (lint), mypy --strict on both packages, the import contracts in .importlinter (config: pyproject.toml)
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache
+
+format: env  ## ruff format the files you name: make format FILES="path/a.py path/b.py" (not enforced; see pyproject.toml)
+	@[ -n "$(FILES)" ] || { echo 'name the files: make format FILES="..."'; exit 2; }
+	.venv/bin/ruff format $(FILES)
+
 clean:
-	rm -rf .venv .pytest_cache
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

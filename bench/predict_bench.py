@@ -98,7 +98,7 @@ def main() -> None:
                 started = time.perf_counter()
                 with ThreadPoolExecutor(c) as pool:
                     for batch in range(args.repeats):
-                        latencies += list(pool.map(lambda k: request(n, k * n), range(batch * c, batch * c + c)))
+                        latencies += list(pool.map(lambda k, n=n: request(n, k * n), range(batch * c, batch * c + c)))
                 wall = time.perf_counter() - started
                 raw_p50 = statistics.median(raw_times)
                 print(f"{n:>5} {c:>4} {n * len(latencies) / wall:>7.1f} {pct(latencies, 50) * 1000:>8.1f} {pct(latencies, 99) * 1000:>8.1f} "

@@ -30,7 +30,7 @@ def serve_files(files: dict[str, bytes]) -> Iterator[str]:
         def log_message(self, *args) -> None:  # noqa: ANN002
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             body = files.get(self.path)
             self.send_response(200 if body is not None else 404)
             self.send_header("Content-Length", str(len(body or b"")))

@@ -15,7 +15,7 @@ from gunicorn.app.base import BaseApplication
 from .settings import Settings
 
 
-class _Server(BaseApplication):  # type: ignore[misc]
+class _Server(BaseApplication):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         super().__init__()

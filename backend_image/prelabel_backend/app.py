@@ -173,7 +173,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
         return jsonify({"error": f"internal error ({type(exc).__name__}); see the backend's log"}), 500
 
     @app.get("/")

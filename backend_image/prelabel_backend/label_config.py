@@ -252,7 +252,9 @@ def parse(xml: str, settings: Settings) -> LabelConfig:
         )
     if not controls:
         raise UnsupportedConfig(found, skipped)
-    digest = hashlib.sha256(repr(sorted((c.name, c.task, c.model_file, c.threshold, sorted(c.predicted_values.items()), c.labels, sorted(c.paths.items())) for c in controls)).encode()).hexdigest()
+    identity = sorted((c.name, c.task, c.model_file, c.threshold, sorted(c.predicted_values.items()), c.labels, sorted(c.paths.items()))
+                      for c in controls)
+    digest = hashlib.sha256(repr(identity).encode()).hexdigest()
     return LabelConfig(controls=tuple(controls), found=tuple(found), control_names=frozenset(names), digest=digest,
                        data_keys=data_keys, skipped=tuple(skipped))
 

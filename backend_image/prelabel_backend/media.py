@@ -140,7 +140,7 @@ class MediaFetcher:
             tmp.flush()
             capture = cv2.VideoCapture(tmp.name)
             fps = float(capture.get(cv2.CAP_PROP_FPS) or 0) or 25.0
-            frames = []
+            frames: list[np.ndarray] = []
             while len(frames) < self.settings.max_video_frames:
                 ok, frame = capture.read()
                 if not ok:

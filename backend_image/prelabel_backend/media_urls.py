@@ -90,7 +90,7 @@ class LabelStudioAddress:
         """A Label Studio path (with or without the sub-path already on it) as a URL on `url`."""
         path = path_and_query if path_and_query.startswith("/") else "/" + path_and_query
         prefix = self.prefix
-        if prefix and (path == prefix or path.startswith(prefix + "/") or path.startswith(prefix + "?")):
+        if prefix and (path == prefix or path.startswith((prefix + "/", prefix + "?"))):
             path = path[len(prefix):]  # already prefixed: never doubled
         return self.base + path
 
@@ -149,7 +149,7 @@ def _label_studio_path(path_and_query: str, label_studio: LabelStudioAddress, lo
 
 
 def _strip_prefix(path_and_query: str, prefix: str) -> str:
-    if prefix and (path_and_query.startswith(prefix + "/") or path_and_query.startswith(prefix + "?")):
+    if prefix and (path_and_query.startswith((prefix + "/", prefix + "?"))):
         return path_and_query[len(prefix):]
     return path_and_query
 

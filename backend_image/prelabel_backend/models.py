@@ -76,7 +76,7 @@ class ModelStore:
             return list(self._models.values())
 
     def _load(self, path: Path) -> LoadedModel:
-        from ultralytics import YOLO
+        from ultralytics.models import YOLO
 
         started = time.monotonic()
         try:

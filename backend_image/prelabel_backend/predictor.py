@@ -83,14 +83,14 @@ class Predictor:
                 regions[i].extend(self._video(control, task, project, config, errors[i]))
         for control in (c for c in config.controls if c.media == "Image"):
             loaded = self.store.get(control.model_file)
-            wanted = [i for i, task in enumerate(tasks) if images[i].get(control.data_key) is not None]
-            if not wanted:
+            found = [(i, image) for i, task_images in enumerate(images) if (image := task_images.get(control.data_key)) is not None]
+            if not found:
                 continue
-            batch = [images[i][control.data_key] for i in wanted]
+            wanted, batch = [i for i, _ in found], [image for _, image in found]
             started = time.monotonic()
             outputs = self.store.predict(loaded, batch, conf=control.threshold)
             self.metrics.observe_inference(loaded.path.name, len(batch), time.monotonic() - started)
-            for i, output in zip(wanted, outputs):
+            for i, output in zip(wanted, outputs, strict=True):
                 try:
                     regions[i].extend(results.convert(control, config, output, loaded.names))
                 except ValueError as exc:
@@ -98,7 +98,7 @@ class Predictor:
                     errors[i].append(f"{control.name}: {exc}")
                 if self.settings.debug_plot:
                     self._plot(output, tasks[i].get("id"), control.name)
-        return [Prediction(r, results.task_score(r), version, e) for r, e in zip(regions, errors)]
+        return [Prediction(r, results.task_score(r), version, e) for r, e in zip(regions, errors, strict=True)]
 
     def _media(self, task: Any, key: str, config: LabelConfig, errors: list[str], fetch: Callable[[Any, Any], T]) -> T | None:
         """fetch(the task's value for key, task id), or None when the field is missing or its media

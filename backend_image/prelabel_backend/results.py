@@ -7,6 +7,7 @@ label map. Detections below the control's threshold or with no mapped label are 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -46,7 +47,7 @@ def rectangles(control: Control, config: LabelConfig, result: Any, names: list[s
     height, width = result.orig_shape
     label_map = control.label_map(names)
     regions = []
-    for (x1, y1, x2, y2), cls, score in zip(result.boxes.xyxy.tolist(), result.boxes.cls.tolist(), result.boxes.conf.tolist()):
+    for (x1, y1, x2, y2), cls, score in zip(result.boxes.xyxy.tolist(), result.boxes.cls.tolist(), result.boxes.conf.tolist(), strict=True):
         label = _kept(control, names, label_map, int(cls), score)
         if label is None:
             continue
@@ -62,7 +63,7 @@ def oriented_rectangles(control: Control, config: LabelConfig, result: Any, name
     height, width = result.orig_shape
     label_map = control.label_map(names)
     regions = []
-    for corners, cls, score in zip(result.obb.xyxyxyxy.tolist(), result.obb.cls.tolist(), result.obb.conf.tolist()):
+    for corners, cls, score in zip(result.obb.xyxyxyxy.tolist(), result.obb.cls.tolist(), result.obb.conf.tolist(), strict=True):
         label = _kept(control, names, label_map, int(cls), score)
         if label is None:
             continue
@@ -72,15 +73,19 @@ def oriented_rectangles(control: Control, config: LabelConfig, result: Any, name
     return regions
 
 
-def _masks(result: Any) -> list[np.ndarray]:
-    return [] if result.masks is None else [np.asarray(p) for p in result.masks.xy]
+def _masks(control: Control, result: Any) -> list[np.ndarray]:
+    if result.masks is None:
+        if len(result.boxes):
+            raise ValueError(f'<{control.tag} name="{control.name}"> needs a segmentation model but its model gives plain boxes')
+        return []
+    return [np.asarray(p) for p in result.masks.xy]
 
 
 def polygons(control: Control, config: LabelConfig, result: Any, names: list[str]) -> list[Region]:
     height, width = result.orig_shape
     label_map = control.label_map(names)
     regions = []
-    for outline, cls, score in zip(_masks(result), result.boxes.cls.tolist(), result.boxes.conf.tolist()):
+    for outline, cls, score in zip(_masks(control, result), result.boxes.cls.tolist(), result.boxes.conf.tolist(), strict=True):
         label = _kept(control, names, label_map, int(cls), score)
         if label is None or len(outline) < 3:
             continue
@@ -93,7 +98,7 @@ def brushes(control: Control, config: LabelConfig, result: Any, names: list[str]
     height, width = result.orig_shape
     label_map = control.label_map(names)
     regions = []
-    for outline, cls, score in zip(_masks(result), result.boxes.cls.tolist(), result.boxes.conf.tolist()):
+    for outline, cls, score in zip(_masks(control, result), result.boxes.cls.tolist(), result.boxes.conf.tolist(), strict=True):
         label = _kept(control, names, label_map, int(cls), score)
         if label is None or len(outline) < 3:
             continue
@@ -149,7 +154,7 @@ def keypoints(control: Control, config: LabelConfig, result: Any, names: list[st
     regions: list[Region] = []
     xy = result.keypoints.xy.tolist()
     conf = result.keypoints.conf.tolist() if result.keypoints.conf is not None else [[1.0] * len(p) for p in xy]
-    for i, (box, cls, score) in enumerate(zip(result.boxes.xyxy.tolist(), result.boxes.cls.tolist(), result.boxes.conf.tolist())):
+    for i, (box, cls, score) in enumerate(zip(result.boxes.xyxy.tolist(), result.boxes.cls.tolist(), result.boxes.conf.tolist(), strict=True)):
         model_class = names[int(cls)]
         if score < control.threshold or model_class not in classes_with_points:
             continue
@@ -160,7 +165,7 @@ def keypoints(control: Control, config: LabelConfig, result: Any, names: list[st
                      "height": (y2 - y1) / height * 100, "rotation": 0, "rectanglelabels": [model_class]}
             regions.append({**_region(control, value, score, width, height), "id": group, "from_name": bbox_name,
                             "type": "rectanglelabels", "hidden": True, "meta": {"text": [group]}})
-        for index, ((x, y), point_conf) in enumerate(zip(xy[i], conf[i])):
+        for index, ((x, y), point_conf) in enumerate(zip(xy[i], conf[i], strict=True)):
             label = point_labels.get((model_class, index))
             if label is None or point_conf < point_threshold:
                 continue
@@ -193,7 +198,7 @@ def video_rectangles(control: Control, results: list[Any], names: list[str], fps
         boxes = result.boxes
         if boxes is None or boxes.id is None:
             continue
-        for track_id, (x, y, w, h), cls, score in zip(boxes.id.int().tolist(), boxes.xywhn.tolist(), boxes.cls.tolist(), boxes.conf.tolist()):
+        for track_id, (x, y, w, h), cls, score in zip(boxes.id.int().tolist(), boxes.xywhn.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True):
             label = _kept(control, names, label_map, int(cls), score)
             if label is None:
                 continue
@@ -203,7 +208,7 @@ def video_rectangles(control: Control, results: list[Any], names: list[str], fps
                 "width": w * 100, "height": h * 100, "time": index / fps, "score": round(float(score), 4)})
     regions = []
     for track_id, sequence in tracks.items():
-        for before, after in zip(sequence, sequence[1:]):
+        for before, after in itertools.pairwise(sequence):
             if after["frame"] - before["frame"] > 1:
                 before["enabled"] = False  # a gap: the track is not interpolated through it
         sequence[-1]["enabled"] = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,7 +72,8 @@ class Shape:
     def _place(self, local: np.ndarray) -> np.ndarray:
         a = math.radians(self.angle)
         rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-        return local @ rot.T + np.array([self.cx, self.cy])
+        placed: np.ndarray = local @ rot.T + np.array([self.cx, self.cy])
+        return placed
 
 
 @dataclass
@@ -150,7 +152,7 @@ def encode_png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def make_video(rng: np.random.Generator, frames: int = 16, step: tuple[float, float] = (2.0, 1.0), **scene_args) -> list[Scene]:  # noqa: ANN003
+def make_video(rng: np.random.Generator, frames: int = 16, step: tuple[float, float] = (2.0, 1.0), **scene_args: Any) -> list[Scene]:
     """A scene whose shapes move by `step` pixels a frame over one fixed background, frame by frame."""
     first = make_scene(rng, **scene_args)
     background = _background(np.random.default_rng(int(rng.integers(1 << 31))), first.width, first.height)
@@ -159,7 +161,7 @@ def make_video(rng: np.random.Generator, frames: int = 16, step: tuple[float, fl
     for i in range(frames):
         image = background.copy()
         moved = [Shape(s.cls, s.cx + step[0] * i, s.cy + step[1] * i, s.size, s.angle) for s in first.shapes]
-        for shape, colour in zip(moved, colours):
+        for shape, colour in zip(moved, colours, strict=True):
             cv2.fillPoly(image, [np.round(shape.polygon()).astype(np.int32)], colour, cv2.LINE_AA)
         video.append(Scene(image=image, shapes=moved))
     return video
@@ -167,7 +169,7 @@ def make_video(rng: np.random.Generator, frames: int = 16, step: tuple[float, fl
 
 def encode_mp4(frames: list[Scene], path: str, fps: float = 10.0) -> None:
     height, width = frames[0].image.shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
     for frame in frames:
         writer.write(frame.image)
     writer.release()

@@ -91,7 +91,7 @@ def _check_config(url: str, project_id: int, label_config: str, auth: tuple[str,
     return configcheck.interpret(answer.status_code, body)
 
 
-def _apply_objects(body: kopf.Body, name: str, namespace: str, spec: MLBackendSpec, digest: str) -> tuple[dict | None, dict | None]:
+def _apply_objects(body: kopf.Body, name: str, namespace: str, spec: MLBackendSpec, digest: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     objects = [manifests.deployment(name, spec, digest), manifests.service(name, spec)]
     hpa = manifests.autoscaler(name, spec)
     if hpa:
@@ -163,7 +163,7 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
                retry: int, timer: bool) -> None:
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     observed = reconcile.Observed(generation=int(meta.get("generation") or 0))
-    previous = list((status or {}).get("conditions") or [])
+    previous = list(status.get("conditions") or [])
     try:
         parsed = MLBackendSpec.parse(dict(spec))
     except SpecError as exc:
@@ -184,11 +184,11 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
     if observed.available and observed.url:
         _register(body, observed, parsed, api_key, auth, uid, name, namespace)
     if parsed.prelabel is not None:
-        current = (status or {}).get("prelabel")
+        current = status.get("prelabel")
         observed.prelabel = prelabel.condition(current, parsed.prelabel.paused)
         if parsed.prelabel.paused and current and current.get("phase") != "Paused":
             patch.status["prelabel"] = {"phase": "Paused"}
-    elif (status or {}).get("prelabel"):
+    elif status.get("prelabel"):
         patch.status["prelabel"] = None  # the section was removed: pre-labeling is off
     body_status = reconcile.status(observed, previous)
     patch.status.update(body_status)
@@ -233,7 +233,7 @@ def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Pa
         return
     hint = "; to let go without deregistering, set spec.deletionPolicy: Orphan"
     try:
-        api_key, _, _ = _secrets(meta["namespace"], parsed)
+        api_key = _secrets(meta["namespace"], parsed)[0]
         client = Client(parsed.label_studio.url, api_key)
         removed = 0
         for ref in parsed.label_studio.projects:
@@ -271,7 +271,9 @@ def _prelabel_target(namespace: str, spec: dict[str, Any], status: dict[str, Any
     url = status.get("url")
     projects = tuple(int(p["id"]) for p in status.get("projects") or [] if p.get("state") == "Connected" and p.get("id") is not None)
     if not url or not projects:
-        return None, "waiting for the backend to be available and registered"
+        ready = reconcile.condition(status, "Ready")
+        why = f" ({ready.get('reason')}: {ready.get('message')})" if ready.get("status") == "False" else ""
+        return None, f"waiting for the backend to be available and registered{why}; retrying in 5s"
     parsed = MLBackendSpec.parse(spec)
     api_key, auth, _ = _secrets(namespace, parsed)
     return Target(parsed.label_studio.url, api_key, url, auth, projects), ""

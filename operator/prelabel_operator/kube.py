@@ -18,24 +18,27 @@ from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
 
 FIELD_MANAGER = "prelabel-operator"
 _lock = threading.Lock()
-_clients: dict[str, Any] = {}
+_clients: list[tuple[client.ApiClient, DynamicClient]] = []  # made once, on first use
 
 
-def api_client() -> client.ApiClient:
+def _connected() -> tuple[client.ApiClient, DynamicClient]:
     with _lock:
-        if "api" not in _clients:
+        if not _clients:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config()
-            _clients["api"] = client.ApiClient()
-            _clients["dynamic"] = DynamicClient(_clients["api"])
-        return _clients["api"]
+            api = client.ApiClient()
+            _clients.append((api, DynamicClient(api)))
+        return _clients[0]
+
+
+def api_client() -> client.ApiClient:
+    return _connected()[0]
 
 
 def dynamic() -> DynamicClient:
-    api_client()
-    return _clients["dynamic"]
+    return _connected()[1]
 
 
 class KubeError(Exception):
@@ -68,7 +71,8 @@ def apply(body: dict[str, Any], namespace: str) -> dict[str, Any]:
     with calling("apply", _plural(body["apiVersion"], body["kind"]), namespace):
         resource = dynamic().resources.get(api_version=body["apiVersion"], kind=body["kind"])
         applied = dynamic().server_side_apply(resource, body=body, namespace=namespace, field_manager=FIELD_MANAGER, force_conflicts=True)
-    return applied.to_dict()
+    result: dict[str, Any] = applied.to_dict()
+    return result
 
 
 def delete(api_version: str, kind: str, name: str, namespace: str) -> None:
@@ -84,7 +88,8 @@ def get(api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any
     with calling("get", _plural(api_version, kind), namespace):
         resource = dynamic().resources.get(api_version=api_version, kind=kind)
         try:
-            return resource.get(name=name, namespace=namespace).to_dict()
+            found: dict[str, Any] = resource.get(name=name, namespace=namespace).to_dict()
+            return found
         except NotFoundError:
             return None
 
@@ -135,7 +140,8 @@ def secret_data(namespace: str, name: str) -> dict[str, str]:
         if exc.status == 404:
             raise SecretMissing(f"Secret {namespace}/{name} does not exist: create it (see spec.labelStudio.apiKeySecretRef)") from None
         raise
-    return dict(secret.data or {})
+    # base64 text as the API sends it; kubernetes' model types the values str | bytes
+    return {key: value.decode() if isinstance(value, bytes) else value for key, value in (secret.data or {}).items()}
 
 
 def decode(data: dict[str, str], key: str, secret: str) -> str:

@@ -36,9 +36,11 @@ def _explain(exc: Exception, action: str, url: str) -> LabelStudioError:
     if isinstance(exc, ApiError):
         body = _detail(exc.body)
         if exc.status_code == 401:
-            return LabelStudioError("Unauthorized", f"Label Studio refused the API key while trying to {action}: check the Secret named in spec.labelStudio.apiKeySecretRef (legacy tokens must be enabled in Label Studio)", False)
+            return LabelStudioError("Unauthorized", f"Label Studio refused the API key while trying to {action}: check the Secret named in "
+                                    "spec.labelStudio.apiKeySecretRef (legacy tokens must be enabled in Label Studio)", False)
         if exc.status_code == 403 and "reserved network address" in body:
-            return LabelStudioError("BackendAddressBlocked", f"Label Studio refuses backend URLs in private or loopback ranges ({url}): start Label Studio with LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false, or register a public address (spec.labelStudio.address)", False)
+            return LabelStudioError("BackendAddressBlocked", f"Label Studio refuses backend URLs in private or loopback ranges ({url}): start Label Studio "
+                                    "with LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false, or register a public address (spec.labelStudio.address)", False)
         if exc.status_code == 404:
             return LabelStudioError("NotFound", f"Label Studio has no such object while trying to {action}", False)
         if exc.status_code == 400:

@@ -82,7 +82,7 @@ def sort_results(task_ids: list[int], answer: Any, version: str) -> Sorted:
         got = len(results) if isinstance(results, list) else "no"
         return Sorted(failed=[(t, f"the backend answered {got} results for {len(task_ids)} tasks") for t in task_ids])
     out = Sorted()
-    for task_id, result in zip(task_ids, results):
+    for task_id, result in zip(task_ids, results, strict=True):
         if not isinstance(result, dict) or not isinstance(result.get("result"), list):
             out.failed.append((task_id, "the backend's result is not a Label Studio prediction"))
         elif result.get("errors"):  # the backend names why it could not read the task's media

@@ -11,7 +11,7 @@ faster of the two, and it sees each task's failure reason, which the action drop
 empty prediction, or nothing, and answers 200 either way).
 
 No duplicates: a task is in at most one batch at a time (one driver per MLBackend; pages follow an
-id cursor), predictions of one batch are imported in one request, and a failed import is never
+id cursor), each prediction goes into exactly one import request, and a failed import is never
 retried blindly: the next pass reads back from Label Studio which tasks still lack one.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from label_studio_sdk import AsyncLabelStudio
+from label_studio_sdk import AsyncLabelStudio, PredictionRequest
 
 from . import metrics
 from .prelabel import Attempts, Progress, Sorted, done_query, pending_query, scope_query, sort_results
@@ -34,6 +34,9 @@ from .spec import PrelabelSpec
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 200  # task ids per Data Manager page: small enough for a quick query, large enough to pipeline
+# Label Studio 1.23's default import path recounts every task of the project per request: few,
+# large requests. IMPORT_LATENCY bounds how long a stored prediction waits to show in progress.
+IMPORT_MIN, IMPORT_LATENCY = 250, 5.0
 REPORT_EVERY = 2.0  # seconds between status writes while progressing
 
 
@@ -55,7 +58,7 @@ Report = Callable[[Progress], Awaitable[None]]
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Driver:
@@ -127,47 +130,83 @@ class Driver:
 
     async def _project(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, version: str,
                        spec: PrelabelSpec, stopped: Any) -> None:
-        """Pages the tasks lacking a prediction (id cursor) and runs them in batches, at most
-        spec.concurrency at once; the next page is read while batches are in flight."""
+        """Two stages in one task group: pages of tasks lacking a prediction (id cursor) go to /predict
+        in batches, at most spec.concurrency at once, the next page read while batches are in flight;
+        one importer stores what came back in few, large requests (see `_importer`). A full import
+        queue holds the predict slots: memory stays bounded. Any stage failing cancels the others."""
         assert self.attempts is not None
         slots = asyncio.Semaphore(spec.concurrency)
-        running: set[asyncio.Task[None]] = set()
-        failure: list[BaseException] = []
-        after_id = 0
+        stored: asyncio.Queue[list[dict[str, Any]] | None] = asyncio.Queue(maxsize=2 * spec.concurrency)
         try:
-            while not stopped and not failure:
-                page = await _ls(ls.tasks.list(project=project_id, query=pending_query(spec, version, after_id), page_size=PAGE_SIZE,
-                                               include="id,data"), f"list the tasks of project {project_id}")
-                tasks = list(page.items or [])
-                if not tasks:
-                    break
-                after_id = max(int(t.id) for t in tasks)
-                now = time.monotonic()
-                due = [{"id": int(t.id), "data": t.data or {}} for t in tasks if self.attempts.due(int(t.id), now)]
-                for start in range(0, len(due), spec.batch_size):
-                    await slots.acquire()
-                    if stopped or failure:
-                        slots.release()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._importer(ls, project_id, stored))
+                running: set[asyncio.Task[None]] = set()
+                after_id = 0
+                while not stopped:
+                    page = await _ls(ls.tasks.list(project=project_id, query=pending_query(spec, version, after_id), page_size=PAGE_SIZE,
+                                                   include="id,data"), f"list the tasks of project {project_id}")
+                    tasks = list(page.items or [])
+                    if not tasks:
                         break
-                    task = asyncio.create_task(self._batch(ls, backend, project_id, version, due[start:start + spec.batch_size]))
-                    running.add(task)
+                    after_id = max(int(t.id) for t in tasks)
+                    now = time.monotonic()
+                    due = [{"id": int(t.id), "data": t.data or {}} for t in tasks if self.attempts.due(int(t.id), now)]
+                    for start in range(0, len(due), spec.batch_size):
+                        await slots.acquire()
+                        if stopped:
+                            slots.release()
+                            break
+                        task = group.create_task(self._predict(backend, project_id, version, due[start:start + spec.batch_size], stored))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                        task.add_done_callback(lambda _: slots.release())
+                if running:
+                    await asyncio.wait(running)
+                await stored.put(None)  # the importer stores what is queued, then ends
+        except* Outage as group_error:
+            raise group_error.exceptions[0] from None
 
-                    def done(t: asyncio.Task[None]) -> None:
-                        running.discard(t)
-                        slots.release()
-                        if not t.cancelled() and t.exception() is not None:
-                            failure.append(t.exception())  # type: ignore[arg-type]
+    async def _importer(self, ls: AsyncLabelStudio, project_id: int, queue: asyncio.Queue[list[dict[str, Any]] | None]) -> None:
+        """Stores predictions in bulk: a request once IMPORT_MIN have come back, once the oldest has
+        waited IMPORT_LATENCY seconds (progress stays visible), or at the end. A failed request is
+        never retried as is: a lost answer may hide a stored batch, so the next pass reads back from
+        Label Studio what is missing."""
+        batch: list[dict[str, Any]] = []
+        oldest = 0.0
+        while True:
+            wait = None if not batch else max(0.0, oldest + IMPORT_LATENCY - time.monotonic())
+            try:
+                item = await asyncio.wait_for(queue.get(), wait)
+            except TimeoutError:
+                item = []  # the oldest waited long enough: store what there is
+            if item is None:
+                break
+            if item and not batch:
+                oldest = time.monotonic()
+            batch.extend(item)
+            if len(batch) >= IMPORT_MIN or (batch and not item):
+                await self._import(ls, project_id, batch)
+                batch = []
+        if batch:
+            await self._import(ls, project_id, batch)
 
-                    task.add_done_callback(done)
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-        finally:
-            for task in running:
-                task.cancel()
-        if failure:
-            raise failure[0]
+    async def _import(self, ls: AsyncLabelStudio, project_id: int, batch: list[dict[str, Any]]) -> None:
+        assert self.attempts is not None
+        started = time.monotonic()
+        request = [PredictionRequest(**item) for item in batch]
+        await _ls(ls.projects.import_predictions(project_id, request=request), f"import predictions into project {project_id}")
+        metrics.PRELABEL_SECONDS.labels("store").observe(time.monotonic() - started)
+        for item in batch:
+            self.attempts.stored(item["task"])
+        self.progress.predicted += len(batch)
+        self.progress.stored_this_run += len(batch)
+        self.progress.last_progress = _utcnow()
+        metrics.PRELABEL_TASKS.labels("predicted").inc(len(batch))
+        await self._report()
 
-    async def _batch(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, version: str, tasks: list[dict[str, Any]]) -> None:
+    async def _predict(self, backend: httpx.AsyncClient, project_id: int, version: str, tasks: list[dict[str, Any]],
+                       stored: asyncio.Queue[list[dict[str, Any]] | None]) -> None:
+        """One /predict; its predictions go to the importer's queue, its failures are counted here."""
         assert self.attempts is not None
         ids = [t["id"] for t in tasks]
         started = time.monotonic()
@@ -181,21 +220,11 @@ class Driver:
         else:
             sorted_ = sort_results(ids, answer.json(), version)
         if sorted_.store:
-            started = time.monotonic()
-            # One request per batch; never retried as is (a lost answer may hide a stored batch).
-            await _ls(ls.projects.import_predictions(project_id, request=sorted_.store), f"import predictions into project {project_id}")
-            metrics.PRELABEL_SECONDS.labels("store").observe(time.monotonic() - started)
-            for item in sorted_.store:
-                self.attempts.stored(item["task"])
-            self.progress.predicted += len(sorted_.store)
-            self.progress.stored_this_run += len(sorted_.store)
-            self.progress.last_progress = _utcnow()
-            metrics.PRELABEL_TASKS.labels("predicted").inc(len(sorted_.store))
+            await stored.put(sorted_.store)
         now = time.monotonic()
         for task_id, reason in sorted_.failed:
             metrics.PRELABEL_TASKS.labels("failed_attempt").inc()
             if self.attempts.fail(project_id, task_id, reason, now):
-                self.progress.failed += 1
                 metrics.PRELABEL_TASKS.labels("failed").inc()
                 log.warning("%s/%s: task %s failed for good: %s", self.namespace, self.name, task_id, reason)
         if sorted_.stale:

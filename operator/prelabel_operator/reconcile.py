@@ -104,14 +104,15 @@ def ready(conds: list[Condition]) -> Condition:
 
 def render(c: Condition, old: dict[str, Any] | None, generation: int, now: dt.datetime) -> dict[str, Any]:
     """A condition as status holds it; lastTransitionTime moves only when its status changes."""
-    changed = old is None or old.get("status") != c.status
+    unchanged = old is not None and old.get("status") == c.status
+    since = old.get("lastTransitionTime") if unchanged and old is not None else now.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message, "observedGeneration": generation,
-            "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if changed else old.get("lastTransitionTime")}
+            "lastTransitionTime": since}
 
 
 def with_condition(previous: list[dict[str, Any]], c: Condition, generation: int, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """The conditions list with `c` set (added or replaced in place), the others as they were."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     old = next((p for p in previous if p.get("type") == c.type), None)
     new = render(c, old, generation, now)
     return [new if p is old else p for p in previous] if old is not None else [*previous, new]
@@ -124,7 +125,7 @@ def condition(status: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 
 def status(observed: Observed, previous: list[dict[str, Any]] | None, now: dt.datetime | None = None) -> dict[str, Any]:
     """The status subresource body; lastTransitionTime moves only when a condition's status changes."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     before = {c.get("type"): c for c in previous or []}
     conds = conditions(observed)
     extra = [Condition("Prelabeled", *observed.prelabel)] if observed.prelabel else []

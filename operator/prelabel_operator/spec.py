@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import __version__
+
 AddressMode = Literal["ClusterIP", "ServiceDNS", "URL"]
 
 
@@ -115,7 +117,7 @@ def _weights(raw: dict[str, Any]) -> Weights:
 @dataclass(frozen=True)
 class MLBackendSpec:
     label_studio: LabelStudioSpec
-    image: str = "ghcr.io/prelabel/prelabel-backend:0.1.0"
+    image: str = f"ghcr.io/prelabel/prelabel-backend:{__version__}"
     image_pull_policy: str = "IfNotPresent"
     replicas: int = 1
     score_threshold: float = 0.5

@@ -149,7 +149,7 @@ def test_label_studio_links_on_its_public_host_and_local_files(public_label_stud
     folder.mkdir()
     batch = scenes(307, 3)
     names = ["a b+c.png", "plain.png", "R&D #1.png"]
-    for name, scene in zip(names, batch):
+    for name, scene in zip(names, batch, strict=True):
         (folder / name).write_bytes(synthetic.encode_png(scene.image))
     backends = {
         "over HTTP": start_backend({"LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": server.token}),

@@ -30,7 +30,8 @@ def crd(cluster):  # noqa: ANN001, ANN201
     return cluster
 
 
-@pytest.mark.parametrize("example", ["examples/label-studio-secret.yaml", "examples/mlbackend.yaml", *sorted(str(p.relative_to(REPO)) for p in (REPO / "examples" / "argocd" / "mlbackends").glob("*.yaml"))])
+@pytest.mark.parametrize("example", ["examples/label-studio-secret.yaml", "examples/mlbackend.yaml",
+                                     *sorted(str(p.relative_to(REPO)) for p in (REPO / "examples" / "argocd" / "mlbackends").glob("*.yaml"))])
 def test_the_examples_are_valid(crd, example: str) -> None:  # noqa: ANN001
     namespace = yaml.safe_load((REPO / example).read_text())["metadata"]["namespace"]
     if crd.kubectl("get", "namespace", namespace, check=False).returncode != 0:
@@ -91,7 +92,8 @@ def test_prelabel_turned_on_with_an_empty_section_gets_its_defaults(crd) -> None
         (with_spec(labelStudio__address={"mode": "ClusterIP", "url": "http://x"}), "address.url is required when address.mode is URL, and only then"),
         (with_spec(labelStudio__address={"mode": "NodeIP"}), 'supported values: "ClusterIP", "ServiceDNS", "URL"'),
         (with_spec(model={"scoreThreshold": 1.5}), "spec.model.scoreThreshold in body should be less than or equal to 1"),
-        (with_spec(model={"weights": {"file": "a.pt", "url": {"href": "https://x/a.pt", "sha256": "0" * 64}}}), "set at most one of weights.file, weights.pvc and weights.url"),
+        (with_spec(model={"weights": {"file": "a.pt", "url": {"href": "https://x/a.pt", "sha256": "0" * 64}}}),
+         "set at most one of weights.file, weights.pvc and weights.url"),
         (with_spec(model={"weights": {"url": {"href": "https://x/a.pt", "sha256": "nothex"}}}), "spec.model.weights.url.sha256 in body should match"),
         (with_spec(autoscaling={"enabled": True, "minReplicas": 5, "maxReplicas": 2}), "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
         (with_spec(replicas=-1), "spec.replicas in body should be greater than or equal to 0"),

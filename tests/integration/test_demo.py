@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 
 def test_prelabel_demo_prelabels_every_task() -> None:
     prelabel = Path(sys.executable).parent / "prelabel"
-    done = subprocess.run([str(prelabel), "demo", "--images", "6"], capture_output=True, text=True, timeout=900)
+    done = subprocess.run([str(prelabel), "demo", "--images", "6"], capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert re.search(r"6/6 tasks pre-labeled by the backend at http://127\.99\.\d+\.\d+:9090", done.stdout), done.stdout
     assert "MLBackend Ready=True" in done.stderr

@@ -41,7 +41,7 @@ def env(cluster, label_studio, tmp_path_factory) -> Iterator:  # noqa: ANN001
 
 
 def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_client, personal_access_token: str) -> None:  # noqa: ANN001
-    cluster, operator, kubelet = env
+    cluster, operator, _ = env
     ns = f"ml-{uuid.uuid4().hex[:6]}"
     chart.restricted_namespace(cluster, ns)
     cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
@@ -169,7 +169,8 @@ def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, 
     cluster, _, _ = env
     ns = f"ml-{uuid.uuid4().hex[:6]}"
     chart.restricted_namespace(cluster, ns)
-    text = ls_client.projects.create(title=f"text {ns}", label_config='<View><Text name="t" value="$text"/><Labels name="l" toName="t"><Label value="PER"/></Labels></View>')
+    text = ls_client.projects.create(title=f"text {ns}",
+                                     label_config='<View><Text name="t" value="$text"/><Labels name="l" toName="t"><Label value="PER"/></Labels></View>')
     resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "texts", "namespace": ns},
                 "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "absent"}, "projects": [{"id": text.id}]}}}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
@@ -177,7 +178,8 @@ def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, 
     assert "Secret " + ns + "/absent does not exist" in ready["message"]
 
     cluster.kubectl("create", "secret", "generic", "absent", "-n", ns, f"--from-literal=api-key={label_studio.token}")
-    compat = wait_for("IncompatibleLabelConfig", lambda: (c := condition(cluster.status("mlb", ns, "texts"), "ConfigCompatible")).get("reason") == "IncompatibleLabelConfig" and c)
+    compat = wait_for("IncompatibleLabelConfig",
+                      lambda: (c := condition(cluster.status("mlb", ns, "texts"), "ConfigCompatible")).get("reason") == "IncompatibleLabelConfig" and c)
     assert compat["status"] == "False" and '<Labels name="l">: Labels is not a control this backend predicts' in compat["message"]
     # Case 7: registered all the same (Label Studio connects, as with HumanSignal's example), so the
     # project predicts as soon as its config is set, with no step in between.
@@ -186,7 +188,8 @@ def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, 
     assert condition(status, "Ready")["reason"] == "IncompatibleLabelConfig"
 
     # Case 10: labels no model class maps to are named, and the config is compatible all the same.
-    ls_client.projects.update(text.id, label_config=SEED_CONFIG.replace("</RectangleLabels>", '<Label value="Star" predicted_values="star"/></RectangleLabels>'))
+    star = '<Label value="Star" predicted_values="star"/></RectangleLabels>'
+    ls_client.projects.update(text.id, label_config=SEED_CONFIG.replace("</RectangleLabels>", star))
     compat = wait_for("Compatible", lambda: (c := condition(cluster.status("mlb", ns, "texts"), "ConfigCompatible")).get("status") == "True" and c, 90)
     assert "labels no model class maps to: Star" in compat["message"] and "Square<-square" in compat["message"]
     assert condition(cluster.status("mlb", ns, "texts"), "Ready")["status"] == "True"
@@ -202,7 +205,8 @@ def test_an_unreachable_label_studio_is_retried_and_shown(env, label_studio) -> 
     resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "offline", "namespace": ns},
                 "spec": {"labelStudio": {"url": "http://127.0.0.1:9", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 1}]}}}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
-    registered = wait_for("LabelStudioUnreachable", lambda: (c := condition(cluster.status("mlb", ns, "offline"), "Registered")).get("reason") == "LabelStudioUnreachable" and c)
+    registered = wait_for("LabelStudioUnreachable",
+                          lambda: (c := condition(cluster.status("mlb", ns, "offline"), "Registered")).get("reason") == "LabelStudioUnreachable" and c)
     assert registered["status"] == "False" and "could not reach Label Studio" in registered["message"]
     assert condition(cluster.status("mlb", ns, "offline"), "Available")["status"] == "True"  # the backend itself runs
     # Deleting while Label Studio is down would wait for it; Orphan lets go at once.

@@ -59,7 +59,7 @@ def per_version(ls_client, project_id: int) -> dict[str, collections.Counter]:  
     return out
 
 
-def test_prelabel_a_whole_project_and_keep_it_prelabeled(env, label_studio, ls_client) -> None:  # noqa: ANN001, PLR0915
+def test_prelabel_a_whole_project_and_keep_it_prelabeled(env, label_studio, ls_client) -> None:  # noqa: ANN001
     cluster, operator = env
     ns = f"pl-{uuid.uuid4().hex[:6]}"
     chart.restricted_namespace(cluster, ns)

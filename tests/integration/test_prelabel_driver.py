@@ -100,7 +100,7 @@ def test_a_lost_import_answer_makes_no_duplicate(project, ls_client, monkeypatch
 
 
 def test_a_backend_outage_fails_no_task_and_is_retried(project, ls_client) -> None:  # noqa: ANN001
-    created, tasks, backend, target = project
+    created, _, backend, target = project
     backend.stop()
     driver = Driver("ns", "d", _no_report)
     with pytest.raises(Outage, match="the backend is unreachable"):

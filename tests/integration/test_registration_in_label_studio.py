@@ -80,13 +80,13 @@ def test_errors_say_what_to_fix(label_studio, ls_client, backend) -> None:  # no
 def test_label_studio_guarding_private_ranges_is_reported_as_such(backend) -> None:  # noqa: ANN001
     """Label Studio's default SSRF protection refuses loopback and private backend URLs (every
     ClusterIP): the error names the setting to change instead of a bare 403."""
-    from label_studio_sdk import LabelStudio as SDK
+    from label_studio_sdk import LabelStudio as SdkClient
 
     from prelabel_operator.dev.labelstudio import LabelStudio
 
     guarded = LabelStudio(extra_env={"LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS": "true"}).start()
     try:
-        project = SDK(base_url=guarded.url, api_key=guarded.token).projects.create(title="guarded", label_config=SEED_CONFIG)
+        project = SdkClient(base_url=guarded.url, api_key=guarded.token).projects.create(title="guarded", label_config=SEED_CONFIG)
         with pytest.raises(LabelStudioError) as err:
             Client(guarded.url, guarded.token).ensure(project.id, desired(backend.url), UID)
         assert err.value.reason == "BackendAddressBlocked" and not err.value.retryable

@@ -81,8 +81,8 @@ def test_a_multi_image_value_list_is_named_as_the_reason(client) -> None:  # noq
     assert not body["error"].startswith("no control in the labeling config can be served: found")
     refused = client.post("/predict", json={"tasks": [{"id": 1, "data": {"images": ["a.png"]}}], "label_config": xml})
     assert refused.status_code == 422 and "multi-image valueList" in refused.get_json()["error"]
-    assert refused.get_json()["reasons"] == ['<RectangleLabels name="label"> on <Image name="pages" valueList="$images">: '
-                                             'a multi-image valueList is not supported; use one image per task (value="$field")']
+    assert refused.get_json()["reasons"] == [('<RectangleLabels name="label"> on <Image name="pages" valueList="$images">: '
+                                              'a multi-image valueList is not supported; use one image per task (value="$field")')]
 
 
 def test_a_config_that_names_something_impossible_is_still_422(client) -> None:  # noqa: ANN001
@@ -132,7 +132,7 @@ def test_predict_answers_one_result_per_task_in_order(client) -> None:  # noqa: 
     results = response.get_json()["results"]
     assert len(results) == 5
     version = client.post("/setup", json={"project": "7.1", "schema": SEED_CONFIG}).get_json()["model_version"]
-    for scene, result in zip(batch, results):
+    for scene, result in zip(batch, results, strict=True):
         assert result["model_version"] == version
         assert len(result["result"]) == len(scene.shapes)  # each task's own boxes, in the task's order
         assert result["score"] == pytest.approx(sum(r["score"] for r in result["result"]) / len(result["result"]), abs=1e-3)
@@ -182,7 +182,7 @@ def test_taxonomy_on_an_image_gives_taxonomy_results(client) -> None:  # noqa: A
     tasks = [{"id": i, "data": {"image": data_uri(s.image)}} for i, s in enumerate(batch)]
     results = client.post("/predict", json={"tasks": tasks, "label_config": xml}).get_json()["results"]
     right = 0
-    for scene, result in zip(batch, results):
+    for scene, result in zip(batch, results, strict=True):
         (region,) = result["result"]
         assert (region["from_name"], region["to_name"], region["type"]) == ("taxonomy", "image", "taxonomy")
         assert set(region["value"]) == {"taxonomy"} and len(region["value"]["taxonomy"]) == 1

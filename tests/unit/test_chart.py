@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prelabel_operator import __version__
 from prelabel_operator.dev.chart import CHART
 from tests.conftest import REPO, grants
 
@@ -167,7 +168,7 @@ def test_the_operator_pod_is_hardened(render) -> None:  # noqa: ANN001
     assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": 8080, "metrics": 9100}
-    assert container["image"] == "ghcr.io/prelabel/prelabel-operator:0.1.0"
+    assert container["image"] == f"ghcr.io/prelabel/prelabel-operator:{__version__}"  # the chart's appVersion
     digest = "sha256:" + "a" * 64
     pinned = of_kind(render({"image": {"digest": digest}}), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert pinned == f"ghcr.io/prelabel/prelabel-operator@{digest}"

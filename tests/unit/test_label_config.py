@@ -68,7 +68,8 @@ def test_unsupported_config_names_what_was_found() -> None:
         ('<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i" model_score_threshold="3"/></View>', "between 0 and 1"),
         ('<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i" model_path="../../etc/passwd"/></View>', "relative path under MODEL_ROOT"),
         ('<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i" model_path="/etc/passwd"/></View>', "relative path under MODEL_ROOT"),
-        ('<View><Image name="i" value="$image"/><KeyPointLabels name="k" toName="i"><Label value="a" model_index="0"/></KeyPointLabels></View>', "needs predicted_values"),
+        ('<View><Image name="i" value="$image"/><KeyPointLabels name="k" toName="i"><Label value="a" model_index="0"/></KeyPointLabels></View>',
+         "needs predicted_values"),
     ],
 )
 def test_bad_configs_are_refused_with_a_reason(xml: str, message: str) -> None:

@@ -124,7 +124,8 @@ def test_weights_from_a_pvc_are_mounted_read_only_as_model_root() -> None:
 
 def test_weights_from_a_url_are_fetched_and_checked_by_an_init_container() -> None:
     digest = "a" * 64
-    pod = manifests.deployment("shapes", parsed(model={"weights": {"url": {"href": "https://models.example.com/v2/best.pt?sig=x", "sha256": digest}}}), "h")["spec"]["template"]["spec"]
+    weights = {"url": {"href": "https://models.example.com/v2/best.pt?sig=x", "sha256": digest}}
+    pod = manifests.deployment("shapes", parsed(model={"weights": weights}), "h")["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     assert init["command"] == ["python", "-m", "prelabel_backend.fetch_weights", "https://models.example.com/v2/best.pt?sig=x", digest, "/models/best.pt"]
     assert init["securityContext"]["readOnlyRootFilesystem"] is True

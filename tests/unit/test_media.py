@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -20,18 +21,18 @@ PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl"
 
 
 class Recorder(BaseHTTPRequestHandler):
-    seen: list[tuple[str, str, str | None]] = []
+    seen: ClassVar[list[tuple[str, str, str | None]]] = []  # one handler per request: what they saw, together
 
     def log_message(self, *args) -> None:  # noqa: ANN002
         pass
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.seen.append(("POST", self.path, json.dumps(body)))
         ok = self.path == "/api/token/refresh/" and body.get("refresh") == PAT
         self._send(200 if ok else 401, json.dumps({"access": "ACCESS-123"}).encode() if ok else b"{}")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.seen.append(("GET", self.path, self.headers.get("Authorization")))
         if self.path.startswith("/data/upload/"):
             auth = self.headers.get("Authorization")

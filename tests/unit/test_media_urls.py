@@ -3,6 +3,8 @@ writes, Label Studio under a sub-path or behind a public host name, local files,
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from prelabel_backend.media_urls import (
@@ -126,9 +128,9 @@ def test_redirect_hops_are_checked_like_the_first_request() -> None:
     allowed = ("media.example.com", "cdn.example.com")
     assert redirect("http://media.example.com/a.png", "/new/a.png", address, allowed) == "http://media.example.com/new/a.png"
     assert redirect("http://media.example.com/a.png", "https://cdn.example.com/a.png", address, allowed) == "https://cdn.example.com/a.png"
-    with pytest.raises(MediaError, match="to host 'evil.example' refused"):
+    with pytest.raises(MediaError, match=re.escape("to host 'evil.example' refused")):
         redirect("http://media.example.com/a.png", "http://evil.example/a.png", address, allowed)
-    with pytest.raises(MediaError, match="to host '169.254.169.254' refused"):
+    with pytest.raises(MediaError, match=re.escape("to host '169.254.169.254' refused")):
         redirect("http://media.example.com/a.png", "http://169.254.169.254/latest/meta-data", address, allowed)
     with pytest.raises(MediaError, match="refused"):
         redirect("http://media.example.com/a.png", "file:///etc/passwd", address, allowed)

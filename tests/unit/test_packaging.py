@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("dockerfile", sorted(p.name for p in REPO.glob("Dockerfile.*")))
 def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    done = subprocess.run([hadolint, str(REPO / dockerfile)], capture_output=True, text=True)
+    done = subprocess.run([hadolint, str(REPO / dockerfile)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

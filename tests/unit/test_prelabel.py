@@ -78,7 +78,7 @@ def test_attempts_back_off_and_give_up_after_max() -> None:
 
 
 def test_status_and_condition_follow_the_counts() -> None:
-    started = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+    started = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
     waiting = prelabel.status(Progress(message="waiting for the backend"), now_mono=0)
     assert waiting["phase"] == "Progressing" and "summary" not in waiting  # nothing counted yet is not complete
     progress = Progress(model_version=V, total=200, predicted=180, run_started=started, run_started_mono=100.0, stored_this_run=90, counted=True)
@@ -105,7 +105,7 @@ def test_status_and_condition_follow_the_counts() -> None:
 
 
 def test_the_condition_is_carried_by_reconciles_and_set_in_place_by_the_driver() -> None:
-    now = dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
     observed = reconcile.Observed(generation=3, prelabel=("False", "Progressing", "10/20"))
     conditions = reconcile.status(observed, [], now)["conditions"]
     assert [c["type"] for c in conditions] == ["Ready", "Available", "Registered", "ConfigCompatible", "Prelabeled"]

@@ -7,7 +7,7 @@ import datetime as dt
 from prelabel_operator import reconcile
 from prelabel_operator.reconcile import Observed, ProjectStatus
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 T1 = T0 + dt.timedelta(minutes=5)
 
 
@@ -44,7 +44,8 @@ def test_waiting_for_the_deployment_is_unknown_registration() -> None:
 def test_label_studio_errors_and_failing_projects_are_named() -> None:
     outage = Observed(1, available=True, url="http://x", label_studio_error=("LabelStudioUnreachable", "could not reach Label Studio"))
     assert by_type(reconcile.status(outage, None, T0))["Registered"]["reason"] == "LabelStudioUnreachable"
-    partial = Observed(1, available=True, url="http://x", projects=[connected(1), ProjectStatus(None, "Cars", state="Error", message="no project titled 'Cars'")])
+    partial = Observed(1, available=True, url="http://x",
+                       projects=[connected(1), ProjectStatus(None, "Cars", state="Error", message="no project titled 'Cars'")])
     registered = by_type(reconcile.status(partial, None, T0))["Registered"]
     assert registered["status"] == "False" and "project Cars: no project titled 'Cars'" in registered["message"]
 
@@ -74,7 +75,8 @@ def test_deployment_availability_needs_a_ready_pod() -> None:
 def test_config_compatible_names_unmapped_labels_without_failing_and_unconfigured_projects_fail_it() -> None:
     """Cases 7 and 10 in the status: warnings keep ConfigCompatible True; a connected project whose
     config has nothing to serve yet makes it False while Registered stays True."""
-    warned = ProjectStatus(1, "p1", 11, "Connected", message='<RectangleLabels name="label"> with yolov8n.pt: labels no model class maps to: Coach; mapped: Car<-truck', compatible=True)
+    warned = ProjectStatus(1, "p1", 11, "Connected", compatible=True,
+                           message='<RectangleLabels name="label"> with yolov8n.pt: labels no model class maps to: Coach; mapped: Car<-truck')
     conds = by_type(reconcile.status(Observed(1, available=True, url="http://u", projects=[warned, connected(2)]), None, T0))
     assert conds["ConfigCompatible"]["status"] == "True" and "project 1: <RectangleLabels" in conds["ConfigCompatible"]["message"]
     assert "Car<-truck" in conds["ConfigCompatible"]["message"] and conds["Ready"]["status"] == "True"

@@ -15,7 +15,8 @@ from prelabel_backend.label_config import parse
 from prelabel_backend.synthetic import Scene
 from tests.conftest import SEED_CONFIG, scenes
 
-LABELS = '<Label value="Square" predicted_values="square"/><Label value="Circle" predicted_values="circle"/><Label value="Triangle" predicted_values="triangle"/>'
+LABELS = ('<Label value="Square" predicted_values="square"/><Label value="Circle" predicted_values="circle"/>'
+          '<Label value="Triangle" predicted_values="triangle"/>')
 TITLE = {"square": "Square", "circle": "Circle", "triangle": "Triangle"}
 
 
@@ -42,7 +43,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def match_rate(batch: list[Scene], regions: list[list[dict]], score) -> tuple[float, float]:  # noqa: ANN001
     """(recall, precision): a truth shape is found when a region with its label scores >= 0.5 with it."""
     found = total = predicted = correct = 0
-    for scene, regs in zip(batch, regions):
+    for scene, regs in zip(batch, regions, strict=True):
         total += len(scene.shapes)
         predicted += len(regs)
         used: set[int] = set()
@@ -123,6 +124,14 @@ def test_polygons_outline_the_shapes(store, settings) -> None:  # noqa: ANN001
     assert recall >= 0.85 and precision >= 0.85, (recall, precision)
 
 
+
+def test_a_segmentation_control_given_a_detection_model_says_so(store, settings) -> None:  # noqa: ANN001
+    """Plain boxes have no outline: the task's error names the control, instead of no regions at all."""
+    xml = (f'<View><Image name="image" value="$image"/><PolygonLabels name="poly" toName="image" model_path="shapes-detect.pt">'
+           f'{LABELS}</PolygonLabels></View>')
+    with pytest.raises(ValueError, match='<PolygonLabels name="poly"> needs a segmentation model'):
+        run(store, settings, xml, scenes(105, 2))
+
 def test_brushes_are_label_studio_rle_masks(store, settings) -> None:  # noqa: ANN001
     batch = scenes(106, 8)
     xml = f'<View><Image name="image" value="$image"/><BrushLabels name="brush" toName="image">{LABELS}</BrushLabels></View>'
@@ -139,9 +148,10 @@ def test_brushes_are_label_studio_rle_masks(store, settings) -> None:  # noqa: A
 
 def test_choices_classify_single_shapes(store, settings) -> None:  # noqa: ANN001
     batch = scenes(107, 30, width=128, height=128, count=(1, 1), size=(32.0, 80.0))
-    xml = '<View><Image name="image" value="$image"/><Choices name="shape" toName="image"><Choice value="Square"/><Choice value="Circle"/><Choice value="Triangle"/></Choices></View>'
+    xml = ('<View><Image name="image" value="$image"/><Choices name="shape" toName="image">'
+           '<Choice value="Square"/><Choice value="Circle"/><Choice value="Triangle"/></Choices></View>')
     regions = run(store, settings, xml, batch)
-    right = sum(regs[0]["value"]["choices"] == [TITLE[s.shapes[0].cls]] for s, regs in zip(batch, regions) if regs)
+    right = sum(regs[0]["value"]["choices"] == [TITLE[s.shapes[0].cls]] for s, regs in zip(batch, regions, strict=True) if regs)
     answered = sum(1 for regs in regions if regs)
     assert answered >= 27 and right / answered >= 0.9, (answered, right)
     assert all(regs[0]["type"] == "choices" and regs[0]["from_name"] == "shape" for regs in regions if regs)
@@ -159,7 +169,7 @@ def test_keypoints_land_on_the_triangle_corners(store, settings) -> None:  # noq
     regions = run(store, settings, xml, batch)
     order = ["apex", "base-left", "base-right"]
     hits = total = 0
-    for scene, regs in zip(batch, regions):
+    for scene, regs in zip(batch, regions, strict=True):
         boxes = [r for r in regs if r["type"] == "rectanglelabels"]
         points = [r for r in regs if r["type"] == "keypointlabels"]
         assert all(r["from_name"] == "kp_bbox" and r["hidden"] for r in boxes)
@@ -175,7 +185,8 @@ def test_keypoints_land_on_the_triangle_corners(store, settings) -> None:  # noq
 
 
 def test_keypoints_without_bbox_control_have_no_parent(store, settings) -> None:  # noqa: ANN001
-    xml = '<View><Image name="image" value="$image"/><KeyPointLabels name="kp" toName="image"><Label value="apex" predicted_values="triangle" model_index="0"/></KeyPointLabels></View>'
+    xml = ('<View><Image name="image" value="$image"/><KeyPointLabels name="kp" toName="image">'
+           '<Label value="apex" predicted_values="triangle" model_index="0"/></KeyPointLabels></View>')
     regions = [r for regs in run(store, settings, xml, scenes(109, 6, classes=("triangle",))) for r in regs]
     assert regions and all(r["type"] == "keypointlabels" and "parentID" not in r for r in regions)
 

@@ -29,8 +29,10 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -137,12 +139,13 @@ class LocalCluster:
         return subprocess.run([str(self.bin_dir / tool), "--kubeconfig", str(self.kubeconfig), *args],
                               input=input, text=True, capture_output=True, check=check, timeout=timeout)
 
-    def status(self, resource: str, namespace: str, name: str) -> dict:
+    def status(self, resource: str, namespace: str, name: str) -> dict[str, Any]:
         """An object's status ({} while it has none or does not exist)."""
         out = self.kubectl("get", resource, name, "-n", namespace, "-o", "json", check=False)
-        return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+        status: dict[str, Any] = (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+        return status
 
-    def audit_events(self, user: str) -> list[dict]:
+    def audit_events(self, user: str) -> list[dict[str, Any]]:
         """The audit log's events for one user (e.g. system:serviceaccount:NS:NAME), oldest first."""
         log = self.workdir / "audit.log"
         lines = log.read_text().split("\n")[:-1] if log.exists() else []  # the last piece may be a line being written
@@ -172,7 +175,7 @@ class LocalCluster:
                 proc.popen.kill()
                 proc.popen.wait(timeout=5)
 
-    def _wait(self, what: str, check, timeout: float = 60.0) -> None:  # noqa: ANN001
+    def _wait(self, what: str, check: Callable[[], object], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -223,7 +226,7 @@ class LocalCluster:
 
         def ready() -> bool:
             with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=5) as r:
-                return r.status == 200
+                return bool(r.status == 200)
 
         self._wait("kube-apiserver", ready, 90)
 
@@ -249,7 +252,7 @@ class LocalCluster:
         ])
         for i in range(self.nodes):
             self.kubectl("apply", "-f", "-", input=yaml.safe_dump(fake_node(f"kwok-node-{i}")))
-        self._wait("nodes Ready", lambda: self._all_nodes_ready(), 60)
+        self._wait("nodes Ready", self._all_nodes_ready, 60)
         # Node admission taints new nodes not-ready; the node-lifecycle controller would lift it on
         # kubelet heartbeats. kwok nodes have none and that controller is not run, so lift it here.
         for i in range(self.nodes):
@@ -266,18 +269,20 @@ class LocalCluster:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
         from cryptography.x509.oid import NameOID
 
         pki = self.workdir / "pki"
         pki.mkdir(parents=True, exist_ok=True)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
 
-        def write_key(path: Path, key) -> None:  # noqa: ANN001
+        def write_key(path: Path, key: PrivateKeyTypes) -> None:
             path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                                serialization.NoEncryption()))
             path.chmod(0o600)
 
-        def issue(name: str, cn: str, org: str | None, issuer_key, issuer_name, ca: bool = False, sans=None):  # noqa: ANN001, ANN202
+        def issue(name: str, cn: str, org: str | None, issuer_key: ec.EllipticCurvePrivateKey | None, issuer_name: x509.Name | None,
+                  ca: bool = False, sans: list[x509.GeneralName] | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
             key = ec.generate_private_key(ec.SECP256R1())
             attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)] + ([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else [])
             subject = x509.Name(attrs)
@@ -293,9 +298,9 @@ class LocalCluster:
             return key, cert
 
         ca_key, ca_cert = issue("ca", "prelabel-local-ca", None, None, None, ca=True)
-        service_ip = next(ipaddress.ip_network(SERVICE_CIDR).hosts())
-        sans = [x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                                          "kubernetes.default.svc.cluster.local")]
+        service_ip = next(ipaddress.IPv4Network(SERVICE_CIDR).hosts())
+        names = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
         sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(service_ip)]
         issue("apiserver", "kube-apiserver", None, ca_key, ca_cert.subject, sans=sans)
         issue("admin", "prelabel-admin", "system:masters", ca_key, ca_cert.subject)
@@ -323,7 +328,7 @@ class LocalCluster:
         return self._write_kubeconfig(self.workdir / f"{namespace}-{service_account}.kubeconfig", f"{namespace}-{service_account}", token=token)
 
 
-def fake_node(name: str) -> dict:
+def fake_node(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},

@@ -16,11 +16,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
-from ..reconcile import condition
+from prelabel_operator.reconcile import condition
+
+if TYPE_CHECKING:
+    from .cluster import LocalCluster
 
 SEED_LABEL_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -41,7 +45,7 @@ class Progress:
         print(f"[{time.monotonic() - self.started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def wait_ready(cluster, step: Progress, timeout: float = 300) -> dict:  # noqa: ANN001
+def wait_ready(cluster: LocalCluster, step: Progress, timeout: float = 300) -> dict[str, Any]:
     """Shows each condition change until Ready=True; returns the status."""
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
@@ -57,7 +61,7 @@ def wait_ready(cluster, step: Progress, timeout: float = 300) -> dict:  # noqa: 
     raise TimeoutError("the MLBackend did not become Ready: see its status (kubectl describe mlb shapes)")
 
 
-def wait_prelabeled(cluster, total: int, timeout: float = 600) -> dict:  # noqa: ANN001
+def wait_prelabeled(cluster: LocalCluster, total: int, timeout: float = 600) -> dict[str, Any]:
     """A progress bar over status.prelabel (tasks holding a prediction of the current model version)
     until the operator reports the project Complete (or Failed); returns status.prelabel."""
     from tqdm import tqdm
@@ -65,7 +69,7 @@ def wait_prelabeled(cluster, total: int, timeout: float = 600) -> dict:  # noqa:
     deadline = time.monotonic() + timeout
     with tqdm(total=total, desc="pre-labeling", unit="task", file=sys.stderr, dynamic_ncols=True) as bar:
         while time.monotonic() < deadline:
-            prelabel = cluster.status("mlb", NAMESPACE, "shapes").get("prelabel") or {}
+            prelabel: dict[str, Any] = cluster.status("mlb", NAMESPACE, "shapes").get("prelabel") or {}
             if prelabel.get("total"):
                 bar.total = prelabel["total"]
                 bar.update(prelabel.get("predicted", 0) - bar.n)
@@ -78,6 +82,7 @@ def wait_prelabeled(cluster, total: int, timeout: float = 600) -> dict:  # noqa:
 
 def run(images: int, keep: bool) -> int:
     from label_studio_sdk import LabelStudio as Client
+
     from prelabel_backend import synthetic
 
     from . import chart
@@ -98,6 +103,7 @@ def run(images: int, keep: bool) -> int:
         ls.start()
         client = Client(base_url=ls.url, api_key=ls.token)
         project = client.projects.create(title="Prelabel demo: shapes", label_config=SEED_LABEL_CONFIG)
+        assert project.id is not None  # Label Studio answers with the project it made
         rng = np.random.default_rng(2026)
         scenes = [synthetic.make_scene(rng) for _ in range(images)]
         task_ids = list(ls.upload_images(project.id, {f"demo-{i:02d}.png": synthetic.encode_png(s.image) for i, s in enumerate(scenes)}).values())
@@ -124,7 +130,7 @@ def run(images: int, keep: bool) -> int:
         print(f"\nLabel Studio: {ls.url}   login: {ls.username} / {ls.password}")
         print(f"project {project.id}: {with_prediction}/{len(task_ids)} tasks pre-labeled by the backend at {status['url']}, "
               f"{sum(counts)} boxes for {shapes} drawn shapes")
-        print("boxes per task: " + ", ".join(f"{t}: {c}" for t, c in zip(task_ids, counts)))
+        print("boxes per task: " + ", ".join(f"{t}: {c}" for t, c in zip(task_ids, counts, strict=True)))
         print(f"kubectl --kubeconfig {cluster.kubeconfig} get mlb -n {NAMESPACE}")
         print(f"time: {time.monotonic() - step.started:.1f}s")
         if keep:
@@ -142,9 +148,3 @@ def run(images: int, keep: bool) -> int:
         ls.stop()
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    from ..cli import main
-
-    main(["demo", *sys.argv[1:]])

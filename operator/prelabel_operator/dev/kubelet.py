@@ -63,20 +63,24 @@ class BackendKubelet:
     def sync(self) -> None:
         seen = set()
         for deployment in self.apps.list_deployment_for_all_namespaces(label_selector=SELECTOR).items:
-            key = (deployment.metadata.namespace, deployment.metadata.name)
-            ready = (deployment.status.ready_replicas or 0) > 0
+            # What the API server always sets on a Deployment and a Service it returns; the client types them optional.
+            meta, spec = deployment.metadata, deployment.spec
+            assert meta and meta.namespace and meta.name and spec and spec.template.spec
+            key = (meta.namespace, meta.name)
+            ready = deployment.status is not None and (deployment.status.ready_replicas or 0) > 0
             try:
-                service = self.core.read_namespaced_service(deployment.metadata.name, key[0])
+                service = self.core.read_namespaced_service(meta.name, meta.namespace)
             except client.ApiException:
                 continue
-            if not ready or not service.spec.cluster_ip:
+            cluster_ip = service.spec.cluster_ip if service.spec else None
+            if not ready or not cluster_ip or not service.spec or not service.spec.ports:
                 continue
             seen.add(key)
-            container = deployment.spec.template.spec.containers[0]
-            env = self._env(key[0], container)
+            container = spec.template.spec.containers[0]
+            env = self._env(meta.namespace, container)
             port = service.spec.ports[0].port
-            env.update({"HOST": service.spec.cluster_ip, "PORT": str(port), "LOG_LEVEL": "WARNING"})
-            identity = json.dumps([env, deployment.spec.template.metadata.annotations], sort_keys=True)
+            env.update({"HOST": cluster_ip, "PORT": str(port), "LOG_LEVEL": "WARNING"})
+            identity = json.dumps([env, spec.template.metadata.annotations if spec.template.metadata else None], sort_keys=True)
             current = self.running.get(key)
             if current and current[0] == identity and current[1].proc.poll() is None:
                 continue
@@ -84,7 +88,7 @@ class BackendKubelet:
                 current[1].stop()
             env.pop("MODEL_DIR", None)  # the pod's path; the process gets a folder of its own
             log = self.workdir / f"{key[0]}-{key[1]}-{len(self.running)}" / "backend.log"
-            process = BackendProcess(env, log, host=service.spec.cluster_ip, port=port)
+            process = BackendProcess(env, log, host=cluster_ip, port=port)
             self.running[key] = (identity, process)
         for key in [k for k in self.running if k not in seen]:
             self.running.pop(key)[1].stop()
