@@ -5,10 +5,12 @@ CACHE ?= $(HOME)/.cache/prelabel
 export UV_CACHE_DIR := $(CACHE)/uv
 export UV_LINK_MODE := hardlink
 PY := .venv/bin/python
+# Debian packages (redis-server for the GitOps test); RUNLEVEL=1: install a service without starting it.
+APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get
 STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: env cluster label-studio test test-unit demo bench bench-prelabel lint format clean
+.PHONY: env cluster argocd label-studio test test-unit demo bench bench-prelabel lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with both packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml
@@ -20,10 +22,15 @@ $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyp
 cluster:  ## build (or reuse) the local Kubernetes control plane binaries
 	@tests/cluster/build.sh >/dev/null
 
+argocd:  ## build (or reuse) Argo CD for the GitOps test; install Debian's redis-server, which it runs with
+	@command -v redis-server >/dev/null || $(APT) install -y -qq --no-install-recommends redis-server >/dev/null \
+	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends redis-server >/dev/null; }
+	@tests/cluster/build-argocd.sh >/dev/null
+
 label-studio: env  ## install (or reuse) Label Studio in its own virtualenv
 	@$(PY) -c "from prelabel_operator.dev import labelstudio; labelstudio.ensure_installed()"
 
-test: env cluster label-studio  ## every test: unit, then integration on real Label Studio and Kubernetes
+test: env cluster argocd label-studio  ## every test: unit, then integration on real Label Studio, Kubernetes and Argo CD
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-unit: env cluster  ## unit tests (helm renders the chart: the cluster build provides it)

@@ -50,6 +50,33 @@ def test_lint_strict_passes(helm, values: dict) -> None:  # noqa: ANN001
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+# The fields of a JSONSchemaProps node the CRD uses (apiextensions.k8s.io/v1).
+SCHEMA_FIELDS = {"type", "description", "properties", "items", "required", "default", "enum", "format", "minimum", "maximum",
+                 "minLength", "maxLength", "minItems", "maxItems", "pattern", "additionalProperties", "nullable", "anyOf", "oneOf",
+                 "allOf", "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string",
+                 "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-map-type", "exclusiveMinimum",
+                 "exclusiveMaximum", "multipleOf", "uniqueItems", "example", "title"}
+
+
+def test_every_schema_node_is_well_formed() -> None:
+    """Each node holds only JSONSchemaProps fields, with a string description. A comma in an unquoted
+    flow-mapping description (`{type: string, description: a, b}`) makes a stray field `b`: the API
+    server drops it silently, but Argo CD's server-side apply refuses the whole CRD ("field not
+    declared in schema"), and the description is cut."""
+    def walk(node: dict, path: str) -> None:
+        assert set(node) <= SCHEMA_FIELDS, f"{path}: not schema fields: {set(node) - SCHEMA_FIELDS}"
+        assert isinstance(node.get("description", ""), str), path
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}{{}}")
+
+    for version in yaml.safe_load((REPO / "crds" / "mlbackend.yaml").read_text())["spec"]["versions"]:
+        walk(version["schema"]["openAPIV3Schema"], version["name"])
+
+
 def test_the_chart_crd_is_the_repository_crd(render) -> None:  # noqa: ANN001
     source = (REPO / "crds" / "mlbackend.yaml").read_text()
     assert (CHART / "files" / "mlbackend.crd.yaml").read_text() == source, "copy crds/mlbackend.yaml to charts/prelabel-operator/files/"

@@ -6,9 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
-from .cluster import free_port, stop_group
+from kubernetes import client, config
+
+from .cluster import LocalCluster, free_port, stop_group
 
 
 class OperatorProcess:
@@ -39,3 +43,67 @@ class OperatorProcess:
     def stop(self) -> None:
         if self.proc:
             stop_group(self.proc)
+
+
+class ChartOperator:
+    """Stands in for the operator pod of a chart that someone else installs (Argo CD, in the GitOps
+    test): while the chart's Deployment exists and is Available (kwok marks its pod Ready), it runs
+    the operator as a local process with a token of the Deployment's ServiceAccount and the
+    container's `--namespace` args; when the Deployment is deleted, it stops the process, as the pod
+    would go. `events` records (time, "started" | "stopped")."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str, deployment: str, workdir: Path, period: float = 0.5) -> None:
+        self.cluster, self.namespace, self.deployment, self.workdir, self.period = cluster, namespace, deployment, workdir, period
+        self.apps = client.AppsV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+        self.process: OperatorProcess | None = None
+        self.events: list[tuple[float, str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="chart-operator", daemon=True)
+
+    def start(self) -> ChartOperator:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._end()
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "operator.log"
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.sync()
+            except Exception as exc:  # noqa: BLE001 - keep going; tests read .errors
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def sync(self) -> None:
+        try:
+            deployment = self.apps.read_namespaced_deployment(self.deployment, self.namespace)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            deployment = None
+        if deployment is None or (deployment.metadata is not None and deployment.metadata.deletion_timestamp is not None):
+            self._end()
+            return
+        conditions = deployment.status.conditions if deployment.status else None
+        available = any(c.type == "Available" and c.status == "True" for c in conditions or [])
+        if available and self.process is None:
+            # What the API server always sets on a Deployment it returns; the client types them optional.
+            pod = deployment.spec.template.spec if deployment.spec else None
+            assert pod is not None and pod.service_account_name
+            kubeconfig = self.cluster.token_kubeconfig(self.namespace, pod.service_account_name)
+            args = [a for a in pod.containers[0].args or [] if a.startswith("--namespace")]
+            self.process = OperatorProcess(kubeconfig, self.log, extra_args=args).start()
+            self.events.append((time.time(), "started"))
+
+    def _end(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+            self.events.append((time.time(), "stopped"))
