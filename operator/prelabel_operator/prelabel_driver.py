@@ -35,7 +35,7 @@ from .spec import PrelabelSpec
 log = logging.getLogger(__name__)
 PAGE_SIZE = 200  # task ids per Data Manager page: small enough for a quick query, large enough to pipeline
 # Label Studio 1.23's default import path recounts every task of the project per request: few,
-# large requests. IMPORT_LATENCY bounds how long a stored prediction waits to show in progress.
+# large requests. IMPORT_LATENCY bounds how long a prediction waits before it is stored (and counted).
 IMPORT_MIN, IMPORT_LATENCY = 250, 2.0
 REPORT_EVERY = 2.0  # seconds between status writes while progressing
 

@@ -82,7 +82,7 @@ class PrelabelSpec:
     paused: bool = False
     tasks: Literal["All", "Unannotated"] = "All"
     on_new_model_version: Literal["Repredict", "KeepExisting"] = "Repredict"
-    batch_size: int = 16  # tasks per /predict request and per prediction import
+    batch_size: int = 16  # tasks per /predict request
     concurrency: int = 2  # /predict requests in flight at once
     poll_seconds: int = 15  # how often, once complete, to look for new tasks
     max_attempts: int = 3  # tries per task before it counts as failed
