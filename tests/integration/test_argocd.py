@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from prelabel_operator.dev import argocd as argocd_dev
 from prelabel_operator.dev.cluster import REPO
 from prelabel_operator.dev.kubelet import BackendKubelet
 from prelabel_operator.dev.operator_process import ChartOperator
+from prelabel_operator.dev.poller import Poller
 from prelabel_operator.reconcile import condition
 from tests.conftest import SEED_CONFIG, wait_for
 from tests.unit.test_argocd import APPLICATION, MLBACKEND, health
@@ -90,7 +90,7 @@ def gitops_repository(path: Path, label_studio_url: str, project_title: str) -> 
 
 
 @dataclass
-class Recorder:
+class Recorder(Poller):
     """Polls the Applications, the namespace and the MLBackend every half second from a thread:
     when each was first seen, first judged Healthy by the Application health check, began deleting,
     was gone; and every operation phase and retry count an Application showed on the way."""
@@ -102,28 +102,11 @@ class Recorder:
     gone: dict[str, float] = field(default_factory=dict)
     operations: set[tuple[str, str, int]] = field(default_factory=set)  # (app, phase, retryCount)
     timeline: list[tuple[float, str, str]] = field(default_factory=list)  # (time, what, its new state): printed at the end
-    errors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        Poller.__init__(self, 0.5, "argocd-recorder")
         api = config.new_client_from_config(str(self.kubeconfig))
         self.custom, self.core = client.CustomObjectsApi(api), client.CoreV1Api(api)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="argocd-recorder", daemon=True)
-
-    def start(self) -> Recorder:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                self.poll()
-            except Exception as exc:  # noqa: BLE001 - keep recording; the test reads .errors
-                self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def _change(self, key: str, state: str, now: float) -> None:
         if next((s for _, k, s in reversed(self.timeline) if k == key), None) != state:
@@ -138,7 +121,7 @@ class Recorder:
         if obj["metadata"].get("deletionTimestamp"):
             self.deleting.setdefault(key, now)
 
-    def poll(self) -> None:
+    def sync(self) -> None:
         now = time.time()
         apps = {a["metadata"]["name"]: a for a in self.custom.list_namespaced_custom_object(
             "argoproj.io", "v1alpha1", argocd_dev.NAMESPACE, "applications")["items"]}

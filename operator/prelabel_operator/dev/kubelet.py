@@ -10,44 +10,30 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
 
 from .backend import BackendProcess
+from .poller import Poller
 
 SELECTOR = "app.kubernetes.io/managed-by=prelabel-operator"
 
 
-class BackendKubelet:
+class BackendKubelet(Poller):
     def __init__(self, kubeconfig: Path, workdir: Path, period: float = 1.0) -> None:
+        super().__init__(period, "backend-kubelet")
         api = config.new_client_from_config(str(kubeconfig))
         self.apps, self.core = client.AppsV1Api(api), client.CoreV1Api(api)
-        self.workdir, self.period = workdir, period
+        self.workdir = workdir
         self.running: dict[tuple[str, str], tuple[str, BackendProcess]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="backend-kubelet", daemon=True)
-        self.errors: list[str] = []
-
-    def start(self) -> BackendKubelet:
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        super().stop()
         for _, process in self.running.values():
             process.stop()
         self.running.clear()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
-                self.sync()
-            except Exception as exc:  # noqa: BLE001 - keep going; tests read .errors
-                self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def _env(self, namespace: str, container: Any) -> dict[str, str]:
         env: dict[str, str] = {}

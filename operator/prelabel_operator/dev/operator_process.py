@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from kubernetes import client, config
 
 from .cluster import LocalCluster, free_port, stop_group
+from .poller import Poller
 
 
 class OperatorProcess:
@@ -45,7 +45,7 @@ class OperatorProcess:
             stop_group(self.proc)
 
 
-class ChartOperator:
+class ChartOperator(Poller):
     """Stands in for the operator pod of a chart that someone else installs (Argo CD, in the GitOps
     test): while the chart's Deployment exists and is Available (kwok marks its pod Ready), it runs
     the operator as a local process with a token of the Deployment's ServiceAccount and the
@@ -53,33 +53,19 @@ class ChartOperator:
     would go. `events` records (time, "started" | "stopped")."""
 
     def __init__(self, cluster: LocalCluster, namespace: str, deployment: str, workdir: Path, period: float = 0.5) -> None:
-        self.cluster, self.namespace, self.deployment, self.workdir, self.period = cluster, namespace, deployment, workdir, period
+        super().__init__(period, "chart-operator")
+        self.cluster, self.namespace, self.deployment, self.workdir = cluster, namespace, deployment, workdir
         self.apps = client.AppsV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
         self.process: OperatorProcess | None = None
         self.events: list[tuple[float, str]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="chart-operator", daemon=True)
-
-    def start(self) -> ChartOperator:
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        super().stop()
         self._end()
 
     @property
     def log(self) -> Path:
         return self.workdir / "operator.log"
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
-                self.sync()
-            except Exception as exc:  # noqa: BLE001 - keep going; tests read .errors
-                self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def sync(self) -> None:
         try:
