@@ -268,7 +268,7 @@ def prelabel_wanted(spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> bool:
     return section is not None and not section.get("paused", False) and not meta.get("deletionTimestamp")
 
 
-def _prelabel_target(namespace: str, spec: dict[str, Any], status: dict[str, Any]) -> tuple[Target | None, str]:
+def _prelabel_target(namespace: str, parsed: MLBackendSpec, status: dict[str, Any]) -> tuple[Target | None, str]:
     """Where to pre-label: the registered backend address and the projects it is connected in
     (from status), and the keys (from the Secrets). None and why while the backend is not there yet."""
     url = status.get("url")
@@ -277,7 +277,6 @@ def _prelabel_target(namespace: str, spec: dict[str, Any], status: dict[str, Any
         ready = reconcile.condition(status, "Ready")
         why = f" ({ready.get('reason')}: {ready.get('message')})" if ready.get("status") == "False" else ""
         return None, f"waiting for the backend to be available and registered{why}; retrying in 5s"
-    parsed = MLBackendSpec.parse(spec)
     api_key, auth, _ = _secrets(namespace, parsed)
     return Target(parsed.label_studio.url, api_key, url, auth, projects), ""
 
@@ -315,8 +314,9 @@ async def prelabel_daemon(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, sta
     outages = 0
     while not stopped:
         try:
-            target, waiting = await asyncio.to_thread(_prelabel_target, namespace, dict(spec), dict(status))
-            section = PrelabelSpec.parse(dict(spec).get("prelabel")) or PrelabelSpec()
+            parsed = MLBackendSpec.parse(dict(spec))
+            section = parsed.prelabel or PrelabelSpec()
+            target, waiting = await asyncio.to_thread(_prelabel_target, namespace, parsed, dict(status))
             if target is None:
                 driver.progress.message = waiting
                 await report(driver.progress)

@@ -132,9 +132,13 @@ class Attempts:
     def given_up(self, project: int | None = None) -> dict[int, Attempt]:
         return {t: a for t, a in self.tasks.items() if a.count >= self.max_attempts and project in (None, a.project)}
 
+    def retrying(self) -> list[Attempt]:
+        """Failed tasks that still have tries left."""
+        return [a for a in self.tasks.values() if a.count < self.max_attempts]
+
     def next_retry(self, now: float) -> float | None:
         """Seconds until the earliest task still to be retried is due (None: none waits)."""
-        waiting = [a.retry_at for a in self.tasks.values() if a.count < self.max_attempts]
+        waiting = [a.retry_at for a in self.retrying()]
         return max(0.0, min(waiting) - now) if waiting else None
 
 

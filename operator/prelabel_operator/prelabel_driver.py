@@ -101,11 +101,9 @@ class Driver:
             self.progress.completed = _utcnow()
         self.progress.message = "; ".join(skipped)
         await self._report(force=True)
-        now = time.monotonic()
-        waiting = sum(1 for t in self.attempts.tasks.values() if t.count < spec.max_attempts)
-        if self.progress.pending > waiting:
+        if self.progress.pending > len(self.attempts.retrying()):
             return 1.0
-        return self.attempts.next_retry(now)
+        return self.attempts.next_retry(time.monotonic())
 
     # -- Label Studio and backend calls --------------------------------------------------------
     async def _version(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int) -> tuple[str, str]:
