@@ -7,13 +7,13 @@ export UV_LINK_MODE := hardlink
 PY := .venv/bin/python
 # Debian packages (redis-server for the GitOps test); RUNLEVEL=1: install a service without starting it.
 APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get
-STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml | sha256sum | cut -c1-12)
+STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: env cluster argocd label-studio test test-unit demo bench bench-prelabel lint format clean
 
-env: $(STAMP)  ## the project's virtualenv (.venv) with both packages and the test tools
-$(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml
+env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
+$(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install -q --user uv
 	@export PATH="$$HOME/.local/bin:$$PATH"; [ -x $(PY) ] || uv venv -q -p python3.11 .venv; \
 	  uv pip install -q -p $(PY) -r requirements-dev.txt
@@ -28,7 +28,7 @@ argocd:  ## build (or reuse) Argo CD for the GitOps test; install Debian's redis
 	@tests/cluster/build-argocd.sh >/dev/null
 
 label-studio: env  ## install (or reuse) Label Studio in its own virtualenv
-	@$(PY) -c "from prelabel_operator.dev import labelstudio; labelstudio.ensure_installed()"
+	@$(PY) -c "from prelabel_local import labelstudio; labelstudio.ensure_installed()"
 
 test: env cluster argocd label-studio  ## every test: unit, then integration on real Label Studio, Kubernetes and Argo CD
 	$(PY) -m pytest tests $(PYTEST_ARGS)
@@ -45,7 +45,7 @@ bench: env  ## the backend's /predict throughput beside raw ultralytics, in one 
 bench-prelabel: env label-studio  ## pre-labeling a project: backend alone, the driver, Label Studio's action, in one run
 	$(PY) bench/prelabel_bench.py
 
-lint: env  ## ruff (lint), mypy --strict on both packages, the import contracts in .importlinter (config: pyproject.toml)
+lint: env  ## ruff (lint), mypy --strict on the three packages, the import contracts in .importlinter (config: pyproject.toml)
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 	.venv/bin/lint-imports --no-cache

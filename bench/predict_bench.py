@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from prelabel_backend import offline, synthetic  # noqa: E402
 from prelabel_backend.settings import PACKAGED_WEIGHTS  # noqa: E402
-from prelabel_operator.dev.backend import BackendProcess  # noqa: E402
+from prelabel_local.backend import BackendProcess  # noqa: E402
 from tests.conftest import SEED_CONFIG, serve_files  # noqa: E402
 
 SIZES = (1, 8, 16, 32)

@@ -15,8 +15,8 @@ import pytest
 
 from prelabel_backend import synthetic
 from prelabel_backend.settings import Settings
-from prelabel_operator.dev.backend import BackendProcess
-from prelabel_operator.dev.demo import SEED_LABEL_CONFIG
+from prelabel_local.backend import BackendProcess
+from prelabel_local.demo import SEED_LABEL_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CONFIG = SEED_LABEL_CONFIG  # the seed's labeling config, as the demo uses it
@@ -102,7 +102,7 @@ def start_backend(tmp_path: Path) -> Iterator:
 @pytest.fixture(scope="session")
 def label_studio() -> Iterator:
     """One real Label Studio for the session (first start ~70 s: migrations on a fresh SQLite)."""
-    from prelabel_operator.dev.labelstudio import LabelStudio
+    from prelabel_local.labelstudio import LabelStudio
 
     server = LabelStudio().start()
     yield server
@@ -134,7 +134,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
 def operator_image_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
     """An interpreter with only what Dockerfile.operator installs (operator/requirements.lock) and the
     operator's code on PYTHONPATH as in the image: a dependency missing from the lock fails here."""
-    from prelabel_operator.dev import venv
+    from prelabel_local import venv
 
     python = venv.create(tmp_path_factory.mktemp("operator-image") / "venv", "-r", str(REPO / "operator" / "requirements.lock"), python="python3.11")
     return str(python), {"PYTHONPATH": str(REPO / "operator"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
@@ -142,7 +142,7 @@ def operator_image_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[str
 
 @pytest.fixture(scope="session")
 def cluster_bin() -> Path:
-    from prelabel_operator.dev.cluster import build
+    from prelabel_local.cluster import build
 
     return build(quiet=True)
 
@@ -150,7 +150,7 @@ def cluster_bin() -> Path:
 @pytest.fixture(scope="module")
 def cluster(cluster_bin: Path, request: pytest.FixtureRequest) -> Iterator:
     """A real control plane with controller-manager, scheduler and kwok nodes, for one test module."""
-    from prelabel_operator.dev.cluster import LocalCluster
+    from prelabel_local.cluster import LocalCluster
 
     local = LocalCluster(cluster_bin, with_controllers=True).start()
     yield local

@@ -2,7 +2,7 @@
 # Builds Argo CD's all-in-one binary from the Go module proxy, at the version pinned in versions.env,
 # into ~/.cache/prelabel/argocd-<version>/. A warm cache returns in seconds. The GitOps test runs
 # two of its components (repo server, application controller) as local processes: see
-# operator/prelabel_operator/dev/argocd.py.
+# local/prelabel_local/argocd.py.
 #
 #   bin/argocd               <- github.com/argoproj/argo-cd/v3/cmd, through a wrapper go.mod that
 #                               copies upstream's replace block (all but its local gitops-engine

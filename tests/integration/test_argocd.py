@@ -32,11 +32,11 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from prelabel_operator.dev import argocd as argocd_dev
-from prelabel_operator.dev.cluster import REPO
-from prelabel_operator.dev.kubelet import BackendKubelet
-from prelabel_operator.dev.operator_process import ChartOperator
-from prelabel_operator.dev.poller import Poller
+from prelabel_local import argocd as argocd_dev
+from prelabel_local.cluster import REPO
+from prelabel_local.kubelet import BackendKubelet
+from prelabel_local.operator_process import ChartOperator
+from prelabel_local.poller import Poller
 from prelabel_operator.reconcile import condition
 from tests.conftest import SEED_CONFIG, wait_for
 from tests.unit.test_argocd import APPLICATION, MLBACKEND, health

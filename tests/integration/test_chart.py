@@ -14,8 +14,8 @@ import subprocess
 import pytest
 import yaml
 
-from prelabel_operator.dev import chart
-from prelabel_operator.dev.operator_process import OperatorProcess
+from prelabel_local import chart
+from prelabel_local.operator_process import OperatorProcess
 from prelabel_operator.reconcile import condition
 from tests.conftest import wait_for
 

@@ -13,7 +13,7 @@ import uuid
 import pytest
 import yaml
 
-from prelabel_operator.dev.cluster import SERVICE_CIDR
+from prelabel_local.cluster import SERVICE_CIDR
 
 pytestmark = pytest.mark.cluster
 

@@ -19,9 +19,9 @@ import requests
 import yaml
 
 from prelabel_backend import synthetic
-from prelabel_operator.dev import chart
-from prelabel_operator.dev.kubelet import BackendKubelet
-from prelabel_operator.dev.operator_process import OperatorProcess
+from prelabel_local import chart
+from prelabel_local.kubelet import BackendKubelet
+from prelabel_local.operator_process import OperatorProcess
 from prelabel_operator.reconcile import condition
 from tests.conftest import scenes, wait_for
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prelabel_local.chart import CHART
 from prelabel_operator import __version__
-from prelabel_operator.dev.chart import CHART
 from tests.conftest import REPO, grants
 
 KUBE_VERSION = "1.36.3"

@@ -1,4 +1,4 @@
-"""One version for the project (VERSION at the repository root) and one license (Apache-2.0): both
+"""One version for the project (VERSION at the repository root) and one license (Apache-2.0): the
 packages read the version from VERSION; what cannot read it (the chart, the CRD's default image,
 the example) must state the same one."""
 
@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 import prelabel_backend
+import prelabel_local
 import prelabel_operator
 from prelabel_operator.spec import MLBackendSpec
 
@@ -29,10 +30,10 @@ def test_version_is_semantic() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", VERSION), VERSION
 
 
-def test_both_packages_read_the_one_version() -> None:
-    assert prelabel_operator.__version__ == prelabel_backend.__version__ == VERSION
+def test_the_packages_read_the_one_version() -> None:
+    assert prelabel_operator.__version__ == prelabel_backend.__version__ == prelabel_local.__version__ == VERSION
     # The installed metadata (make env reinstalls when VERSION changes).
-    assert metadata.version("prelabel-operator") == metadata.version("prelabel-backend") == VERSION
+    assert metadata.version("prelabel-operator") == metadata.version("prelabel-backend") == metadata.version("prelabel-local") == VERSION
 
 
 def test_the_chart_and_the_default_images_state_the_same_version() -> None:

@@ -39,7 +39,7 @@ import yaml
 SERVICE_CIDR = "127.99.0.0/16"
 POD_CIDR = "10.244.0.0/16"  # only written into pod status by kwok: nothing listens or routes there
 CONTROLLERS = "deployment,replicaset,endpointslice,garbagecollector,serviceaccount,serviceaccount-token,namespace,horizontalpodautoscaling"
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # Service accounts outside kube-system (the controllers' own) at Metadata level; nothing else.
