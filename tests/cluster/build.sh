@@ -2,7 +2,8 @@
 # Builds the local Kubernetes control plane from the Go module proxy, at the versions pinned in
 # versions.env, into ~/.cache/prelabel/cluster-<versions>/bin. A warm cache returns in seconds.
 #
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  <- k8s.io/kubernetes, through a
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy
+#                                                   <- k8s.io/kubernetes, through a
 #       wrapper go.mod that replaces every ./staging module with its published v0.x release
 #       (the pattern kubernetes-sigs/scheduler-plugins uses), with component-base version ldflags
 #   etcd   <- go.etcd.io/etcd/server/v3 (a wrapper module: its go.mod has replace directives)
@@ -18,7 +19,8 @@ stamp="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-
 cache=${PRELABEL_CACHE:-$HOME/.cache/prelabel}
 out="$cache/cluster-$stamp"
 bin="$out/bin"
-components=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
+k8s_components=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+components=("${k8s_components[@]}" etcd kwok helm)
 
 have_all() { for c in "${components[@]}"; do [ -x "$bin/$c" ] || return 1; done; [ -s "$bin/kwok-stages.yaml" ]; }
 if have_all; then echo "$bin"; exit 0; fi
@@ -35,6 +37,11 @@ k8s_minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)
 staging_version="v0.${KUBERNETES_VERSION#v1.}"
 wrapper="$out/src/kubernetes"
 mkdir -p "$wrapper"
+# tools.go names every command built from the wrapper; a cache made before a command joined the list
+# gets the new tools.go and one `go mod tidy` (seconds: the modules are cached), then builds only the
+# missing binaries below.
+tools=$(printf '//go:build tools\n\npackage tools\n\nimport (\n'; \
+        printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "${k8s_components[@]}"; printf ')\n')
 if [ ! -f "$wrapper/go.sum" ]; then
   printf '[build] resolving k8s.io/kubernetes@%s and its staging modules\n' "$KUBERNETES_VERSION" >&2
   (cd "$wrapper" && rm -f go.mod && go mod init prelabel.local/kubernetes-build >/dev/null 2>&1)
@@ -47,18 +54,9 @@ if [ ! -f "$wrapper/go.sum" ]; then
     sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/k8s.io/.*#\t\1 => \1 '"$staging_version"'#p' "$upstream_mod"
     echo ")"
   } >> "$wrapper/go.mod"
-  cat > "$wrapper/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+fi
+if [ "$(cat "$wrapper/tools.go" 2>/dev/null)" != "$tools" ]; then
+  printf '%s\n' "$tools" > "$wrapper/tools.go"
   (cd "$wrapper" && go mod tidy >&2)
 fi
 ldflags="-s -w"
@@ -66,7 +64,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for c in "${k8s_components[@]}"; do
   progress "$c $KUBERNETES_VERSION (cold: several minutes)"
   [ -x "$bin/$c" ] || (cd "$wrapper" && go build -trimpath -ldflags "$ldflags" -o "$bin/$c.tmp" "k8s.io/kubernetes/cmd/$c" && mv "$bin/$c.tmp" "$bin/$c")
 done
