@@ -10,7 +10,7 @@ APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env RUNLEVEL=1 DEBIAN_FRONTEND=
 STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: env cluster argocd label-studio test test-unit demo bench bench-prelabel lint format clean
+.PHONY: env cluster node argocd label-studio test test-unit demo bench bench-prelabel lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
@@ -21,6 +21,14 @@ $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyp
 
 cluster:  ## build (or reuse) the local Kubernetes control plane binaries
 	@tests/cluster/build.sh >/dev/null
+
+# A real node (local/prelabel_local/node.py): containerd, runc, the CNI plugins, iptables, and gcc with
+# a static libc for the pause image, from Debian (containerd is installed, not started: the node runs its own).
+NODE_PACKAGES := containerd runc containernetworking-plugins iptables gcc libc6-dev
+node: cluster  ## the Debian packages a real node runs on (the kubelet and kube-proxy come with `cluster`)
+	@dpkg-query -W -f='$${Status}\n' $(NODE_PACKAGES) 2>/dev/null | grep -c '^install ok installed' | grep -qx $(words $(NODE_PACKAGES)) \
+	  || $(APT) install -y -qq --no-install-recommends $(NODE_PACKAGES) >/dev/null \
+	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $(NODE_PACKAGES) >/dev/null; }
 
 argocd:  ## build (or reuse) Argo CD for the GitOps test; install Debian's redis-server, which it runs with
 	@command -v redis-server >/dev/null || $(APT) install -y -qq --no-install-recommends redis-server >/dev/null \

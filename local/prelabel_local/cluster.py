@@ -12,6 +12,12 @@ Label Studio on this machine reaches it there, with no traffic leaving loopback.
 Requests made as a ServiceAccount outside kube-system are written to an audit log
 (`audit_events`): tests read from it exactly what the operator asked the API for.
 
+With a real node (node.py), the cluster instead binds the node bridge's gateway address
+(`address`), takes a Service range of its own (`service_cidr`: kube-proxy's rules must never catch
+the loopback ClusterIPs of kwok clusters running beside it), keeps the `kubernetes` Service's
+endpoint (pods reach the API through it), authorizes the kubelet with the Node authorizer, and
+starts no kwok (`kwok=False`).
+
 The binaries come from tests/cluster/build.sh (cached under ~/.cache/prelabel/).
 """
 
@@ -32,9 +38,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 SERVICE_CIDR = "127.99.0.0/16"
 POD_CIDR = "10.244.0.0/16"  # only written into pod status by kwok: nothing listens or routes there
@@ -94,7 +104,10 @@ class LocalCluster:
     bin_dir: Path
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prelabel-cluster-")))
     with_controllers: bool = False  # controller-manager + scheduler + kwok
-    nodes: int = 1
+    nodes: int = 1  # kwok nodes
+    kwok: bool = True  # with_controllers starts kwok and its nodes; False for a real node (node.py)
+    address: str = "127.0.0.1"  # where the API server binds and advertises itself
+    service_cidr: str = SERVICE_CIDR
     processes: dict[str, Process] = field(default_factory=dict)
     api_port: int = 0
     etcd_port: int = 0
@@ -106,7 +119,15 @@ class LocalCluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.address}:{self.api_port}"
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def real_node(self) -> bool:
+        return self.address != "127.0.0.1"
 
     def start(self) -> LocalCluster:
         self._certs()
@@ -212,13 +233,13 @@ class LocalCluster:
         policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         self._spawn("kube-apiserver", [
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.api_port}",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}", f"--secure-port={self.api_port}",
             f"--cert-dir={pki}", f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=RBAC",
-            "--allow-privileged=false", "--endpoint-reconciler-type=none", "--v=1",
+            f"--service-cluster-ip-range={self.service_cidr}", "--allow-privileged=false", "--v=1",
+            *(self._real_node_flags() if self.real_node else ["--authorization-mode=RBAC", "--endpoint-reconciler-type=none"]),
             f"--audit-policy-file={policy}", f"--audit-log-path={self.workdir / 'audit.log'}", "--audit-log-mode=blocking",
         ])
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -230,13 +251,24 @@ class LocalCluster:
 
         self._wait("kube-apiserver", ready, 90)
 
+    def _real_node_flags(self) -> list[str]:
+        pki = self.pki
+        return [
+            # Node authorizer: the kubelet acts as system:node:<name>; RBAC for everyone else.
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            # `kubectl logs/exec` dial the node's InternalIP (its name resolves nowhere here).
+            "--kubelet-preferred-address-types=InternalIP", f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki / 'admin.crt'}", f"--kubelet-client-key={pki / 'admin.key'}",
+        ]
+
     def _start_controllers(self) -> None:
         pki = self.workdir / "pki"
         kc = self.kubeconfig
         self._spawn("kube-controller-manager", [
             f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
-            f"--controllers={CONTROLLERS}", f"--service-account-private-key-file={pki / 'sa.key'}",
+            # A real node mounts the kube-root-ca.crt ConfigMap into every pod (its API access volume).
+            f"--controllers={CONTROLLERS}{',root-ca-cert-publisher' if self.real_node else ''}", f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}", "--use-service-account-credentials=true",
             f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
             "--concurrent-deployment-syncs=5", "--v=1",
@@ -245,6 +277,9 @@ class LocalCluster:
             f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false", "--v=1",
         ])
+        if not self.kwok:
+            self._wait("default service account", lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0, 60)
+            return
         self._spawn("kwok", [
             f"--kubeconfig={kc}", f"--config={self.bin_dir / 'kwok-stages.yaml'}", "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
@@ -267,47 +302,26 @@ class LocalCluster:
     # -- certificates and kubeconfigs -----------------------------------------------------------
     def _certs(self) -> None:
         from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, rsa
-        from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-        from cryptography.x509.oid import NameOID
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
 
-        pki = self.workdir / "pki"
+        pki = self.pki
         pki.mkdir(parents=True, exist_ok=True)
-        now = dt.datetime.now(dt.UTC)
-
-        def write_key(path: Path, key: PrivateKeyTypes) -> None:
-            path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                               serialization.NoEncryption()))
-            path.chmod(0o600)
-
-        def issue(name: str, cn: str, org: str | None, issuer_key: ec.EllipticCurvePrivateKey | None, issuer_name: x509.Name | None,
-                  ca: bool = False, sans: list[x509.GeneralName] | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-            key = ec.generate_private_key(ec.SECP256R1())
-            attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)] + ([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else [])
-            subject = x509.Name(attrs)
-            builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name or subject)
-                       .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                       .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=7))
-                       .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-            if sans:
-                builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            cert = builder.sign(issuer_key or key, hashes.SHA256())
-            (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            write_key(pki / f"{name}.key", key)
-            return key, cert
-
-        ca_key, ca_cert = issue("ca", "prelabel-local-ca", None, None, None, ca=True)
-        service_ip = next(ipaddress.IPv4Network(SERVICE_CIDR).hosts())
+        issue_cert(pki, "ca", "prelabel-local-ca", ca=True)
+        service_ip = next(ipaddress.IPv4Network(self.service_cidr).hosts())
         names = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
         sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-        sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(service_ip)]
-        issue("apiserver", "kube-apiserver", None, ca_key, ca_cert.subject, sans=sans)
-        issue("admin", "prelabel-admin", "system:masters", ca_key, ca_cert.subject)
+        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in sorted({"127.0.0.1", self.address})] + [x509.IPAddress(service_ip)]
+        issue_cert(pki, "apiserver", "kube-apiserver", sans=sans)
+        issue_cert(pki, "admin", "prelabel-admin", "system:masters")
         sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         write_key(pki / "sa.key", sa)
         (pki / "sa.pub").write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def write_kubeconfig(self, path: Path, user: str, cert: Path, key: Path) -> Path:
+        """A kubeconfig for this cluster that authenticates with a client certificate."""
+        return self._write_kubeconfig(path, user, cert, key)
 
     def _write_kubeconfig(self, path: Path, user: str, cert: Path | None = None, key: Path | None = None,
                           token: str | None = None) -> Path:
@@ -326,6 +340,43 @@ class LocalCluster:
         """A kubeconfig that acts as a ServiceAccount, with a short-lived token from the TokenRequest API."""
         token = self.kubectl("create", "token", service_account, "-n", namespace, f"--duration={duration}").stdout.strip()
         return self._write_kubeconfig(self.workdir / f"{namespace}-{service_account}.kubeconfig", f"{namespace}-{service_account}", token=token)
+
+
+def write_key(path: Path, key: PrivateKeyTypes) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def issue_cert(pki: Path, name: str, cn: str, org: str | None = None, ca: bool = False,
+               sans: list[x509.GeneralName] | None = None) -> None:
+    """Writes pki/<name>.crt and .key (EC P-256, 7 days): signed by pki/ca.* or, with ca=True, the CA
+    itself. cn/org are the Kubernetes user name and group of a client certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] + ([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else []))
+    if ca:
+        issuer_key, issuer_name = key, subject
+    else:
+        loaded = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        issuer_key, issuer_name = loaded, x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes()).subject
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=7))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_key(pki / f"{name}.key", key)
 
 
 def fake_node(name: str) -> dict[str, Any]:
