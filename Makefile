@@ -10,7 +10,7 @@ APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env RUNLEVEL=1 DEBIAN_FRONTEND=
 STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: env cluster node argocd label-studio test test-unit demo bench bench-prelabel lint format clean
+.PHONY: env cluster node argocd label-studio images test test-unit demo bench bench-prelabel lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
@@ -37,6 +37,9 @@ argocd:  ## build (or reuse) Argo CD for the GitOps test; install Debian's redis
 
 label-studio: env  ## install (or reuse) Label Studio in its own virtualenv
 	@$(PY) -c "from prelabel_local import labelstudio; labelstudio.ensure_installed()"
+
+images: env  ## build (or reuse) both images from their Dockerfiles with podman (Debian packages), layers cached under ~/.cache/prelabel/containers
+	$(PY) -m prelabel_local.images build operator backend
 
 test: env cluster argocd label-studio  ## every test: unit, then integration on real Label Studio, Kubernetes and Argo CD
 	$(PY) -m pytest tests $(PYTEST_ARGS)
