@@ -11,6 +11,17 @@ import kopf
 import prometheus_client
 
 
+class RetryIsAWarning(logging.Filter):
+    """kopf logs every retried API request at ERROR ("Request attempt #1/9 failed; will retry: ..."),
+    e.g. a 429 while a just-installed CRD's storage initializes, though it backs off and retries, and
+    logs ERROR again when it gives up ("escalating"). A retry is a warning: an ERROR line means a failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.name.startswith("kopf.") and "failed; will retry" in record.getMessage():
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Prelabel operator: MLBackend resources -> running, registered YOLO backends")
     parser.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable)")
@@ -23,6 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per pre-labeling request is noise
+    for handler in logging.getLogger().handlers:  # on the handler: a logger's filter misses its children's records
+        handler.addFilter(RetryIsAWarning())
     from . import handlers, kube  # handlers: registers them
 
     kube.wait_for_crd(handlers.GROUP, handlers.VERSION, handlers.PLURAL, logging.getLogger("prelabel_operator"))

@@ -1,0 +1,22 @@
+"""The operator's log levels: a request kopf retries is a warning; one it gives up on stays an error."""
+
+from __future__ import annotations
+
+import logging
+
+from prelabel_operator.__main__ import RetryIsAWarning
+
+
+def record(name: str, message: str, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, message, None, None)
+
+
+def test_a_retried_request_is_a_warning_and_an_escalated_one_an_error() -> None:
+    retried = record("kopf._cogs.clients.watching", "Request attempt #1/9 failed; will retry: GET ... -> APITooManyRequestsError(...)")
+    escalated = record("kopf._cogs.clients.watching", "Request attempt #9/9 failed; escalating: GET ... -> APIServerError(...)")
+    ours = record("prelabel_operator.handlers", "registration failed; will retry")  # only kopf's own retry line
+    for r in (retried, escalated, ours):
+        assert RetryIsAWarning().filter(r) is True  # never dropped
+    assert (retried.levelno, retried.levelname) == (logging.WARNING, "WARNING")
+    assert (escalated.levelno, escalated.levelname) == (logging.ERROR, "ERROR")
+    assert ours.levelno == logging.ERROR
