@@ -47,6 +47,7 @@ def ensure_installed() -> Path:
 class LabelStudio:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prelabel-ls-")))
     port: int = 0
+    host: str = "127.0.0.1"  # or a real node's bridge gateway (node.GATEWAY), where pods reach it
     username: str = "admin@prelabel.local"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     token: str = field(default_factory=lambda: secrets.token_hex(20))  # a legacy API token (40 hex)
@@ -55,7 +56,7 @@ class LabelStudio:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log(self) -> Path:
@@ -84,7 +85,7 @@ class LabelStudio:
         (self.workdir / "home").mkdir(parents=True, exist_ok=True)
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
-            [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port)],
+            [str(exe), "start", "--no-browser", "--internal-host", self.host, "--port", str(self.port)],
             env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.workdir,
         )
         handle.close()
