@@ -41,13 +41,13 @@ label-studio: env  ## install (or reuse) Label Studio in its own virtualenv
 images: env  ## build (or reuse) both images from their Dockerfiles with podman (Debian packages), layers cached under ~/.cache/prelabel/containers
 	$(PY) -m prelabel_local.images build operator backend
 
-test: env cluster argocd label-studio  ## every test: unit, then integration on real Label Studio, Kubernetes and Argo CD
+test: env cluster node argocd label-studio images  ## every test: unit, then integration on real Label Studio, Kubernetes and Argo CD
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-unit: env cluster  ## unit tests (helm renders the chart: the cluster build provides it)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-demo: env cluster label-studio  ## the whole product locally: Kubernetes, Label Studio, operator, backend; pre-labels a demo project
+demo: env cluster node label-studio  ## the whole product locally: both images, Kubernetes with a real node, Label Studio, the operator and backend as pods; pre-labels a demo project
 	.venv/bin/prelabel demo
 
 bench: env  ## the backend's /predict throughput beside raw ultralytics, in one run

@@ -1,9 +1,11 @@
 """`make demo`: the whole product on this machine, no Docker, no cluster, no internet.
 
-Starts a real Kubernetes control plane (local processes, built from Go modules and cached) and a
-real Label Studio; installs the operator's Helm chart and runs the operator with the chart's
-ServiceAccount; starts a stand-in kubelet that runs the YOLO backend on its Service's ClusterIP;
-creates a project with the seed's labeling config and 20 generated images; applies an MLBackend
+Builds both images from their Dockerfiles (podman, layers cached: prelabel_local.images), starts a
+real Kubernetes control plane (local processes, built from Go modules and cached) with a real node
+(containerd, kubelet, kube-proxy: prelabel_local.node) and imports the images into it, and a real
+Label Studio on the node's bridge; `helm install`s the operator's chart with the operator image,
+so the operator runs as a pod, and the backend pods it makes run from the backend image; creates a
+project with the seed's labeling config and 20 generated images; applies an MLBackend
 with `spec.prelabel`; waits until it is Ready, then shows the operator's pre-labeling progress
 (status.prelabel) as a progress bar until the project is complete; prints what Label Studio stored.
 `--keep` leaves everything running (Ctrl-C stops it) so you can look at the boxes in the UI.
@@ -86,20 +88,28 @@ def run(images: int, keep: bool) -> int:
     from prelabel_backend import synthetic
 
     from . import chart
-    from .cluster import LocalCluster, build
-    from .kubelet import BackendKubelet
+    from . import images as built
+    from .cluster import build
     from .labelstudio import LabelStudio
-    from .operator_process import OperatorProcess
+    from .node import GATEWAY, Node
 
     step = Progress()
     work = Path(tempfile.mkdtemp(prefix="prelabel-demo-"))
-    step("building the control plane (cached; first time about 15 minutes)")
-    cluster = LocalCluster(build(), workdir=work / "cluster", with_controllers=True)
-    ls = LabelStudio(workdir=work / "label-studio")
-    kubelet = operator = None
+    step("building the images from Dockerfile.operator and Dockerfile.backend (cached; first time about 20 minutes: "
+         "the backend's torch is several GB)")
+    refs = {which: built.build(which) for which in built.IMAGES}
+    archives = {which: built.archive(ref) for which, ref in refs.items()}
+    step("building the control plane and the node (cached; first time about 15 minutes)")
+    node = Node(build())
+    ls = LabelStudio(workdir=work / "label-studio", host=GATEWAY)
+    cluster = None
     try:
-        cluster.start()
-        step(f"Kubernetes is up at {cluster.server} (kubeconfig {cluster.kubeconfig}); starting Label Studio (first start ~70 s)")
+        cluster = node.start_cluster(workdir=work / "cluster")
+        step(f"Kubernetes is up at {cluster.server} with node {GATEWAY} (kubeconfig {cluster.kubeconfig}); importing the images "
+             "into containerd (once per machine)")
+        for archive in archives.values():
+            node.import_image(archive)
+        step("starting Label Studio (first start ~70 s)")
         ls.start()
         client = Client(base_url=ls.url, api_key=ls.token)
         project = client.projects.create(title="Prelabel demo: shapes", label_config=SEED_LABEL_CONFIG)
@@ -108,13 +118,13 @@ def run(images: int, keep: bool) -> int:
         scenes = [synthetic.make_scene(rng) for _ in range(images)]
         task_ids = list(ls.upload_images(project.id, {f"demo-{i:02d}.png": synthetic.encode_png(s.image) for i, s in enumerate(scenes)}).values())
         step(f"Label Studio is up at {ls.url}: project {project.id} with {len(task_ids)} tasks; helm install {chart.RELEASE}")
-        service_account = chart.install(cluster, token_duration="24h")
-        kubelet = BackendKubelet(cluster.kubeconfig, work / "pods").start()
-        operator = OperatorProcess(service_account, work / "operator.log").start()
+        repository, tag = refs["operator"].rsplit(":", 1)
+        chart.install(cluster, {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"}})
         chart.restricted_namespace(cluster, NAMESPACE)
         cluster.kubectl("create", "secret", "generic", "label-studio", "-n", NAMESPACE, f"--from-literal=api-key={ls.token}")
         resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": NAMESPACE},
                     "spec": {"labelStudio": {"url": ls.url, "apiKeySecretRef": {"name": "label-studio"}, "projects": [{"id": project.id}]},
+                             "image": refs["backend"], "imagePullPolicy": "Never",
                              "prelabel": {}}}  # pre-label the whole project, and keep it so
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
         step("applied MLBackend prelabel-demo/shapes; waiting for it to be Ready")
@@ -131,7 +141,7 @@ def run(images: int, keep: bool) -> int:
         print(f"project {project.id}: {with_prediction}/{len(task_ids)} tasks pre-labeled by the backend at {status['url']}, "
               f"{sum(counts)} boxes for {shapes} drawn shapes")
         print("boxes per task: " + ", ".join(f"{t}: {c}" for t, c in zip(task_ids, counts, strict=True)))
-        print(f"kubectl --kubeconfig {cluster.kubeconfig} get mlb -n {NAMESPACE}")
+        print(f"kubectl --kubeconfig {cluster.kubeconfig} get mlb,pods -n {NAMESPACE}")
         print(f"time: {time.monotonic() - step.started:.1f}s")
         if keep:
             print("\nEverything keeps running; Ctrl-C stops it.")
@@ -141,10 +151,8 @@ def run(images: int, keep: bool) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if operator is not None:
-            operator.stop()
-        if kubelet is not None:
-            kubelet.stop()
         ls.stop()
-        cluster.stop()
+        node.stop()
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
