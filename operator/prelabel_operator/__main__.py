@@ -12,12 +12,16 @@ import prometheus_client
 
 
 class RetryIsAWarning(logging.Filter):
-    """kopf logs every retried API request at ERROR ("Request attempt #1/9 failed; will retry: ..."),
-    e.g. a 429 while a just-installed CRD's storage initializes, though it backs off and retries, and
-    logs ERROR again when it gives up ("escalating"). A retry is a warning: an ERROR line means a failure."""
+    """kopf logs at ERROR what it retries by design: an API request that failed once ("Request attempt
+    #1/9 failed; will retry", e.g. a 429 while a just-installed CRD's storage initializes) and a
+    handler's TemporaryError ("Handler 'on_change' failed temporarily: not ready: ...", how the
+    handlers wait for a Deployment). Both are warnings; kopf's ERROR lines for what it gives up on
+    ("escalating", "failed permanently", an unexpected exception) stay errors."""
+
+    RETRIED = ("failed; will retry", "failed temporarily")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR and record.name.startswith("kopf.") and "failed; will retry" in record.getMessage():
+        if record.levelno == logging.ERROR and record.name.startswith("kopf.") and any(r in record.getMessage() for r in self.RETRIED):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 

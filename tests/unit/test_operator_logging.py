@@ -1,4 +1,4 @@
-"""The operator's log levels: a request kopf retries is a warning; one it gives up on stays an error."""
+"""The operator's log levels: what kopf retries is a warning; what it gives up on stays an error."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ def record(name: str, message: str, level: int = logging.ERROR) -> logging.LogRe
 def test_a_retried_request_is_a_warning_and_an_escalated_one_an_error() -> None:
     retried = record("kopf._cogs.clients.watching", "Request attempt #1/9 failed; will retry: GET ... -> APITooManyRequestsError(...)")
     escalated = record("kopf._cogs.clients.watching", "Request attempt #9/9 failed; escalating: GET ... -> APIServerError(...)")
-    ours = record("prelabel_operator.handlers", "registration failed; will retry")  # only kopf's own retry line
-    for r in (retried, escalated, ours):
+    waiting = record("kopf.objects", "Handler 'on_change' failed temporarily: not ready: DeploymentNotAvailable: ...")
+    permanent = record("kopf.objects", "Handler 'on_change' failed permanently: ...")
+    ours = record("prelabel_operator.handlers", "registration failed; will retry")  # only kopf's own retry lines
+    for r in (retried, escalated, waiting, permanent, ours):
         assert RetryIsAWarning().filter(r) is True  # never dropped
     assert (retried.levelno, retried.levelname) == (logging.WARNING, "WARNING")
     assert (escalated.levelno, escalated.levelname) == (logging.ERROR, "ERROR")
-    assert ours.levelno == logging.ERROR
+    assert (waiting.levelno, waiting.levelname) == (logging.WARNING, "WARNING")
+    assert permanent.levelno == logging.ERROR and ours.levelno == logging.ERROR
