@@ -132,11 +132,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
 
 @pytest.fixture(scope="session")
 def operator_image_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
-    """An interpreter with only what Dockerfile.operator installs (operator/requirements.lock) and the
+    """An interpreter with only what Dockerfile.operator installs (operator/requirements.lock, --no-deps) and the
     operator's code on PYTHONPATH as in the image: a dependency missing from the lock fails here."""
     from prelabel_local import venv
 
-    python = venv.create(tmp_path_factory.mktemp("operator-image") / "venv", "-r", str(REPO / "operator" / "requirements.lock"), python="python3.11")
+    python = venv.create(tmp_path_factory.mktemp("operator-image") / "venv", "--no-deps", "-r", str(REPO / "operator" / "requirements.lock"),
+                         python="python3.11")
     return str(python), {"PYTHONPATH": str(REPO / "operator"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
 
 

@@ -34,6 +34,9 @@ class _Server(BaseApplication):
             # The access log never includes request headers (Authorization stays out of logs).
             "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(L)ss',
             "worker_tmp_dir": "/dev/shm" if sys.platform.startswith("linux") else None,
+            # gunicorn >= 25's control socket (runtime management through gunicornc) is not used, and
+            # it would be written under $HOME/.gunicorn: the image's user has no home, its root is read-only.
+            "control_socket_disable": True if "control_socket_disable" in self.cfg.settings else None,
         }
         for key, value in options.items():
             if value is not None:

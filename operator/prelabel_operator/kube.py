@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import urllib3
 from kubernetes import client, config
@@ -107,6 +107,7 @@ def wait_for_crd(group: str, version: str, plural: str, log: logging.Logger, max
         try:
             found = client.CustomObjectsApi(api_client()).get_api_resources(group, version)
             if any(r.name == plural for r in found.resources or []):
+                _wait_for_watch_cache(group, version, plural, log)
                 return
             problem = f"{group}/{version} does not serve {plural}"
         except client.ApiException as exc:
@@ -117,6 +118,27 @@ def wait_for_crd(group: str, version: str, plural: str, log: logging.Logger, max
                   "retrying in %.0fs", plural, group, problem, delay)
         time.sleep(delay)
         delay = min(max_delay, delay * 2)
+
+
+def _wait_for_watch_cache(group: str, version: str, plural: str, log: logging.Logger, timeout: float = 30) -> None:
+    """A CRD just established is served before the API server's watch cache for it is ready: watches
+    (kopf's) then get HTTP 429 "storage is (re)initializing", which kopf retries but logs as errors.
+    Open a one-second watch until it is accepted. Any other answer (403 where the operator may watch
+    only its namespaces) ends the wait: kopf reports that itself."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            answer = client.CustomObjectsApi(api_client()).list_cluster_custom_object(
+                group, version, plural, watch=True, timeout_seconds=1, _preload_content=False)
+            cast(urllib3.BaseHTTPResponse, answer).release_conn()
+            return
+        except client.ApiException as exc:
+            if exc.status != 429:
+                return
+        except urllib3.exceptions.HTTPError:
+            return
+        log.info("waiting for the API server's cache of %s.%s", plural, group)
+        time.sleep(1)
 
 
 def patch_status(group: str, version: str, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:

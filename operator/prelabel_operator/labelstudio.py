@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from label_studio_sdk import LabelStudio
+# The SDK's generated client. label_studio_sdk.LabelStudio extends it with a label interface and
+# pandas exports the operator never uses (whose imports would put pandas, numpy, faker and lxml in
+# its image: operator/requirements-excludes.txt), and with a pager that ends quietly at a 404, kept here.
+from label_studio_sdk._extensions.pager_ext import SyncPagerExt
+from label_studio_sdk.base_client import LabelStudioBase
 from label_studio_sdk.core.api_error import ApiError
 
 from .registration import OWNER_HEADER, Desired, Plan, Registration, Webhook, owner_of, plan, plan_webhooks, same_url
@@ -64,7 +68,7 @@ class Client:
     timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        self.sdk = LabelStudio(base_url=self.url, api_key=self.api_key, timeout=self.timeout)
+        self.sdk = LabelStudioBase(base_url=self.url, api_key=self.api_key, timeout=self.timeout)
 
     def _call(self, action: str, fn: Any, *args: Any, backend_url: str = "", **kwargs: Any) -> Any:
         try:
@@ -77,7 +81,7 @@ class Client:
         """The declared project, by id or by its exact title."""
         project_id = ref.id
         if project_id is None:
-            matches = [p for p in self._call("list projects", lambda: list(self.sdk.projects.list())) if p.title == ref.title]
+            matches = [p for p in self._call("list projects", lambda: list(SyncPagerExt.from_sync_pager(self.sdk.projects.list()))) if p.title == ref.title]
             if len(matches) != 1:
                 found = "no project" if not matches else f"{len(matches)} projects"
                 raise LabelStudioError("ProjectNotFound", f"{found} titled {ref.title!r} in Label Studio: fix spec.labelStudio.projects or the title", False)

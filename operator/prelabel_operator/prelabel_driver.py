@@ -25,8 +25,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+# The SDK's generated client, as in labelstudio.py (label_studio_sdk.AsyncLabelStudio's extensions
+# would bring pandas into the image); tasks are listed with fields="all" as that extension does.
 import httpx
-from label_studio_sdk import AsyncLabelStudio, PredictionRequest
+from label_studio_sdk import PredictionRequest
+from label_studio_sdk.base_client import AsyncLabelStudioBase as AsyncLabelStudio
 
 from . import metrics
 from .prelabel import Attempts, Progress, Sorted, done_query, pending_query, scope_query, sort_results
@@ -122,8 +125,8 @@ class Driver:
 
     async def _count(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec, version: str) -> tuple[int, int]:
         """(tasks in scope, of which done) in one project, from Label Studio's Data Manager."""
-        total = await _ls(ls.tasks.list(project=project_id, query=scope_query(spec), page_size=1, include="id"), "count tasks")
-        done = await _ls(ls.tasks.list(project=project_id, query=done_query(spec, version), page_size=1, include="id"), "count predicted tasks")
+        total = await _ls(ls.tasks.list(project=project_id, query=scope_query(spec), page_size=1, include="id", fields="all"), "count tasks")
+        done = await _ls(ls.tasks.list(project=project_id, query=done_query(spec, version), page_size=1, include="id", fields="all"), "count predicted tasks")
         return int(total.response.total), int(done.response.total)
 
     async def _project(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, version: str,
@@ -142,7 +145,7 @@ class Driver:
                 after_id = 0
                 while not stopped:
                     page = await _ls(ls.tasks.list(project=project_id, query=pending_query(spec, version, after_id), page_size=PAGE_SIZE,
-                                                   include="id,data"), f"list the tasks of project {project_id}")
+                                                   include="id,data", fields="all"), f"list the tasks of project {project_id}")
                     tasks = list(page.items or [])
                     if not tasks:
                         break

@@ -34,3 +34,23 @@ def test_packaged_weights_exist_for_every_default_model() -> None:
     for _, filename in DEFAULT_MODEL_ENV.values():
         weight = PACKAGED_WEIGHTS / filename
         assert weight.is_file() and weight.stat().st_size < 2 * 1024 * 1024, weight
+
+
+def _locked(package: str) -> set[str]:
+    return {line.split("==")[0].lower() for line in (REPO / package / "requirements.lock").read_text().splitlines() if "==" in line}
+
+
+def test_the_operator_lock_holds_none_of_the_sdks_converter_only_packages() -> None:
+    """label-studio-sdk declares pandas, numpy, opencv, nltk, black (via datamodel-code-generator),
+    faker (via jsf), requests-mock ... for code the operator never calls: the lock leaves them out
+    (operator/requirements-excludes.txt), and the image installs it with --no-deps so pip cannot
+    pull them back through the SDK's metadata."""
+    excluded = {line.strip().lower() for line in (REPO / "operator" / "requirements-excludes.txt").read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
+    converter_only = {"pandas", "numpy", "opencv-python-headless", "nltk", "black", "faker", "requests-mock", "datamodel-code-generator",
+                      "jsf", "lxml", "pillow", "isort", "jinja2", "typer", "rich", "watchfiles"}
+    locked = _locked("operator")
+    assert "label-studio-sdk" in locked  # still the client
+    assert not locked & (converter_only | excluded), locked & (converter_only | excluded)
+    install = next(line for line in (REPO / "Dockerfile.operator").read_text().splitlines() if "requirements.lock" in line and "RUN" in line)
+    assert "--no-deps" in install, install
