@@ -100,7 +100,9 @@ def ensure_tools() -> None:
     podman's configuration under ~/.cache/prelabel/containers/. Raises ImageError when apt fails."""
     missing = [p for p in PACKAGES if not _installed(p)]
     if missing:
-        apt = ([] if os.geteuid() == 0 else ["sudo"]) + ["env", "RUNLEVEL=1", "DEBIAN_FRONTEND=noninteractive", "apt-get"]
+        # Lock::Timeout: wait for another apt-get (make -j runs the argocd target's beside this one).
+        apt = ([] if os.geteuid() == 0 else ["sudo"]) + ["env", "RUNLEVEL=1", "DEBIAN_FRONTEND=noninteractive", "apt-get",
+                                                        "-o", "DPkg::Lock::Timeout=600"]
         install = [*apt, "install", "-y", "-qq", "--no-install-recommends", *missing]
         print(f"[images] installing {' '.join(missing)}", file=sys.stderr)
         if subprocess.run(install, stdout=subprocess.DEVNULL, check=False).returncode != 0:
