@@ -33,7 +33,7 @@ label-studio: env  ## install (or reuse) Label Studio in its own virtualenv
 images: env  ## build (or reuse) both images from their Dockerfiles with podman (Debian packages), layers cached under ~/.cache/prelabel/containers
 	$(PY) -m prelabel_local.images build operator backend
 
-test: env cluster argocd label-studio  ## every test: unit, then integration on real Label Studio, Kubernetes and Argo CD
+test: env cluster argocd label-studio images  ## every test: unit, then integration on real Label Studio, Kubernetes and Argo CD
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-unit: env cluster  ## unit tests (helm renders the chart: the cluster build provides it)

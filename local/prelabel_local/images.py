@@ -188,6 +188,9 @@ def _debootstrap(rootfs: Path) -> None:
         partial = work / "rootfs.tar"
         _long(["tar", "--numeric-owner", "-C", str(target), "-cf", str(partial), "."], "tar")
         partial.rename(rootfs)
+        for stale in ARCHIVES.glob(f"base-{SUITE}-*.tar"):  # made by an older BASE_* (a new key)
+            if stale != rootfs:
+                stale.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
