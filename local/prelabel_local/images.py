@@ -100,7 +100,9 @@ def ensure_tools() -> None:
     podman's configuration under ~/.cache/prelabel/containers/. Raises ImageError when apt fails."""
     missing = [p for p in PACKAGES if not _installed(p)]
     if missing:
-        apt = ([] if os.geteuid() == 0 else ["sudo"]) + ["env", "RUNLEVEL=1", "DEBIAN_FRONTEND=noninteractive", "apt-get"]
+        # Lock::Timeout: wait for another apt-get (make -j runs the argocd target's beside this one).
+        apt = ([] if os.geteuid() == 0 else ["sudo"]) + ["env", "RUNLEVEL=1", "DEBIAN_FRONTEND=noninteractive", "apt-get",
+                                                        "-o", "DPkg::Lock::Timeout=600"]
         install = [*apt, "install", "-y", "-qq", "--no-install-recommends", *missing]
         print(f"[images] installing {' '.join(missing)}", file=sys.stderr)
         if subprocess.run(install, stdout=subprocess.DEVNULL, check=False).returncode != 0:
@@ -186,6 +188,9 @@ def _debootstrap(rootfs: Path) -> None:
         partial = work / "rootfs.tar"
         _long(["tar", "--numeric-owner", "-C", str(target), "-cf", str(partial), "."], "tar")
         partial.rename(rootfs)
+        for stale in ARCHIVES.glob(f"base-{SUITE}-*.tar"):  # made by an older BASE_* (a new key)
+            if stale != rootfs:
+                stale.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -27,11 +27,12 @@ pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 
 
 @pytest.fixture(scope="module")
-def env(cluster, label_studio, tmp_path_factory) -> Iterator:  # noqa: ANN001
+def env(cluster, label_studio, tmp_path_factory, operator_image_python) -> Iterator:  # noqa: ANN001
     service_account = chart.install(cluster)  # the CRD comes with the chart
     work = tmp_path_factory.mktemp("operator")
     kubelet = BackendKubelet(cluster.kubeconfig, work).start()
-    operator = OperatorProcess(service_account, work / "operator.log").start()
+    python, image_env = operator_image_python  # the image's locked dependencies only: its SDK calls need nothing left out
+    operator = OperatorProcess(service_account, work / "operator.log", python=python, env=image_env).start()
     yield cluster, operator, kubelet
     operator.stop()
     kubelet.stop()
