@@ -5,8 +5,9 @@ CACHE ?= $(HOME)/.cache/prelabel
 export UV_CACHE_DIR := $(CACHE)/uv
 export UV_LINK_MODE := hardlink
 PY := .venv/bin/python
-# Debian packages (redis-server for the GitOps test); RUNLEVEL=1: install a service without starting it.
-APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get
+# Debian packages (redis-server for the GitOps test, the real node's); RUNLEVEL=1: install a service without
+# starting it; the lock timeout: `make -j` runs several installs at once (node, argocd, images).
+APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
