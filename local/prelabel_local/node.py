@@ -260,7 +260,16 @@ class Node:
                                   stdin=stream, capture_output=True, timeout=timeout, check=False)
         if done.returncode:
             raise NodeError(f"importing {archive} failed: {done.stderr.decode(errors='replace')[-2000:]}")
+        self._prune()
         return True
+
+    def _prune(self) -> None:
+        """Removes the images no tag names any more (the CRI keeps each under its ID, sha256:...) with
+        their layers: the store is kept across runs, and every rebuilt image would stay in it."""
+        tagged = set(self.images().values())
+        for ref in self.ctr("images", "ls", "-q").stdout.decode().split():
+            if ref.startswith("sha256:") and ref not in tagged:
+                self.ctr("images", "rm", "--sync", ref, check=False)
 
     # -- network --------------------------------------------------------------------------------
     def _network_up(self) -> None:
