@@ -151,7 +151,6 @@ class Node:
     containerd_root: Path = CONTAINERD_ROOT
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prelabel-node-logs-")))
     processes: dict[str, NodeProcess] = field(default_factory=dict)
-    cluster: LocalCluster | None = None
     _lock: IO[bytes] | None = None
     _sysctls: dict[str, str] = field(default_factory=dict)  # the values before start, restored by stop
 
@@ -178,20 +177,26 @@ class Node:
         """Takes the machine's node lock, removes what a crashed run left, brings the bridge up."""
         if missing := missing_packages():
             raise NodeError(f"missing Debian packages {' '.join(missing)}: run `make node`")
-        NODE_CACHE.mkdir(parents=True, exist_ok=True)
-        self._lock = (NODE_CACHE / "lock").open("wb")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise NodeError(f"another real node runs on this machine (lock {NODE_CACHE / 'lock'})") from None
+        self._take_lock()
         self.clean()
         self.workdir.mkdir(parents=True)
         self._network_up()
 
+    def _take_lock(self) -> None:
+        if self._lock is not None:
+            return
+        NODE_CACHE.mkdir(parents=True, exist_ok=True)
+        lock = (NODE_CACHE / "lock").open("wb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise NodeError(f"another real node runs on this machine (lock {NODE_CACHE / 'lock'})") from None
+        self._lock = lock
+
     def start(self, cluster: LocalCluster, timeout: float = 120) -> None:
         """Starts containerd, kubelet and kube-proxy for `cluster` (started on GATEWAY) and waits for
         the node to be Ready."""
-        self.cluster = cluster
         pause_ref, pause_archive = pause_image()
         self._certs(cluster)
         self._start_containerd(pause_ref)
@@ -214,6 +219,7 @@ class Node:
             self._remove_containers()
         if proc := self.processes.pop("containerd", None):
             stop_group(proc.popen)
+        self._take_lock()  # never clean up after a node another process runs
         self.clean()
         if self._lock is not None:
             self._lock.close()

@@ -59,8 +59,9 @@ def test_a_crashed_node_is_cleaned_by_the_next_start(cluster_bin: Path) -> None:
             os.killpg(process.popen.pid, signal.SIGKILL)
             process.popen.wait()
         real.processes.clear()
-        if real._lock is not None:
+        if real._lock is not None:  # the dead harness's lock goes with its process
             real._lock.close()
+            real._lock = None
         left = node.leftovers()
         assert any(item.startswith("mount ") for item in left) and f"bridge {node.BRIDGE}" in left
         node.Node(cluster_bin).prepare()  # finds the remains by path and name, and removes them
