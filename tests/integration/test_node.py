@@ -3,6 +3,7 @@ through kube-proxy, and the node leaves nothing on the machine, after a clean st
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -21,7 +22,7 @@ def pause_pod(name: str, ref: str) -> str:
     })
 
 
-def test_pod_runs_and_the_node_leaves_nothing(cluster_bin: Path) -> None:
+def test_pod_runs_and_the_node_leaves_nothing(cluster_bin: Path, tmp_path: Path) -> None:
     before = {key: (Path("/proc/sys") / key).read_text() for key in ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")}
     real = node.Node(cluster_bin)
     cluster = real.start_cluster()
@@ -41,6 +42,20 @@ def test_pod_runs_and_the_node_leaves_nothing(cluster_bin: Path) -> None:
         wait_for("kube-proxy's rule for the kubernetes Service",
                  lambda: service in subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout, 60)
         assert node.leftovers()  # while it runs, there is something to find: the check can fail
+
+        # Importing a rebuilt image under the same tag removes the one it replaces, with its layers.
+        archives = []
+        for version in (b"1", b"2"):
+            archive = tmp_path / f"image-{version.decode()}.tar"
+            archive.write_bytes(node.docker_archive("localhost/prelabel/test:1", [node._tar({"version": (version, 0o644)})], {}))
+            archives.append((archive, *node.archive_image(archive)))
+        assert real.import_image(archives[0][0]) is True
+        first_layer = hashlib.sha256(node._tar({"version": (b"1", 0o644)})).hexdigest()
+        assert first_layer in real.ctr("content", "ls", "-q").stdout.decode()
+        assert real.import_image(archives[1][0]) is True
+        assert real.images()["localhost/prelabel/test:1"] == archives[1][1]
+        assert archives[0][1] not in real.ctr("images", "ls", "-q").stdout.decode()
+        assert first_layer not in real.ctr("content", "ls", "-q").stdout.decode()
     finally:
         real.stop()
         cluster.stop()
