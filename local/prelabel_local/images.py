@@ -18,6 +18,7 @@ run containers with it, and `python -m prelabel_local.images build operator back
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -228,6 +229,16 @@ def archive(ref: str) -> Path:
     _long(["podman", "save", "--format", "docker-archive", "-o", str(partial), ref], f"podman save of {ref}", env=env())
     partial.rename(out)
     return out
+
+
+def remove_empty_cgroups(root: Path = Path("/sys/fs/cgroup")) -> None:
+    """podman with cgroupfs leaves an empty `libpod_parent` (and its `conmon`) in every cgroup v1
+    hierarchy after its containers are gone: remove those that are empty (a busy one stays)."""
+    for parent in root.glob("*/libpod_parent"):
+        deepest_first = sorted((d for d in parent.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True)
+        for cgroup in (*deepest_first, parent):
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
 
 
 def size_mb(ref: str) -> int:

@@ -30,10 +30,11 @@ HARDENED = ("--read-only", "--tmpfs", "/tmp", "--user", "10001", "--cap-drop", "
 
 
 @pytest.fixture(scope="session")
-def built() -> dict[str, str]:
+def built() -> Iterator[dict[str, str]]:
     """Both images, built (or found unchanged in the layer cache: `make images` prebuilds them)."""
     images.ensure_tools()
-    return {which: images.build(which) for which in images.IMAGES}
+    yield {which: images.build(which) for which in images.IMAGES}
+    images.remove_empty_cgroups()
 
 
 @contextlib.contextmanager
