@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,12 @@ def cached(sha256: str, runtime: str, caches: Sequence[Path]) -> Path | None:
 _export_lock = threading.Lock()  # one export at a time: each uses every core for seconds
 
 
+def no_telemetry() -> None:
+    """OpenVINO's model converter sends usage telemetry unless a consent file in $HOME says no; with
+    `openvino_telemetry` unimportable it uses its own no-op stub. The backend calls no one."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: "cannot import"
+
+
 def export(source: Path, sha256: str, runtime: str, caches: Sequence[Path], write_cache: Path,
            imgsz: int | tuple[int, int] | list[int] | None) -> Path:
     """The `runtime` export of the `.pt` at source (whose sha256 is given): from a cache, else made
@@ -62,6 +69,7 @@ def export(source: Path, sha256: str, runtime: str, caches: Sequence[Path], writ
         return found
     from ultralytics.models import YOLO
 
+    no_telemetry()
     with _export_lock:
         found = cached(sha256, runtime, [write_cache])
         if found is not None:
@@ -90,7 +98,8 @@ def export(source: Path, sha256: str, runtime: str, caches: Sequence[Path], writ
 def set_threads(model: Any, runtime: str, threads: int) -> None:
     """Intra-op threads of one loaded ultralytics model (after its first predict, which builds the
     backend). torch's count is process-wide and reset by ultralytics at each model's first predict;
-    ONNX Runtime and OpenVINO default to every core they see, a cgroup quota unseen."""
+    ONNX Runtime and OpenVINO default to every core they see, a cgroup quota unseen. OpenVINO is
+    also held to f32 (see below)."""
     import torch
 
     torch.set_num_threads(threads)  # also the pre- and post-processing (tensors, NMS) of every runtime
@@ -113,7 +122,14 @@ def set_threads(model: Any, runtime: str, threads: int) -> None:
         config = dict(backend.compile_model.keywords.get("config") or {})
         if backend.compile_model.keywords.get("device_name") != "CPU":
             return
+        compiled = backend.ov_compiled_model
+        if (int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+                and compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32):
+            return  # as wanted already: no second compile
         config["INFERENCE_NUM_THREADS"] = threads
+        # On CPUs with bf16 (AVX512_BF16, AMX) OpenVINO computes in bf16 by default: faster, but boxes
+        # moved by several percent of IoU from torch's. The same regions as torch need f32.
+        config["INFERENCE_PRECISION_HINT"] = openvino.Type.f32
         xml = Path(str(model.model_name))
         xml = xml if xml.suffix == ".xml" else next(xml.glob("*.xml"))
         core = openvino.Core()
@@ -139,7 +155,6 @@ def _trained_imgsz(pt: Path) -> Any:
 
 
 if __name__ == "__main__":  # the image build runs this file alone, before the package's code is copied
-    import sys
     import tempfile
 
     for name, value in (("YOLO_OFFLINE", "1"), ("YOLO_AUTOINSTALL", "false"), ("YOLO_VERBOSE", "false"),

@@ -52,7 +52,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelStore]:
 
 
 def region_mask(region: dict, width: int, height: int) -> np.ndarray:
-    """The pixels a Label Studio region covers (a keypoint: a disc of 1% of the image's side)."""
+    """The pixels a Label Studio region covers (drawn at 1/8 pixel)."""
     v, mask = region["value"], np.zeros((height, width), np.uint8)
     kind = region["type"]
     if kind == "rectanglelabels":
@@ -64,9 +64,19 @@ def region_mask(region: dict, width: int, height: int) -> np.ndarray:
         cv2.fillPoly(mask, [np.round(np.array(v["points"]) * [width / 100 * 8, height / 100 * 8]).astype(np.int32)], 1, shift=3)
     elif kind == "brushlabels":
         mask = (np.reshape(decode_rle(v["rle"]), (height, width, 4))[:, :, 3] > 0).astype(np.uint8)
-    elif kind == "keypointlabels":
-        cv2.circle(mask, (round(v["x"] * width / 100 * 8), round(v["y"] * height / 100 * 8)), max(width, height) * 8 // 100, 1, -1, shift=3)
     return mask.astype(bool)
+
+
+def similarity(a: dict, b: dict, width: int, height: int) -> float:
+    """IoU of two regions; a keypoint has no area: 1.0 within 1% of the image's longer side, else 0."""
+    if a["type"] == "keypointlabels":
+        distance = math.dist((a["value"]["x"] * width / 100, a["value"]["y"] * height / 100),
+                             (b["value"]["x"] * width / 100, b["value"]["y"] * height / 100))
+        return 1.0 if distance <= 0.01 * max(width, height) else 0.0
+    if a["type"] == "choices":
+        return 1.0
+    mask_a, mask_b = region_mask(a, width, height), region_mask(b, width, height)
+    return float((mask_a & mask_b).sum() / max(1, (mask_a | mask_b).sum()))
 
 
 def label(region: dict) -> list[str]:
@@ -78,12 +88,11 @@ def assert_same_regions(expected: list[dict], got: list[dict], width: int, heigh
     assert len(got) == len(expected), f"{where}: {len(got)} regions, torch {len(expected)}"
     free = list(got)
     for want in expected:
-        want_mask, best, best_iou = region_mask(want, width, height), None, -1.0
+        best, best_iou = None, -1.0
         for candidate in free:
             if candidate["type"] != want["type"] or candidate["from_name"] != want["from_name"] or label(candidate) != label(want):
                 continue
-            mask = region_mask(candidate, width, height)
-            iou = float((mask & want_mask).sum() / max(1, (mask | want_mask).sum())) if want_mask.any() else 1.0
+            iou = similarity(want, candidate, width, height)
             if iou > best_iou:
                 best, best_iou = candidate, iou
         assert best is not None and best_iou >= 0.95, f"{where}: {want['type']} {label(want)} best IoU {best_iou:.3f}"
@@ -135,7 +144,7 @@ def test_exported_files_are_served_as_they_are(stores: dict[str, ModelStore], se
     assert onnx is not None and openvino is not None, "the packaged exports are missing (python -m prelabel_backend.runtimes)"
     shutil.copyfile(onnx, tmp_path / "mine.onnx")
     shutil.copytree(openvino, tmp_path / "mine_openvino_model")
-    store = ModelStore(Settings(model_root=tmp_path, model_dir=tmp_path / "dir", batch_size=1))
+    store = ModelStore(Settings(model_root=tmp_path, model_dir=tmp_path / "dir", runtime="torch", batch_size=1))
     batch = scenes(1310, 4)
     xml = CONTROLS["rectangle"][0]
     expected = None
