@@ -9,12 +9,14 @@ plus its RSS under load, its cold start and the size of what its image installs:
   backend fetches them as it fetches Label Studio uploads (LABEL_STUDIO_URL + LABEL_STUDIO_API_KEY),
   media cache off, so every request pays its downloads and decodes.
 - Model: the yolov8n architecture at 640 px, random weights (nothing can be downloaded here; speed
-  does not depend on the weights' values), mounted as MODEL_DETECT=yolov8n-random.pt.
+  does not depend on the weights' values), mounted as yolov8n-random.pt and named by every MODEL_*
+  variable: the backend holds this one model (the packaged ones are not loaded).
 - Backend: `python -m prelabel_backend` (gunicorn, 1 worker, 8 threads), with RUNTIME=auto (the
   runtime and batch measured at load) and, with --compare-torch, a second one with RUNTIME=torch
   BATCH_SIZE=16 (the backend before issue 13's runtimes; its pipelining stays).
 - raw torch: in this process, `YOLO(...).predict(image)` one image at a time on the already decoded
-  images, torch at 2 threads: the floor of a plain ultralytics backend with nothing around the model.
+  images, torch at 2 threads, OMP_WAIT_POLICY=PASSIVE as in the backend: a plain ultralytics
+  backend with nothing around the model.
 - Cells: 16-task requests, concurrency 1 and 4; per repeat, raw and every backend cell run one after
   the other (rotating), and the medians are compared: the machine is shared and noisy.
 - RSS: the backend's process tree (gunicorn master and worker), sampled every 50 ms under load.
@@ -26,9 +28,15 @@ plus its RSS under load, its cold start and the size of what its image installs:
 
 from __future__ import annotations
 
+import os
+
+# Before torch is imported: the raw baseline's OpenMP threads sleep instead of spinning, as the
+# backend's do (its __main__ sets the same). With spinning, raw torch on a busy machine collapses
+# (1.3 img/s measured at load 10) and the ratio would credit the backend with that alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import contextlib
-import os
 import shutil
 import statistics
 import sys
@@ -197,8 +205,11 @@ def main() -> None:
     YOLO("yolov8n.yaml").save(str(weights))
     stack = contextlib.ExitStack()
     base = stack.enter_context(serve_uploads(files))
-    common = {"LABEL_STUDIO_URL": base, "LABEL_STUDIO_API_KEY": TOKEN, "MEDIA_CACHE_ITEMS": "0", "LOG_LEVEL": "WARNING"}
-    yolo_env = {**common, "MODEL_ROOT": str(weights.parent), "MODEL_DETECT": weights.name}
+    common = {"LABEL_STUDIO_URL": base, "LABEL_STUDIO_API_KEY": TOKEN, "MEDIA_CACHE_ITEMS": "0", "LOG_LEVEL": "INFO"}
+    # Every default model is yolov8n (one file, loaded once): the backend holds one yolov8n-size model,
+    # the case the RSS bound is stated for.
+    yolo_env = {**common, "MODEL_ROOT": str(weights.parent),
+                **dict.fromkeys(("MODEL_DETECT", "MODEL_OBB", "MODEL_SEGMENT", "MODEL_CLASSIFY", "MODEL_POSE"), weights.name)}
     backends: dict[str, BackendProcess] = {}
     try:
         print(f"{os.cpu_count()} cores; 64 JPEG 640x480 photos (mean {statistics.mean(map(len, jpegs)) / 1024:.0f} KiB); "
@@ -216,7 +227,7 @@ def main() -> None:
         for name, backend in backends.items():
             health = requests.get(f"{backend.url}/health", timeout=10).json()
             print(f"backend {name}: {health.get('models')}; its log says: "
-                  + " | ".join(line.split(": ", 2)[-1] for line in backend.log.read_text().splitlines() if "loaded model yolov8n" in line))
+                  + " | ".join(line.split(": ", 1)[-1] for line in backend.log.read_text().splitlines() if "loaded model yolov8n" in line))
 
         model = YOLO(str(weights))
         model.predict(decoded[0], verbose=False)  # warm-up: ultralytics resets torch's threads here

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -95,20 +95,28 @@ class Predictor:
             self.metrics.images.inc(sum(1 for image in out.values() if image is not None))
             return out
 
-        futures = {self._pool.submit(fetch, i): i for i in range(len(tasks))}
+        # A sliding window of fetches: at most MEDIA_FETCH_THREADS + the largest batch decoded images
+        # wait for the model per request, however many tasks it has (the memory bound).
+        window = self.settings.media_fetch_threads + max(m.batch for m in models.values())
+        futures: dict[Future[dict[str, np.ndarray | None]], int] = {}
+        submitted = 0
         try:
-            for done in as_completed(futures):
-                task_images = done.result()
-                for control in controls:
-                    image = task_images.get(control.data_key)
-                    if image is None:
-                        continue
-                    queue = queues[control.name]
-                    queue.append((futures[done], image))
-                    if len(queue) >= models[control.name].batch:
-                        self._run(control, config, models[control.name], queue, tasks, regions, errors)
-                        queue.clear()
-                del task_images
+            while submitted < len(tasks) or futures:
+                while submitted < len(tasks) and len(futures) < window:
+                    futures[self._pool.submit(fetch, submitted)] = submitted
+                    submitted += 1
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index, task_images = futures.pop(future), future.result()
+                    for control in controls:
+                        image = task_images.get(control.data_key)
+                        if image is None:
+                            continue
+                        queue = queues[control.name]
+                        queue.append((index, image))
+                        if len(queue) >= models[control.name].batch:
+                            self._run(control, config, models[control.name], queue, tasks, regions, errors)
+                            queue.clear()
             for control in controls:
                 if queues[control.name]:
                     self._run(control, config, models[control.name], queues[control.name], tasks, regions, errors)
