@@ -226,8 +226,8 @@ def main() -> None:
               f"{first_s:.1f} s, restart (cached) {restart_s:.1f} s", flush=True)
         for name, backend in backends.items():
             health = requests.get(f"{backend.url}/health", timeout=10).json()
-            print(f"backend {name}: {health.get('models')}; its log says: "
-                  + " | ".join(line.split(": ", 1)[-1] for line in backend.log.read_text().splitlines() if "loaded model yolov8n" in line))
+            loads = [line.split("]) ", 1)[-1] for line in backend.log.read_text().splitlines() if "loaded model yolov8n" in line]
+            print(f"backend {name}: models {health.get('models')}; loaded " + " | ".join(loads))
 
         model = YOLO(str(weights))
         model.predict(decoded[0], verbose=False)  # warm-up: ultralytics resets torch's threads here
