@@ -67,6 +67,15 @@ def data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(synthetic.encode_png(image)).decode()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def packaged_runtimes() -> None:
+    """The packaged models' ONNX and OpenVINO exports, as the image makes them at build time (once
+    per checkout, about 40 s; then found): without them each backend would export at its first start."""
+    from prelabel_backend import runtimes
+
+    runtimes.export_all(runtimes.PACKAGED_WEIGHTS_DIR, runtimes.PACKAGED_RUNTIMES)
+
+
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(model_dir=tmp_path_factory.mktemp("model-dir"))

@@ -305,6 +305,6 @@ def model_path(settings: Settings, model_file: str) -> Path:
         candidate = (base / model_file).resolve()
         if not candidate.is_relative_to(base):
             raise ConfigError(f"model_path {model_file!r} resolves outside MODEL_ROOT")
-        if candidate.is_file():
-            return candidate
+        if candidate.is_file() or (candidate.is_dir() and candidate.name.endswith("_openvino_model")):
+            return candidate  # a weight file, or an OpenVINO export (a folder)
     raise ConfigError(f"model file {model_file!r} not found under MODEL_ROOT ({settings.model_root})")

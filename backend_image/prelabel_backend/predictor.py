@@ -1,5 +1,5 @@
-"""One /predict request: fetch every task's media in parallel, run each model once over all the
-tasks that need it (batched), convert per control, and answer one result per task, in order.
+"""One /predict request: fetch every task's media in parallel, run each model on the images as they
+arrive (in batches), convert per control, and answer one result per task, in order.
 
 A task whose media cannot be fetched or decoded gets an empty result with the reason in its
 `errors` (Label Studio keeps only result, score and model_version, and ignores the rest); the
@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import results
-from .label_config import ConfigError, Coverage, LabelConfig, coverage
+from .label_config import ConfigError, Control, Coverage, LabelConfig, coverage
 from .media import MediaError, MediaFetcher
 from .media_urls import media_value
 from .metrics import Metrics
-from .models import ModelStore
+from .models import LoadedModel, ModelStore
 from .settings import Settings
 
 T = TypeVar("T")
@@ -73,32 +73,72 @@ class Predictor:
         return [c for c in found if c.unmapped]
 
     def predict(self, config: LabelConfig, tasks: list[dict[str, Any]], project: str | None) -> list[Prediction]:
+        """Fetches and decodes images on the media pool while the model runs: each model is called
+        as soon as its batch (LoadedModel.batch, measured at load) of decoded images is there, so
+        downloads and decodes overlap inference, and an image is held only until its batch ran."""
         version = self.model_version(config)
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
         errors: list[list[str]] = [[] for _ in tasks]
-        keys = sorted({c.data_key for c in config.controls if c.media == "Image"})
-        images = self._fetch_all(tasks, keys, project, config, errors) if keys else [{} for _ in tasks]
         for control in (c for c in config.controls if c.media == "Video"):
             for i, task in enumerate(tasks):
                 regions[i].extend(self._video(control, task, project, config, errors[i]))
-        for control in (c for c in config.controls if c.media == "Image"):
-            loaded = self.store.get(control.model_file)
-            found = [(i, image) for i, task_images in enumerate(images) if (image := task_images.get(control.data_key)) is not None]
-            if not found:
-                continue
-            wanted, batch = [i for i, _ in found], [image for _, image in found]
-            started = time.monotonic()
-            outputs = self.store.predict(loaded, batch, conf=control.threshold)
-            self.metrics.observe_inference(loaded.path.name, len(batch), time.monotonic() - started)
-            for i, output in zip(wanted, outputs, strict=True):
-                try:
-                    regions[i].extend(results.convert(control, config, output, loaded.names))
-                except ValueError as exc:
-                    log.warning("task %s, control %s: %s", tasks[i].get("id"), control.name, exc)
-                    errors[i].append(f"{control.name}: {exc}")
-                if self.settings.debug_plot:
-                    self._plot(output, tasks[i].get("id"), control.name)
+        controls = [c for c in config.controls if c.media == "Image"]
+        keys = sorted({c.data_key for c in controls})
+        if not keys:
+            return [Prediction(r, results.task_score(r), version, e) for r, e in zip(regions, errors, strict=True)]
+        models = {c.name: self.store.get(c.model_file) for c in controls}
+        queues: dict[str, list[tuple[int, np.ndarray]]] = {c.name: [] for c in controls}
+
+        def fetch(i: int) -> dict[str, np.ndarray | None]:
+            out = {key: self._media(tasks[i], key, config, errors[i], lambda value, task_id: self.media.image(value, task_id, project))
+                   for key in keys}
+            self.metrics.images.inc(sum(1 for image in out.values() if image is not None))
+            return out
+
+        # A sliding window of fetches: at most MEDIA_FETCH_THREADS + the largest batch decoded images
+        # wait for the model per request, however many tasks it has (the memory bound).
+        window = self.settings.media_fetch_threads + max(m.batch for m in models.values())
+        futures: dict[Future[dict[str, np.ndarray | None]], int] = {}
+        submitted = 0
+        try:
+            while submitted < len(tasks) or futures:
+                while submitted < len(tasks) and len(futures) < window:
+                    futures[self._pool.submit(fetch, submitted)] = submitted
+                    submitted += 1
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index, task_images = futures.pop(future), future.result()
+                    for control in controls:
+                        image = task_images.get(control.data_key)
+                        if image is None:
+                            continue
+                        queue = queues[control.name]
+                        queue.append((index, image))
+                        if len(queue) >= models[control.name].batch:
+                            self._run(control, config, models[control.name], queue, tasks, regions, errors)
+                            queue.clear()
+            for control in controls:
+                if queues[control.name]:
+                    self._run(control, config, models[control.name], queues[control.name], tasks, regions, errors)
+        finally:
+            for future in futures:
+                future.cancel()
         return [Prediction(r, results.task_score(r), version, e) for r, e in zip(regions, errors, strict=True)]
+
+    def _run(self, control: Control, config: LabelConfig, loaded: LoadedModel, queue: list[tuple[int, np.ndarray]],
+             tasks: list[dict[str, Any]], regions: list[list[dict[str, Any]]], errors: list[list[str]]) -> None:
+        """One model call on the queued (task index, image) pairs; their regions added per task."""
+        started = time.monotonic()
+        outputs = self.store.predict(loaded, [image for _, image in queue], conf=control.threshold)
+        self.metrics.observe_inference(loaded.path.name, len(queue), time.monotonic() - started)
+        for (i, _), output in zip(queue, outputs, strict=True):
+            try:
+                regions[i].extend(results.convert(control, config, output, loaded.names))
+            except ValueError as exc:
+                log.warning("task %s, control %s: %s", tasks[i].get("id"), control.name, exc)
+                errors[i].append(f"{control.name}: {exc}")
+            if self.settings.debug_plot:
+                self._plot(output, tasks[i].get("id"), control.name)
 
     def _media(self, task: Any, key: str, config: LabelConfig, errors: list[str], fetch: Callable[[Any, Any], T]) -> T | None:
         """fetch(the task's value for key, task id), or None when the field is missing or its media
@@ -135,16 +175,6 @@ class Predictor:
             regions = results.timeline(control, outputs, loaded.names, fps)
         self.metrics.observe_inference(loaded.path.name, len(frames), time.monotonic() - started)
         return regions
-
-    def _fetch_all(self, tasks: list[dict[str, Any]], keys: list[str], project: str | None, config: LabelConfig,
-                   errors: list[list[str]]) -> list[dict[str, np.ndarray | None]]:
-        def one(i: int) -> dict[str, np.ndarray | None]:
-            out = {key: self._media(tasks[i], key, config, errors[i], lambda value, task_id: self.media.image(value, task_id, project))
-                   for key in keys}
-            self.metrics.images.inc(sum(1 for image in out.values() if image is not None))
-            return out
-
-        return list(self._pool.map(one, range(len(tasks))))
 
     def _plot(self, output: Any, task_id: Any, control: str) -> None:
         folder = Path(self.settings.model_dir) / "debug"

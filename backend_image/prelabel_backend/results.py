@@ -14,8 +14,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from label_studio_sdk.converter.brush import mask2rle
-from label_studio_sdk.converter.utils import convert_yolo_obb_to_annotation
 
 from .label_config import Control, LabelConfig
 
@@ -67,6 +65,9 @@ def oriented_rectangles(control: Control, config: LabelConfig, result: Any, name
         label = _kept(control, names, label_map, int(cls), score)
         if label is None:
             continue
+        # Imported here: label_studio_sdk's converter package imports nltk (0.7 s of cold start).
+        from label_studio_sdk.converter.utils import convert_yolo_obb_to_annotation
+
         value = dict(convert_yolo_obb_to_annotation(np.asarray(corners).reshape(-1).tolist(), width, height))
         value = {k: float(v) for k, v in value.items()} | {"rectanglelabels": [label]}
         regions.append(_region(control, value, score, width, height))
@@ -104,6 +105,8 @@ def brushes(control: Control, config: LabelConfig, result: Any, names: list[str]
             continue
         mask = np.zeros((height, width), np.uint8)
         cv2.fillPoly(mask, [np.round(outline).astype(np.int32)], 255)
+        from label_studio_sdk.converter.brush import mask2rle  # lazily, as above
+
         value = {"format": "rle", "rle": mask2rle(mask), "brushlabels": [label]}
         regions.append(_region(control, value, score, width, height))
     return regions

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+PACKAGED_RUNTIMES = Path(__file__).resolve().parent / "runtimes"  # their exports (runtimes.py)
 
 # The model file each kind of control uses when its tag names no `model_path`. The defaults are the
 # project's own models trained on synthetic shapes (they ship in the package, so the backend starts
@@ -48,6 +49,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or choices[0]).strip().lower()
+    if raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     # --- HTTP server -------------------------------------------------------------------------
@@ -72,8 +80,19 @@ class Settings:
     allow_custom_model_path: bool = True  # ALLOW_CUSTOM_MODEL_PATH: honour a control's model_path attribute
     model_score_threshold: float = 0.5  # MODEL_SCORE_THRESHOLD: default for controls without model_score_threshold
     device: str = "cpu"  # DEVICE (Prelabel): torch device, "cpu" or "cuda" / "cuda:0"
-    torch_threads: int = 0  # TORCH_THREADS (Prelabel): intra-op threads; 0 = all cores this process may use
-    batch_size: int = 16  # BATCH_SIZE (Prelabel): images per model call
+    # TORCH_THREADS (Prelabel): intra-op threads of the model runtime; 0 = the CPUs this process gets
+    # (its affinity mask, capped by a cgroup CPU quota: see cpus.py)
+    torch_threads: int = 0
+    # RUNTIME (Prelabel): how a .pt runs: "auto" (measured at load among torch, onnx and openvino;
+    # the fastest serves), or one of those. Exported files (.onnx, *_openvino_model/) run as they are.
+    runtime: str = "auto"
+    batch_size: int = 0  # BATCH_SIZE (Prelabel): images per model call; 0 = measured at load (1 or 4)
+    # RUNTIME_CACHE (Prelabel): comma list of more read-only folders of ready exports, searched after
+    # the packaged models' (made at image build time); new exports go under MODEL_DIR/runtimes
+    runtime_caches: tuple[Path, ...] = (PACKAGED_RUNTIMES,)
+    # MODEL_IDLE_UNLOAD (Prelabel): seconds after which a model no request has used is unloaded
+    # (loaded again when asked for); 0 = never
+    model_idle_unload: float = 0.0
     debug_plot: bool = False  # DEBUG_PLOT: write each prediction's plot as PNG under MODEL_DIR/debug (never a window)
     # --- media -------------------------------------------------------------------------------
     label_studio_url: str | None = None  # LABEL_STUDIO_URL (or LABEL_STUDIO_HOST): base URL for relative media
@@ -122,7 +141,10 @@ class Settings:
             model_score_threshold=_float(env, "MODEL_SCORE_THRESHOLD", 0.5),
             device=env.get("DEVICE") or "cpu",
             torch_threads=_int(env, "TORCH_THREADS", 0),
-            batch_size=max(1, _int(env, "BATCH_SIZE", 16)),
+            runtime=_choice(env, "RUNTIME", ("auto", "torch", "onnx", "openvino")),
+            batch_size=max(0, _int(env, "BATCH_SIZE", 0)),
+            runtime_caches=(PACKAGED_RUNTIMES, *(Path(p.strip()) for p in env.get("RUNTIME_CACHE", "").split(",") if p.strip())),
+            model_idle_unload=max(0.0, _float(env, "MODEL_IDLE_UNLOAD", 0.0)),
             debug_plot=_bool(env, "DEBUG_PLOT", False),
             label_studio_url=(env.get("LABEL_STUDIO_URL") or env.get("LABEL_STUDIO_HOST") or "").rstrip("/") or None,
             label_studio_public_urls=tuple(u.strip().rstrip("/") for u in env.get("LABEL_STUDIO_PUBLIC_URLS", "").split(",") if u.strip()),

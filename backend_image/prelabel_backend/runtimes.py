@@ -1,0 +1,167 @@
+"""The same weights on a faster runtime: ultralytics' ONNX and OpenVINO exports, made once and cached.
+
+ultralytics runs its own exports (`YOLO("m.onnx")`, `YOLO("m_openvino_model/")`) with the same pre-
+and post-processing as the `.pt`, so ultralytics stays the only model code; only the network's
+forward pass changes runtime. An export is keyed by the sha256 of the weight file it comes from:
+
+    <cache>/<sha256>/model.onnx               (onnx, dynamic batch and size)
+    <cache>/<sha256>/model_openvino_model/    (openvino, dynamic batch and size)
+
+Read-only caches (the image's build-time exports of the packaged models) are searched first, then
+the writable one under MODEL_DIR, where a mounted `.pt` is exported at its first load. Exports need
+the `onnx`, `onnxslim` and `openvino` packages installed ahead: nothing is installed at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnx", "openvino")
+# The exports of the packaged weights (weights/): made at image build time, or by `python -m
+# prelabel_backend.runtimes` in a checkout (the tests do it once); searched before MODEL_DIR's.
+PACKAGED_RUNTIMES = Path(__file__).resolve().parent / "runtimes"  # = settings.PACKAGED_RUNTIMES
+PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # = settings.PACKAGED_WEIGHTS
+EXPORT_NAMES = {"onnx": "model.onnx", "openvino": "model_openvino_model"}
+
+
+def runtime_of(path: Path) -> str:
+    """Which runtime a model file is for: .pt torch, .onnx onnx, an *_openvino_model folder (or its .xml) openvino."""
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.name.endswith("_openvino_model") or path.suffix == ".xml":
+        return "openvino"
+    return "torch"
+
+
+def cached(sha256: str, runtime: str, caches: Sequence[Path]) -> Path | None:
+    for cache in caches:
+        candidate = cache / sha256 / EXPORT_NAMES[runtime]
+        if candidate.exists():
+            return candidate
+    return None
+
+
+_export_lock = threading.Lock()  # one export at a time: each uses every core for seconds
+
+
+def no_telemetry() -> None:
+    """OpenVINO's model converter sends usage telemetry unless a consent file in $HOME says no; with
+    `openvino_telemetry` unimportable it uses its own no-op stub. The backend calls no one."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: "cannot import"
+
+
+def export(source: Path, sha256: str, runtime: str, caches: Sequence[Path], write_cache: Path,
+           imgsz: int | tuple[int, int] | list[int] | None) -> Path:
+    """The `runtime` export of the `.pt` at source (whose sha256 is given): from a cache, else made
+    now into write_cache (atomically: a half-written export is never found). Raises what
+    ultralytics' exporter raises (e.g. ModuleNotFoundError when the runtime's package is missing)."""
+    found = cached(sha256, runtime, [*caches, write_cache])
+    if found is not None:
+        return found
+    from ultralytics.models import YOLO
+
+    no_telemetry()
+    with _export_lock:
+        found = cached(sha256, runtime, [write_cache])
+        if found is not None:
+            return found
+        work = write_cache / f".{sha256}.{runtime}.{os.getpid()}.tmp"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            shutil.copyfile(source, work / "model.pt")
+            kwargs: dict[str, Any] = {"format": runtime, "dynamic": True, "device": "cpu", "verbose": False}
+            if imgsz:
+                kwargs["imgsz"] = imgsz
+            if runtime == "onnx":
+                kwargs["simplify"] = True
+            YOLO(str(work / "model.pt")).export(**kwargs)
+            target = write_cache / sha256 / EXPORT_NAMES[runtime]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                os.replace(work / EXPORT_NAMES[runtime], target)
+            log.info("exported %s to %s at %s", source.name, runtime, target)
+            return target
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def set_threads(model: Any, runtime: str, threads: int) -> None:
+    """Intra-op threads of one loaded ultralytics model (after its first predict, which builds the
+    backend). torch's count is process-wide and reset by ultralytics at each model's first predict;
+    ONNX Runtime and OpenVINO default to every core they see, a cgroup quota unseen. OpenVINO is
+    also held to f32 (see below)."""
+    import torch
+
+    torch.set_num_threads(threads)  # also the pre- and post-processing (tensors, NMS) of every runtime
+    backend = getattr(getattr(getattr(model, "predictor", None), "model", None), "backend", None)
+    if runtime == "onnx" and backend is not None and hasattr(backend, "session"):
+        import onnxruntime  # type: ignore[import-untyped]  # ships no types
+
+        if backend.session.get_providers()[0] != "CPUExecutionProvider":
+            return
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        # No spin-waiting between ops: on a shared or throttled CPU spinning threads steal the time the
+        # working ones need (measured here: 4x slower on a busy 2-core machine).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        backend.session = onnxruntime.InferenceSession(str(model.ckpt_path or model.model_name), options,
+                                                       providers=["CPUExecutionProvider"])
+    elif runtime == "openvino" and backend is not None and hasattr(backend, "compile_model"):
+        import openvino  # type: ignore[import-untyped]  # ships no types
+
+        config = dict(backend.compile_model.keywords.get("config") or {})
+        if backend.compile_model.keywords.get("device_name") != "CPU":
+            return
+        compiled = backend.ov_compiled_model
+        if (int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+                and compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32):
+            return  # as wanted already: no second compile
+        config["INFERENCE_NUM_THREADS"] = threads
+        # On CPUs with bf16 (AVX512_BF16, AMX) OpenVINO computes in bf16 by default: faster, but boxes
+        # moved by several percent of IoU from torch's. The same regions as torch need f32.
+        config["INFERENCE_PRECISION_HINT"] = openvino.Type.f32
+        xml = Path(str(model.model_name))
+        xml = xml if xml.suffix == ".xml" else next(xml.glob("*.xml"))
+        core = openvino.Core()
+        backend.ov_compiled_model = core.compile_model(core.read_model(str(xml)), "CPU", config)
+
+
+def export_all(weights: Path, out: Path) -> list[Path]:
+    """Every runtime's export of every `.pt` under weights, into out (kept ones are reused)."""
+    import hashlib
+
+    made = []
+    for pt in sorted(weights.glob("*.pt")):
+        sha256 = hashlib.sha256(pt.read_bytes()).hexdigest()
+        for runtime in RUNTIMES[1:]:
+            made.append(cached(sha256, runtime, [out]) or export(pt, sha256, runtime, [], out, _trained_imgsz(pt)))
+    return made
+
+
+def _trained_imgsz(pt: Path) -> Any:
+    from ultralytics.models import YOLO
+
+    return (getattr(YOLO(str(pt)), "overrides", {}) or {}).get("imgsz")
+
+
+if __name__ == "__main__":  # the image build runs this file alone, before the package's code is copied
+    import tempfile
+
+    for name, value in (("YOLO_OFFLINE", "1"), ("YOLO_AUTOINSTALL", "false"), ("YOLO_VERBOSE", "false"),
+                        ("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "prelabel-ultralytics"))):
+        os.environ.setdefault(name, value)
+    logging.basicConfig(level="INFO", format="%(message)s")
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else PACKAGED_WEIGHTS_DIR
+    target = Path(sys.argv[2]) if len(sys.argv) > 2 else PACKAGED_RUNTIMES
+    for path in export_all(source, target):
+        print(path)
