@@ -7,6 +7,9 @@ creates a project with the seed's labeling config and 20 generated images; appli
 with `spec.prelabel`; waits until it is Ready, then shows the operator's pre-labeling progress
 (status.prelabel) as a progress bar until the project is complete; prints what Label Studio stored.
 `--keep` leaves everything running (Ctrl-C stops it) so you can look at the boxes in the UI.
+However it ends (done, failed, Ctrl-C, or SIGTERM and SIGHUP, which cli.py turns into the same
+unwinding), it stops every process it started; after a `kill -9` of the demo itself, `prelabel down`
+stops what it left (processes.py).
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def run(images: int, keep: bool) -> int:
 
     from prelabel_backend import synthetic
 
-    from . import chart
+    from . import chart, processes
     from .cluster import LocalCluster, build
     from .kubelet import BackendKubelet
     from .labelstudio import LabelStudio
@@ -147,4 +150,5 @@ def run(images: int, keep: bool) -> int:
             kubelet.stop()
         ls.stop()
         cluster.stop()
+        processes.stop_owned()  # what a start cut short by a signal had spawned, a backend the kubelet was starting
         shutil.rmtree(work, ignore_errors=True)
