@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(run(args.images, args.keep))
             except processes.Stopped as stopped:  # run() stopped what it started on the way out
                 sys.exit(128 + stopped.signum)
+            finally:
+                processes.stop_owned()  # anything a failing stop in run()'s cleanup left
     if args.command == "down":
         ended = processes.stop_orphans(everything=args.all)
         for record in ended:

@@ -145,8 +145,10 @@ def spawn(name: str, argv: Sequence[str], *, log: Path, env: Mapping[str, str] |
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         me = os.getpid()
         record = Record(ident, name, popen.pid, start_time(popen.pid) or 0, [str(a) for a in argv], str(log), me, start_time(me) or 0)
-        record.path.parent.mkdir(parents=True, exist_ok=True)
-        record.path.write_text(json.dumps(asdict(record)))
+        record.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = record.path.with_suffix(".partial")  # renamed into place: another process never reads half a record
+        partial.write_text(json.dumps(asdict(record)))
+        partial.replace(record.path)
         _mine[popen.pid] = record
     return popen
 
