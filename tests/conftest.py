@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -129,6 +130,29 @@ def ls_client(label_studio):  # noqa: ANN001, ANN201
 def personal_access_token(ls_client) -> str:  # noqa: ANN001
     """The admin's personal access token: Label Studio allows one valid token per user, so it is shared."""
     return str(ls_client.tokens.create().token)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stops what a killed earlier run left (prelabel_local.processes records every server the harness
+    starts), and turns SIGTERM and SIGHUP into Ctrl-C, on which pytest still tears the fixtures down."""
+    from prelabel_local import processes
+
+    for record in processes.stop_orphans():
+        print(f"stopped {record.name} (pid {record.pid}), left running by a killed run (pid {record.owner_pid})")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stops any server this session started that a fixture or test left running."""
+    from prelabel_local import processes
+
+    processes.stop_owned()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from . import processes
 from .cluster import REPO, LocalCluster, free_port, stop_group
 
 NAMESPACE = "argocd"
@@ -159,9 +160,7 @@ class LocalArgoCD:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = self._dir("logs") / f"{name}.log"
-        with log.open("ab") as handle:
-            self.processes[name] = subprocess.Popen(argv, env=self._env(name), cwd=self.workdir, stdout=handle, stderr=subprocess.STDOUT,
-                                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.processes[name] = processes.spawn(name, argv, log=log, env=self._env(name), cwd=self.workdir)
 
     def _wait(self, what: str, check: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
 
+from . import processes
 from .cluster import free_port, stop_group
 
 
@@ -20,9 +20,7 @@ class BackendProcess:
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         full_env = {**os.environ, "HOST": host, "PORT": str(self.port), "MODEL_DIR": str(log.parent / "model-dir"), **env}
-        with log.open("wb") as handle:
-            self.proc = subprocess.Popen([sys.executable, "-m", "prelabel_backend"], env=full_env, stdout=handle,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = processes.spawn("backend", [sys.executable, "-m", "prelabel_backend"], log=log, env=full_env, mode="wb")
 
     def wait_ready(self, timeout: float = 120) -> BackendProcess:
         deadline = time.monotonic() + timeout

@@ -26,9 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -41,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from . import processes
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -72,16 +72,9 @@ def free_port() -> int:
 
 
 def stop_group(popen: subprocess.Popen[bytes], grace: float = 20) -> None:
-    """Ends a process started with start_new_session=True and everything in its group: SIGTERM,
-    then SIGKILL after `grace` seconds."""
-    if popen.poll() is not None:
-        return
-    os.killpg(popen.pid, signal.SIGTERM)
-    try:
-        popen.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait(timeout=5)
+    """Ends a process started by processes.spawn() (or with start_new_session=True) and everything in
+    its group: SIGTERM, then SIGKILL after `grace` seconds."""
+    processes.stop(popen, grace)
 
 
 def build(quiet: bool = False) -> Path:
@@ -178,23 +171,13 @@ class LocalCluster:
     # -- processes --------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> Process:
         log = self.workdir / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        handle = log.open("ab")
-        popen = subprocess.Popen([str(self.bin_dir / name.split("@")[0]), *args], stdout=handle, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        handle.close()
+        popen = processes.spawn(name, [str(self.bin_dir / name.split("@")[0]), *args], log=log)
         proc = Process(name, popen, log)
         self.processes[name] = proc
         return proc
 
     def _terminate(self, proc: Process) -> None:
-        if proc.popen.poll() is None:
-            proc.popen.send_signal(signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(timeout=5)
+        processes.stop(proc.popen, grace=15)
 
     def _wait(self, what: str, check: Callable[[], object], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

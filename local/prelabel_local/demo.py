@@ -9,6 +9,9 @@ project with the seed's labeling config and 20 generated images; applies an MLBa
 with `spec.prelabel`; waits until it is Ready, then shows the operator's pre-labeling progress
 (status.prelabel) as a progress bar until the project is complete; prints what Label Studio stored.
 `--keep` leaves everything running (Ctrl-C stops it) so you can look at the boxes in the UI.
+However it ends (done, failed, Ctrl-C, or SIGTERM and SIGHUP, which cli.py turns into the same
+unwinding), it stops every process it started; after a `kill -9` of the demo itself, `prelabel down`
+stops what it left (processes.py).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def run(images: int, keep: bool) -> int:
 
     from prelabel_backend import synthetic
 
-    from . import chart
+    from . import chart, processes
     from . import images as built
     from .cluster import build
     from .labelstudio import LabelStudio
@@ -155,4 +158,5 @@ def run(images: int, keep: bool) -> int:
         node.stop()
         if cluster is not None:
             cluster.stop()
+        processes.stop_owned()  # what a start cut short by a signal had spawned
         shutil.rmtree(work, ignore_errors=True)

@@ -65,7 +65,8 @@ class BackendKubelet(Poller):
             container = spec.template.spec.containers[0]
             env = self._env(meta.namespace, container)
             port = service.spec.ports[0].port
-            env.update({"HOST": cluster_ip, "PORT": str(port), "LOG_LEVEL": "WARNING"})
+            env.update({"HOST": cluster_ip, "PORT": str(port)})
+            env.setdefault("LOG_LEVEL", "WARNING")  # quiet, unless the pod's env (spec.model.env) says otherwise
             identity = json.dumps([env, spec.template.metadata.annotations if spec.template.metadata else None], sort_keys=True)
             current = self.running.get(key)
             if current and current[0] == identity and current[1].proc.poll() is None:

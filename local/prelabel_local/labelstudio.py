@@ -20,6 +20,7 @@ from pathlib import Path
 
 import requests
 
+from . import processes
 from .cluster import free_port, stop_group
 from .venv import CACHE
 from .venv import create as create_venv
@@ -83,12 +84,8 @@ class LabelStudio:
             **self.extra_env,
         }
         (self.workdir / "home").mkdir(parents=True, exist_ok=True)
-        handle = self.log.open("ab")
-        self.process = subprocess.Popen(
-            [str(exe), "start", "--no-browser", "--internal-host", self.host, "--port", str(self.port)],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.workdir,
-        )
-        handle.close()
+        self.process = processes.spawn("label-studio", [str(exe), "start", "--no-browser", "--internal-host", self.host, "--port", str(self.port)],
+                                       log=self.log, env=env, cwd=self.workdir)
         self._wait_ready(timeout)
         return self
 

@@ -41,6 +41,7 @@ from typing import IO, Any
 
 import yaml
 
+from . import processes
 from .cluster import ClusterError, LocalCluster, free_port, issue_cert, stop_group
 from .venv import CACHE
 
@@ -309,9 +310,7 @@ class Node:
     # -- processes ------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> NodeProcess:
         log = self.log_dir / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as handle:
-            popen = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        popen = processes.spawn(f"node-{name}", args, log=log)  # recorded: `prelabel down` stops it after a crash
         proc = NodeProcess(name, popen, log)
         self.processes[name] = proc
         (self.workdir / "pids").mkdir(exist_ok=True)

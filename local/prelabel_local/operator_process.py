@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
+from . import processes
 from .cluster import LocalCluster, free_port, stop_group
 from .poller import Poller
 
@@ -26,19 +26,16 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PRELABEL_RESYNC_SECONDS": str(self.resync_seconds)}
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as handle:
-            self.proc = subprocess.Popen(
-                [self.python, "-m", "prelabel_operator", "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
-                 "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port), *self.extra_args],
-                env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = processes.spawn(
+            "operator", [self.python, "-m", "prelabel_operator", "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+                         "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port), *self.extra_args],
+            log=self.log, env=env)
         return self
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, as a crashed or evicted operator pod."""
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            processes.kill(self.proc)
 
     def stop(self) -> None:
         if self.proc:

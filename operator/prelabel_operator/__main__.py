@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 import os
+import random
 
 import kopf
 import prometheus_client
@@ -26,6 +28,18 @@ class RetryIsAWarning(logging.Filter):
         return True
 
 
+class ObjectFormatter(logging.Formatter):
+    """Prefixes kopf's per-object lines with [namespace/name], as kopf's own formatter does (its
+    ObjectLogger puts the object in `k8s_ref`): else "Handler 'on_change' failed" says not which MLBackend."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ref = getattr(record, "k8s_ref", None)
+        if isinstance(ref, dict) and ref.get("name"):
+            record = copy.copy(record)
+            record.msg = f"[{ref.get('namespace') or ''}/{ref['name']}] {record.msg}"
+        return super().format(record)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Prelabel operator: MLBackend resources -> running, registered YOLO backends")
     parser.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable)")
@@ -34,15 +48,21 @@ def main() -> None:
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("PRELABEL_METRICS_PORT", "9100")),
                         help="Prometheus metrics port (0: off)")
     parser.add_argument("--metrics-address", default=os.environ.get("PRELABEL_METRICS_ADDRESS", "0.0.0.0"))
-    parser.add_argument("--peering", default=os.environ.get("PRELABEL_PEERING"), help="peering name for several replicas; standalone if unset")
+    parser.add_argument("--peering", default=os.environ.get("PRELABEL_PEERING"),
+                        help="kopf peering name for several replicas (only the one of highest priority works); standalone if unset")
+    parser.add_argument("--peering-priority", type=int, default=int(os.environ.get("PRELABEL_PEERING_PRIORITY") or 0) or None,
+                        help="this replica's peering priority; random if unset (replicas of equal priority would all pause)")
     args = parser.parse_args()
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(ObjectFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per pre-labeling request is noise
-    for handler in logging.getLogger().handlers:  # on the handler: a logger's filter misses its children's records
-        handler.addFilter(RetryIsAWarning())
+    handler.addFilter(RetryIsAWarning())  # on the handler: a logger's filter misses its children's records
     from . import handlers, kube  # handlers: registers them
 
     kube.wait_for_crd(handlers.GROUP, handlers.VERSION, handlers.PLURAL, logging.getLogger("prelabel_operator"))
+    if args.peering:
+        kube.ensure_peering(args.peering, args.namespace)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
 
@@ -52,6 +72,7 @@ def main() -> None:
         liveness_endpoint=args.liveness,
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=args.peering_priority or random.randint(1, 2**31),  # a tie-breaker for the election, not a secret
     ))
 
 

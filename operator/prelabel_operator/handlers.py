@@ -48,12 +48,20 @@ def backoff(retry: int) -> float:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
-    # Watches end server-side every 5 minutes and are re-established, so a silently dead
-    # connection cannot stall the operator for long.
+    # A watch that went silent (its connection dropped by a NAT, a load balancer, a stalled proxy;
+    # kopf #787, #996, #1276) is abandoned after 70 s without any event, not even the bookmark the API
+    # server sends about every 60 s, and kopf lists and watches again: a resource created meanwhile
+    # is seen within about 70 s (tests/integration/test_outages.py). The server ends each watch
+    # after 5 minutes anyway, and the client after 330 s, should both of those fail.
+    settings.watching.inactivity_timeout = 70
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    settings.networking.request_timeout = 60
+    settings.networking.request_timeout = 30  # a call on a silent pooled connection fails after 30 s, and is retried
+    # Peering (several replicas, PRELABEL_PEERING): a replica that stops refreshing its record (a
+    # killed pod) is presumed dead after 30 s, and the standby of the next priority takes over then.
+    settings.peering.lifetime = 30
+    settings.peering.stealth = True  # no log line per keep-alive
     settings.persistence.finalizer = "prelabel.dev/deregister"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prelabel.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prelabel.dev", key="last-handled-configuration")

@@ -17,6 +17,11 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
 
 FIELD_MANAGER = "prelabel-operator"
+# (connect, read) seconds for every call. The client's own default is no timeout at all: a call on a
+# pooled connection that went silent (a NAT or load balancer that dropped its state, a stalled
+# proxy) hung its handler for good (tests/integration/test_outages.py). The operator's calls read or
+# apply one object (milliseconds); 30 s, as kopf's own calls (settings.networking.request_timeout).
+REQUEST_TIMEOUT = (10.0, 30.0)
 _lock = threading.Lock()
 _clients: list[tuple[client.ApiClient, DynamicClient]] = []  # made once, on first use
 
@@ -29,8 +34,20 @@ def _connected() -> tuple[client.ApiClient, DynamicClient]:
             except config.ConfigException:
                 config.load_kube_config()
             api = client.ApiClient()
+            _default_timeout(api.rest_client)
             _clients.append((api, DynamicClient(api)))
         return _clients[0]
+
+
+def _default_timeout(rest: Any) -> None:
+    """Gives every request of a kubernetes.client.rest.RESTClientObject REQUEST_TIMEOUT unless it names
+    its own (the generated client passes `_request_timeout=None` through to urllib3 as "no timeout")."""
+    request = rest.request
+
+    def timed(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return request(*args, _request_timeout=_request_timeout or REQUEST_TIMEOUT, **kwargs)
+
+    rest.request = timed
 
 
 def api_client() -> client.ApiClient:
@@ -139,6 +156,30 @@ def _wait_for_watch_cache(group: str, version: str, plural: str, log: logging.Lo
             return
         log.info("waiting for the API server's cache of %s.%s", plural, group)
         time.sleep(1)
+
+
+PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
+
+
+def ensure_peering(name: str, namespaces: list[str]) -> None:
+    """Creates kopf's peering object unless it exists: a ClusterKopfPeering `name` for a cluster-wide
+    operator, else a KopfPeering `name` in each watched namespace. kopf, told a peering name, refuses
+    to start without it; made here, it needs no install-order step (a chart cannot create an object
+    of a CRD it installs in the same release)."""
+    api = client.CustomObjectsApi(api_client())
+    where: list[str | None] = [*namespaces] if namespaces else [None]
+    for namespace in where:
+        kind = "KopfPeering" if namespace else "ClusterKopfPeering"
+        body = {"apiVersion": f"{PEERING_GROUP}/{PEERING_VERSION}", "kind": kind, "metadata": {"name": name}}
+        with calling("create", f"{kind.lower()}s.{PEERING_GROUP}", namespace or "(cluster)"):
+            try:
+                if namespace:
+                    api.create_namespaced_custom_object(PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", body)
+                else:
+                    api.create_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", body)
+            except client.ApiException as exc:
+                if exc.status != 409:  # 409: it exists (made by another replica, or by hand)
+                    raise
 
 
 def patch_status(group: str, version: str, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:

@@ -91,7 +91,6 @@ def test_the_chart_crd_is_the_repository_crd(render) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    ({"replicaCount": 2}, "at '/replicaCount': maximum: got 2, want 1"),
     ({"watchNamespace": ["a"]}, "additional properties 'watchNamespace' not allowed"),
     ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0'"),
     ({"operator": {"logLevel": "verbose"}}, "at '/operator/logLevel'"),
@@ -99,6 +98,7 @@ def test_the_chart_crd_is_the_repository_crd(render) -> None:  # noqa: ANN001
     ({"image": {"digest": "latest"}}, "at '/image/digest'"),
     ({"metrics": {"port": 8080}}, "metrics.port must not be 8080: the operator's liveness endpoint listens there"),
     ({"serviceAccount": {"create": False}}, "serviceAccount.name must name an existing ServiceAccount"),
+    ({"replicaCount": 2}, "replicaCount above 1 needs peering.enabled=true"),
 ])
 def test_bad_values_are_refused_with_their_path(helm, values: dict, message: str) -> None:  # noqa: ANN001
     done = helm("template", "x", str(CHART), "--kube-version", KUBE_VERSION, values=values, check=False)
@@ -186,6 +186,23 @@ def test_optional_objects_render_only_when_enabled(render) -> None:  # noqa: ANN
     quiet = render({"metrics": {"enabled": False}})
     assert of_kind(quiet, "Service") == []
     assert "--metrics-port=0" in of_kind(quiet, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("namespaces", [[], ["team-a", "team-b"]], ids=["cluster-wide", "namespaced"])
+def test_replicas_with_peering_get_its_crd_rbac_and_name(render, namespaces: list[str]) -> None:  # noqa: ANN001
+    objects = render({"replicaCount": 2, "peering": {"enabled": True}, "watchNamespaces": namespaces})
+    kind, scope = ("KopfPeering", "Namespaced") if namespaces else ("ClusterKopfPeering", "Cluster")
+    crd = next(c for c in of_kind(objects, "CustomResourceDefinition") if c["spec"]["group"] == "kopf.dev")
+    assert (crd["spec"]["names"]["kind"], crd["spec"]["scope"]) == (kind, scope)
+    plural = crd["spec"]["names"]["plural"]
+    for role in of_kind(objects, "Role" if namespaces else "ClusterRole"):
+        peering = {r for r in grants(role) if r[0] == "kopf.dev"}
+        assert peering == {("kopf.dev", plural, v) for v in ("list", "watch", "patch", "create")}, peering
+    (deployment,) = of_kind(objects, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PRELABEL_PEERING"] == "prelabel-operator"
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert not [c for c in of_kind(render(), "CustomResourceDefinition") if c["spec"]["group"] == "kopf.dev"]
 
 
 def test_the_packaged_chart_carries_the_crd_and_the_schema(helm, tmp_path: Path) -> None:  # noqa: ANN001

@@ -77,4 +77,11 @@ them with the API server's audit log of a full scenario). Used by the ClusterRol
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.peering.enabled }}
+# kopf's peering: each replica keeps its record in the peering object (made at startup if absent)
+# and watches the others'; only the one of highest priority works.
+- apiGroups: [kopf.dev]
+  resources: [{{ if .Values.watchNamespaces }}kopfpeerings{{ else }}clusterkopfpeerings{{ end }}]
+  verbs: [list, watch, patch, create]
+{{- end }}
 {{- end }}
