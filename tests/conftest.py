@@ -147,6 +147,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     signal.signal(signal.SIGHUP, interrupt)
 
 
+# Modules that run this machine's one real node (a lock) or build the images: one worker runs them.
+REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_lifecycle", "test_images"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers (--dist loadgroup): the tests wait on servers far more
+    than they compute. A module's tests run in order in one worker, on its module-scoped cluster; the
+    real-node modules share one group."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
+        item.add_marker(pytest.mark.xdist_group("real-node" if module in REAL_NODE_MODULES else module))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Stops any server this session started that a fixture or test left running."""

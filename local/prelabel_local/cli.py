@@ -36,6 +36,25 @@ def main(argv: list[str] | None = None) -> None:
         left = [r for r in processes.records() if processes.members(r)]
         print(f"{len(ended)} process group(s) stopped; {len(left)} still running, started by live runs"
               + (" (prelabel down --all stops them)" if left else ""))
+        _clean_node()
+
+
+def _clean_node() -> None:
+    """A killed run's real node leaves more than processes: its containers (containerd's shims outlive
+    it), mounts, cgroups, iptables chains and the bridge. Removed unless a live run's node holds the lock."""
+    from pathlib import Path
+
+    from . import node
+
+    found = node.leftovers()
+    if not found:
+        return
+    try:
+        node.Node(Path()).stop()  # takes the node lock, then removes what node.leftovers() lists
+    except node.NodeError as busy:
+        print(f"a real node is still running: {busy}")
+        return
+    print(f"removed what a real node left: {len(found)} item(s) ({', '.join(sorted({f.split()[0] for f in found}))})")
 
 
 if __name__ == "__main__":

@@ -84,3 +84,23 @@ class Output:
                 break
             time.sleep(0.5)
         raise AssertionError(f"no line with {text!r} (exit {self.popen.poll()}):\n{''.join(self.lines)[-4000:]}")
+
+
+def snapshot(owner: int) -> tuple[dict[str, list[int]], list[int], set[tuple[str, int]]]:
+    """Name -> PIDs of what `owner` recorded, all those PIDs, the addresses they listen on."""
+    names = recorded(owner)
+    pids = [pid for group in names.values() for pid in group]
+    return names, pids, listening(pids)
+
+
+def groups(owner: int) -> int:
+    return sum(1 for r in processes.records() if r.owner_pid == owner)
+
+
+def assert_gone(pids: list[int], addresses: set[tuple[str, int]], run_dir: Path) -> None:
+    deadline = time.monotonic() + 10  # a killed process's last reap by init may lag its parent's exit a little
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(pids), f"still running: {alive(pids)}"
+    assert all(free(a) for a in addresses), [a for a in addresses if not free(a)]
+    assert not list(run_dir.glob("*.json")), "records left behind"
