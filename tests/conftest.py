@@ -151,6 +151,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_lifecycle", "test_images"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`make test` runs two pytest-xdist workers (--dist loadgroup): the tests wait on servers far more
     than they compute. A module's tests run in order in one worker, on its module-scoped cluster; the

@@ -3,6 +3,7 @@ processes still live, which addresses they listen on, and whether those addresse
 
 from __future__ import annotations
 
+import errno
 import socket
 import subprocess
 import threading
@@ -46,12 +47,14 @@ def listening(pids: list[int]) -> set[tuple[str, int]]:
 
 
 def free(address: tuple[str, int]) -> bool:
+    """Nothing listens on the address any more: it binds again, or the address itself is gone (the
+    real node's bridge, and with it the gateway address its servers bound, is removed on stop)."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a connection in TIME_WAIT does not hold a port
         try:
             s.bind(address)
-        except OSError:
-            return False
+        except OSError as error:
+            return error.errno == errno.EADDRNOTAVAIL
         return True
 
 
