@@ -153,7 +153,7 @@ REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_lifecycle
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs two pytest-xdist workers (--dist loadgroup): the tests wait on servers far more
+    """`make test` runs three pytest-xdist workers (--dist loadgroup): the tests wait on servers far more
     than they compute. A module's tests run in order in one worker, on its module-scoped cluster; the
     real-node modules share one group."""
     for item in items:

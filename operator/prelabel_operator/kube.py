@@ -147,7 +147,9 @@ def _wait_for_watch_cache(group: str, version: str, plural: str, log: logging.Lo
         try:
             answer = client.CustomObjectsApi(api_client()).list_cluster_custom_object(
                 group, version, plural, watch=True, timeout_seconds=1, _preload_content=False)
-            cast(urllib3.BaseHTTPResponse, answer).release_conn()
+            # Closed, not released: a watch's unread stream returned to the pool broke the next request
+            # on that connection (ProtocolError: the peering object's create, right after this).
+            cast(urllib3.BaseHTTPResponse, answer).close()
             return
         except client.ApiException as exc:
             if exc.status != 429:
