@@ -43,9 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 
@@ -59,6 +57,7 @@ sys.path.insert(0, str(REPO))
 
 from prelabel_backend import offline  # noqa: E402
 from prelabel_local.backend import BackendProcess  # noqa: E402
+from tests.conftest import serve_files  # noqa: E402
 
 TOKEN = "bench-token"  # a loopback server's made-up key
 CONFIG = """<View><Image name="image" value="$image"/>
@@ -90,36 +89,6 @@ def photos(n: int, width: int, height: int) -> list[bytes]:
         assert ok
         out.append(jpeg.tobytes())
     return out
-
-
-@contextlib.contextmanager
-def serve_uploads(files: dict[str, bytes]) -> Iterator[str]:
-    """Label Studio's /data/upload/ as seen by a backend: 401 without `Authorization: Token <key>`."""
-
-    class Uploads(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            if self.headers.get("Authorization") != f"Token {TOKEN}":
-                self.send_response(401)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            body = files.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Uploads)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 class RssSampler:
@@ -204,7 +173,7 @@ def main() -> None:
     weights.parent.mkdir()
     YOLO("yolov8n.yaml").save(str(weights))
     stack = contextlib.ExitStack()
-    base = stack.enter_context(serve_uploads(files))
+    base = stack.enter_context(serve_files(files, token=TOKEN, content_type="image/jpeg"))  # as /data/upload/
     common = {"LABEL_STUDIO_URL": base, "LABEL_STUDIO_API_KEY": TOKEN, "MEDIA_CACHE_ITEMS": "0", "LOG_LEVEL": "INFO"}
     # Every default model is yolov8n (one file, loaded once): the backend holds one yolov8n-size model,
     # the case the RSS bound is stated for.

@@ -24,16 +24,24 @@ SEED_CONFIG = SEED_LABEL_CONFIG  # the seed's labeling config, as the demo uses 
 
 
 @contextlib.contextmanager
-def serve_files(files: dict[str, bytes]) -> Iterator[str]:
-    """A loopback HTTP server answering GET <path> with files[path] (404 otherwise); yields its base URL."""
+def serve_files(files: dict[str, bytes], token: str | None = None, content_type: str | None = None) -> Iterator[str]:
+    """A loopback HTTP server answering GET <path> with files[path] (404 otherwise); yields its base URL.
+    With `token`, it answers 401 without `Authorization: Token <token>`, as Label Studio's /data/upload/ does."""
 
     class Files(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:  # noqa: ANN002
             pass
 
         def do_GET(self) -> None:
+            if token is not None and self.headers.get("Authorization") != f"Token {token}":
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             body = files.get(self.path)
             self.send_response(200 if body is not None else 404)
+            if content_type:
+                self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body or b"")))
             self.end_headers()
             self.wfile.write(body or b"")
