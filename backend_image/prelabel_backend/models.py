@@ -11,7 +11,6 @@ The identity of a model (sha256, hence model_version) is always its weight file'
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import statistics
@@ -48,16 +47,6 @@ class LoadedModel:
     load_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # "<runtime>/<batch>" -> seconds per image, at load
     last_used: float = field(default_factory=time.monotonic)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (an OpenVINO export) in name order."""
-    digest = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-        with item.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _probe_image(imgsz: int | tuple[int, int] | list[int] | None) -> np.ndarray:
@@ -144,7 +133,7 @@ class ModelStore:
         names = [str(model.names[i]) for i in sorted(model.names)]
         overrides = getattr(model, "overrides", {}) or {}
         imgsz = overrides.get("imgsz") if own == "torch" else getattr(model.predictor.model, "imgsz", None)
-        loaded = LoadedModel(path=path, task=str(model.task), names=names, sha256=file_sha256(path), imgsz=imgsz,
+        loaded = LoadedModel(path=path, task=str(model.task), names=names, sha256=runtimes.file_sha256(path), imgsz=imgsz,
                              model=model, runtime=own)
         candidates = {own: model}
         if own == "torch" and self.settings.device == "cpu":

@@ -14,6 +14,7 @@ the `onnx`, `onnxslim` and `openvino` packages installed ahead: nothing is insta
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -40,6 +41,16 @@ def runtime_of(path: Path) -> str:
     if path.name.endswith("_openvino_model") or path.suffix == ".xml":
         return "openvino"
     return "torch"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (an OpenVINO export) in name order."""
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        with item.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def cached(sha256: str, runtime: str, caches: Sequence[Path]) -> Path | None:
@@ -138,11 +149,9 @@ def set_threads(model: Any, runtime: str, threads: int) -> None:
 
 def export_all(weights: Path, out: Path) -> list[Path]:
     """Every runtime's export of every `.pt` under weights, into out (kept ones are reused)."""
-    import hashlib
-
     made = []
     for pt in sorted(weights.glob("*.pt")):
-        sha256 = hashlib.sha256(pt.read_bytes()).hexdigest()
+        sha256 = file_sha256(pt)
         for runtime in RUNTIMES[1:]:
             made.append(cached(sha256, runtime, [out]) or export(pt, sha256, runtime, [], out, _trained_imgsz(pt)))
     return made
