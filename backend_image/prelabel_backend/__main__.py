@@ -2,18 +2,154 @@
 
 Each worker builds the app and loads its models before it serves (no preload in the master:
 torch's thread pool does not survive a fork); /health answers 503 until they are loaded.
+
+Slow clients (slow-loris): gunicorn's gthread worker gives each connection one of THREADS threads
+as soon as its first byte arrives, and then reads with no time limit, so THREADS clients sending
+their headers a byte at a time would hold every thread. SlowClientSafeWorker reads a new connection's
+first request (line, headers, and a body up to PREREAD_BODY_BYTES) in gunicorn's poller instead,
+without a thread, and gives each request REQUEST_READ_TIMEOUT seconds in all to arrive; a slower
+client is disconnected. The bound: a slow client holds no thread while that arrives; a larger body,
+or a kept-alive connection's next request, holds one thread at most REQUEST_READ_TIMEOUT; gunicorn's
+worker_connections (1000) caps the connections a worker holds open.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import socket
 import sys
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers import gthread
 
 from .settings import Settings
+
+HEAD_END = b"\r\n\r\n"
+MAX_HEAD_BYTES = 64 * 1024  # read ahead in the poller at most this; gunicorn's own limits refuse larger heads
+# A body up to this is read in the poller too (a 1000-task /predict is about 0.2 MiB); a larger one
+# is read by a thread, within REQUEST_READ_TIMEOUT. The memory this may hold: worker_connections x this.
+PREREAD_BODY_BYTES = 1024 * 1024
+
+
+class _DeadlineSocket(socket.socket):
+    """A client socket whose blocking reads end at `deadline` (time.monotonic()), and whose blocking
+    mode is a timeout (`timeout_s`), so no read or send of a request waits forever."""
+
+    timeout_s: float = 30.0
+    deadline: float | None = None
+
+    @classmethod
+    def adopt(cls, sock: socket.socket, timeout_s: float) -> _DeadlineSocket:
+        adopted = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        adopted.timeout_s = timeout_s
+        return adopted
+
+    def setblocking(self, flag: bool) -> None:
+        if flag:
+            super().settimeout(self.timeout_s)
+        else:
+            super().setblocking(False)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        timeout = self.gettimeout()
+        if self.deadline is None or not timeout:  # non-blocking reads (the poller's) return at once
+            return super().recv(bufsize, flags)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive within REQUEST_READ_TIMEOUT")
+        super().settimeout(min(remaining, timeout))
+        try:
+            return super().recv(bufsize, flags)
+        finally:
+            super().settimeout(timeout)
+
+
+class _Conn(gthread.TConn):
+    """gunicorn's connection, with when it was accepted and the head read so far."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.prelabel_started: float | None = time.monotonic()  # cleared once its first request is read
+        self.prelabel_head = b""
+
+
+# gthread's answer from handle() that puts a connection back in the poller until more data arrives
+# (gunicorn >= 24; a private name: the backend's slow-client test fails if it goes).
+_DEFER = getattr(gthread, "_DEFER")  # noqa: B009
+
+
+class SlowClientSafeWorker(gthread.ThreadWorker):
+    """gunicorn's gthread worker, reading a new connection's request head in the poller (see above)."""
+
+    read_timeout: float = 30.0  # REQUEST_READ_TIMEOUT, set by _Server
+
+    def accept(self, listener: Any) -> None:
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        self.enqueue_req(_Conn(self.cfg, _DeadlineSocket.adopt(client_sock, self.read_timeout), client_addr, listener.getsockname()))
+
+    def handle(self, conn: Any) -> Any:
+        sock = conn.sock
+        started = getattr(conn, "prelabel_started", None)  # set at accept, cleared once the first request is read
+        if started is not None and not conn.initialized:
+            if time.monotonic() - started > self.read_timeout:
+                return False  # its head took too long: closed
+            if not self._request_arrived(conn):
+                conn.data_ready = False
+                return _DEFER  # back to the poller until more arrives; no thread waits for it
+            conn.init()
+            conn.parser.unreader.unread(conn.prelabel_head)
+            conn.data_ready = True
+        conn.prelabel_started = None
+        if isinstance(sock, _DeadlineSocket):  # the first request: from its accept; a kept-alive one: from now
+            sock.deadline = (started or time.monotonic()) + self.read_timeout
+        try:
+            return super().handle(conn)
+        finally:
+            if isinstance(sock, _DeadlineSocket):
+                sock.deadline = None
+
+    def _request_arrived(self, conn: Any) -> bool:
+        """Reads what has arrived, without waiting. True once the head and a body of Content-Length up
+        to PREREAD_BODY_BYTES are in (or what follows cannot be waited for here: a chunked or larger
+        body, Expect: 100-continue, a head over MAX_HEAD_BYTES, a closed connection)."""
+        while True:
+            need = _bytes_needed(conn.prelabel_head)
+            if need is None:
+                return True
+            try:
+                chunk = socket.socket.recv(conn.sock, need, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            if not chunk:  # closed: let gunicorn's parser see the end
+                return True
+            conn.prelabel_head += chunk
+
+
+def _bytes_needed(buffered: bytes) -> int | None:
+    """How many more bytes to read in the poller before a thread takes the request; None: none."""
+    end = buffered.find(HEAD_END)
+    if end < 0:
+        return MAX_HEAD_BYTES - len(buffered) if len(buffered) < MAX_HEAD_BYTES else None
+    head = buffered[:end].lower()
+    if b"\r\ntransfer-encoding:" in head or b"\r\nexpect:" in head:
+        return None
+    match = re.search(rb"\r\ncontent-length:[ \t]*(\d{1,12})[ \t]*(?:\r\n|$)", head)
+    length = int(match.group(1)) if match else 0
+    if length > PREREAD_BODY_BYTES:
+        return None
+    missing = end + len(HEAD_END) + length - len(buffered)
+    return missing if missing > 0 else None
 
 
 class _Server(BaseApplication):
@@ -23,11 +159,12 @@ class _Server(BaseApplication):
 
     def load_config(self) -> None:
         s = self.settings
+        SlowClientSafeWorker.read_timeout = s.request_read_timeout
         options: dict[str, Any] = {
             "bind": f"{s.host}:{s.port}",
             "workers": s.workers,
             "threads": s.threads,
-            "worker_class": "gthread",
+            "worker_class": SlowClientSafeWorker,
             "timeout": 300,  # a 32-image request on CPU is seconds; a model load is more
             "graceful_timeout": 30,
             "loglevel": s.log_level.lower(),

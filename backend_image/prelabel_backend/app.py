@@ -8,6 +8,9 @@
     POST /predict     {tasks, label_config, project, params} -> {"results": [one per task, in order]}
     POST /webhook     training events acknowledged (201); others 200 {"status": "Unknown event"}
     GET  /metrics     Prometheus text
+    GET  /openapi.yaml, /openapi.json   this protocol as OpenAPI 3.0 (openapi.yaml beside this module)
+
+Every refusal is a 4xx with {"error": reason}: a body over MAX_REQUEST_BYTES is 413 before it is read.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
+import yaml
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -33,6 +38,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 MODEL_CLASS = "PrelabelYOLO"
 UNCONFIGURED_VERSION = "prelabel-unconfigured"  # what /setup reports before the config has a control to serve
+OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
 TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING"}
 
 
@@ -118,6 +124,13 @@ def _project_id(body: dict[str, Any]) -> str:
     return str(project).split(".", 1)[0] if project not in (None, "") else ""
 
 
+def _optional_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"'{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
 def _config_or_error(backend: Backend, xml: Any) -> LabelConfig:
     if not isinstance(xml, str) or not xml.strip():
         raise BadRequest("no labeling config: send it as 'label_config' (or call /setup with 'schema' first)")
@@ -135,6 +148,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     backend = backend or Backend(settings)
     app = Flask(__name__)
     app.config["BACKEND"] = backend
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # werkzeug: 413 before reading the body
     if load == "now":
         backend.load_defaults()
     elif load == "background":
@@ -169,6 +183,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:
+        if exc.code == 413:
+            return jsonify({"error": f"the request body is over MAX_REQUEST_BYTES ({settings.max_request_bytes} bytes)"}), 413
         return jsonify({"error": exc.description}), exc.code or 500
 
     @app.errorhandler(Exception)
@@ -191,8 +207,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         body = _json_body()
         project = _project_id(body)
         xml = body.get("schema")
+        hostname, access_token = _optional_str(body, "hostname"), _optional_str(body, "access_token")
         if project:
-            backend.media.remember_setup(project, body.get("hostname"), body.get("access_token"))
+            backend.media.remember_setup(project, hostname, access_token)
         if not isinstance(xml, str):
             raise BadRequest("no labeling config: send it as 'schema'")
         try:
@@ -247,5 +264,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     @app.get("/metrics")
     def metrics() -> Response:
         return Response(backend.metrics.render(), mimetype=backend.metrics.content_type)
+
+    @app.get("/openapi.yaml")
+    def openapi_yaml() -> Response:
+        return Response(OPENAPI.read_bytes(), mimetype="application/yaml")
+
+    @app.get("/openapi.json")
+    def openapi_json() -> Response:
+        return jsonify(yaml.safe_load(OPENAPI.read_text()))
 
     return app

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import logging
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 import requests
+from PIL import Image, UnidentifiedImageError
 
 from . import media_urls
 from .media_urls import CLOUD_SCHEMES, LabelStudioAddress, MediaError
@@ -31,6 +34,9 @@ from .media_urls import safe as _safe
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+# MEDIA_MAX_PIXELS is checked here (image_size); Pillow only reads headers for it, so its own bomb
+# warning (between its limit and twice that) would be noise when MEDIA_MAX_PIXELS is raised above it.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 MAX_REDIRECTS = 5  # presign answers one redirect; a CDN may add one or two
 __all__ = ["CLOUD_SCHEMES", "LabelStudioAuth", "LabelStudioSource", "MediaError", "MediaFetcher", "MediaNotFound"]
 
@@ -124,10 +130,25 @@ class MediaFetcher:
 
     # -- fetching -----------------------------------------------------------------------------
     def image(self, ref: str, task_id: int | None, project: str | None) -> np.ndarray:
+        """The image decoded (BGR); MediaError when it is not one OpenCV decodes, or when its header
+        claims more than MEDIA_MAX_PIXELS (checked before decoding: nothing is allocated for it)."""
         data = self.fetch(ref, task_id, project)
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        limit = self.settings.media_max_pixels
+        try:
+            size = image_size(data)
+        except Image.DecompressionBombError:
+            raise MediaError(f"{_safe(ref)} claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels (Pillow's "
+                             f"decompression-bomb limit, which also caps MEDIA_MAX_PIXELS)") from None
+        if size is not None and size[0] * size[1] > limit:
+            raise MediaError(f"{_safe(ref)} is {size[0]}x{size[1]} pixels, over MEDIA_MAX_PIXELS ({limit})")
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error as exc:  # e.g. over OpenCV's own CV_IO_MAX_IMAGE_PIXELS, for a format Pillow cannot read
+            raise MediaError(f"{_safe(ref)} could not be decoded: {_cv2_reason(exc)}") from None
         if image is None:
             raise MediaError(f"{_safe(ref)} is not an image OpenCV can decode ({len(data)} bytes)")
+        if image.shape[0] * image.shape[1] > limit:
+            raise MediaError(f"{_safe(ref)} is {image.shape[1]}x{image.shape[0]} pixels, over MEDIA_MAX_PIXELS ({limit})")
         return image
 
     def video(self, ref: str, task_id: int | None, project: str | None) -> tuple[list[np.ndarray], float]:
@@ -139,14 +160,18 @@ class MediaFetcher:
             tmp.write(data)
             tmp.flush()
             capture = cv2.VideoCapture(tmp.name)
-            fps = float(capture.get(cv2.CAP_PROP_FPS) or 0) or 25.0
-            frames: list[np.ndarray] = []
-            while len(frames) < self.settings.max_video_frames:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                frames.append(frame)
-            capture.release()
+            try:
+                fps = float(capture.get(cv2.CAP_PROP_FPS) or 0) or 25.0
+                frames: list[np.ndarray] = []
+                while len(frames) < self.settings.max_video_frames:
+                    ok, frame = capture.read()
+                    if not ok:
+                        break
+                    frames.append(frame)
+            except cv2.error as exc:
+                raise MediaError(f"{_safe(ref)} could not be decoded as a video: {_cv2_reason(exc)}") from None
+            finally:
+                capture.release()
         if not frames:
             raise MediaError(f"{_safe(ref)} is not a video OpenCV can decode ({len(data)} bytes)")
         return frames, fps
@@ -248,6 +273,23 @@ class MediaFetcher:
             except requests.RequestException as exc:
                 raise MediaError(f"GET {_safe(url)} failed: {type(exc).__name__}") from None
         raise MediaError(f"more than {MAX_REDIRECTS} redirects, the last to {_safe(url)}")
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header (Pillow reads only the header), or None when Pillow does
+    not know the format (OpenCV may still: its own CV_IO_MAX_IMAGE_PIXELS, 2^30, then bounds it).
+    Raises Image.DecompressionBombError over twice Pillow's Image.MAX_IMAGE_PIXELS."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):  # truncated or unknown headers
+        return None
+
+
+def _cv2_reason(exc: Exception) -> str:
+    """OpenCV's error without its source path: the last line's assertion."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return text.split(" error: ", 1)[-1]
 
 
 def _hint(url: str, status: int, sent_key: bool) -> str:

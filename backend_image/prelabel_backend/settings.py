@@ -70,6 +70,13 @@ class Settings:
     # /webhook only acknowledges (this backend does not train), so by default it is open even with
     # basic auth on. Set true to require basic auth there too (then add the header to the webhook).
     webhook_require_auth: bool = False
+    # MAX_REQUEST_BYTES (Prelabel): a larger request body is refused with 413 before it is read.
+    # Label Studio sends task references, not images: a 1000-task /predict is about 0.2 MiB.
+    max_request_bytes: int = 32 * 1024 * 1024
+    # REQUEST_READ_TIMEOUT (Prelabel): seconds a client has to send a whole request (line, headers
+    # and body) once it started; a slower one is disconnected, so slow clients cannot hold the
+    # worker's THREADS (slow-loris). Idle kept-alive connections wait on gunicorn's poller, not a thread.
+    request_read_timeout: float = 30.0
     # --- models ------------------------------------------------------------------------------
     model_root: Path = PACKAGED_WEIGHTS  # MODEL_ROOT: folder of the weight files; model_path resolves under it
     model_dir: Path = Path("/tmp/prelabel-backend")  # MODEL_DIR: writable folder (debug plots, ultralytics settings)
@@ -108,6 +115,10 @@ class Settings:
     # fetched without Label Studio's key
     media_allowed_hosts: tuple[str, ...] = ()
     media_max_bytes: int = 50 * 1024 * 1024  # MEDIA_MAX_BYTES (Prelabel): larger downloads are refused
+    # MEDIA_MAX_PIXELS (Prelabel): an image whose header claims more pixels (width x height) is refused
+    # before it is decoded (decompression bombs: a 110 KB PNG can claim 30000x30000, 2.7 GB decoded).
+    # The default is Pillow's Image.MAX_IMAGE_PIXELS (89,478,485: e.g. 9459x9459, 256 MiB as BGR).
+    media_max_pixels: int = 89_478_485
     media_timeout: float = 15.0  # MEDIA_TIMEOUT (Prelabel): seconds per media request
     media_cache_items: int = 64  # MEDIA_CACHE_ITEMS (Prelabel): recently fetched media kept in memory
     media_fetch_threads: int = 8  # MEDIA_FETCH_THREADS (Prelabel): parallel downloads per request
@@ -133,6 +144,8 @@ class Settings:
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             webhook_require_auth=_bool(env, "WEBHOOK_REQUIRE_AUTH", False),
+            max_request_bytes=max(1, _int(env, "MAX_REQUEST_BYTES", 32 * 1024 * 1024)),
+            request_read_timeout=max(0.1, _float(env, "REQUEST_READ_TIMEOUT", 30.0)),
             model_root=Path(env.get("MODEL_ROOT") or PACKAGED_WEIGHTS),
             model_dir=Path(env.get("MODEL_DIR") or "/tmp/prelabel-backend"),
             default_models={task: env.get(var) or default for task, (var, default) in DEFAULT_MODEL_ENV.items()},
@@ -153,6 +166,7 @@ class Settings:
             local_files_document_root=Path(root) if root else None,
             media_allowed_hosts=hosts,
             media_max_bytes=_int(env, "MEDIA_MAX_BYTES", 50 * 1024 * 1024),
+            media_max_pixels=max(1, _int(env, "MEDIA_MAX_PIXELS", 89_478_485)),
             media_timeout=_float(env, "MEDIA_TIMEOUT", 15.0),
             media_cache_items=_int(env, "MEDIA_CACHE_ITEMS", 64),
             media_fetch_threads=max(1, _int(env, "MEDIA_FETCH_THREADS", 8)),
