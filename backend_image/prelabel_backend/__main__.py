@@ -42,6 +42,7 @@ class _DeadlineSocket(socket.socket):
 
     timeout_s: float = 30.0
     deadline: float | None = None
+    expired = False  # a read reached the deadline: the client is too slow
 
     @classmethod
     def adopt(cls, sock: socket.socket, timeout_s: float) -> _DeadlineSocket:
@@ -61,10 +62,14 @@ class _DeadlineSocket(socket.socket):
             return super().recv(bufsize, flags)
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
+            self.expired = True
             raise TimeoutError("the request did not arrive within REQUEST_READ_TIMEOUT")
         super().settimeout(min(remaining, timeout))
         try:
             return super().recv(bufsize, flags)
+        except TimeoutError:
+            self.expired = True
+            raise
         finally:
             super().settimeout(timeout)
 
@@ -76,6 +81,13 @@ class _Conn(gthread.TConn):
         super().__init__(*args)
         self.prelabel_started: float | None = time.monotonic()  # cleared once its first request is read
         self.prelabel_head = b""
+        self.prelabel_expired = False
+
+    def close(self, graceful: bool = False) -> None:
+        # gunicorn's graceful close lingers up to 2 s on the worker's main thread to drain what the
+        # client still sends: a client dropped for being too slow is closed at once instead.
+        expired = self.prelabel_expired or getattr(self.sock, "expired", False)
+        super().close(graceful=graceful and not expired)
 
 
 # gthread's answer from handle() that puts a connection back in the poller until more data arrives
@@ -103,7 +115,8 @@ class SlowClientSafeWorker(gthread.ThreadWorker):
         started = getattr(conn, "prelabel_started", None)  # set at accept, cleared once the first request is read
         if started is not None and not conn.initialized:
             if time.monotonic() - started > self.read_timeout:
-                return False  # its head took too long: closed
+                conn.prelabel_expired = True
+                return False  # its request took too long to arrive: closed
             if not self._request_arrived(conn):
                 conn.data_ready = False
                 return _DEFER  # back to the poller until more arrives; no thread waits for it

@@ -14,6 +14,7 @@ import base64
 import binascii
 import io
 import logging
+import sys
 import tempfile
 import threading
 import time
@@ -21,6 +22,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import cv2
@@ -280,10 +282,20 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     not know the format (OpenCV may still: its own CV_IO_MAX_IMAGE_PIXELS, 2^30, then bounds it).
     Raises Image.DecompressionBombError over twice Pillow's Image.MAX_IMAGE_PIXELS."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
+        with _pil_open()(io.BytesIO(data)) as image:
+            size: tuple[int, int] = image.size
+            return size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):  # truncated or unknown headers
         return None
+
+
+def _pil_open() -> Any:
+    """Pillow's own Image.open: ultralytics replaces it with one that, on an unknown format, installs
+    pi-heif with pip at run time (offline: an ImportError, a 500) and keeps the original beside it."""
+    opener = Image.open
+    if opener.__module__ != Image.__name__:
+        opener = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", opener)
+    return opener
 
 
 def _cv2_reason(exc: Exception) -> str:
