@@ -117,27 +117,29 @@ def requests_by_status(url: str) -> dict[str, int]:
 def schemathesis_run(url: str, max_examples: int, seed: int, report: Path, workers: int = 4) -> subprocess.CompletedProcess[str]:
     """schemathesis against the running backend with its own /openapi.yaml: every phase (examples,
     coverage, fuzzing, stateful), positive and negative data, CHECKS on every answer."""
+    report.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         [str(SCHEMATHESIS), "run", f"{url}/openapi.yaml", "--checks", CHECKS, "--max-examples", str(max_examples),
          "--seed", str(seed), "--workers", str(workers), "--mode", "all", "--request-timeout", "120",
          "--suppress-health-check", "all", "--continue-on-failure", "--no-color",
          "--report", "ndjson", "--report-dir", str(report)],
-        capture_output=True, text=True, timeout=3600, check=False)
+        capture_output=True, text=True, timeout=3600, check=False, cwd=report)  # its cache dir goes there, not in the checkout
 
 
-def fuzz(url: str, requests_wanted: int, report: Path, max_examples: int = 250, first_seed: int = 15) -> tuple[int, list[str]]:
+def fuzz(url: str, requests_wanted: int, report: Path, max_examples: int = 250, first_seed: int = 15) -> tuple[dict[str, int], list[str]]:
     """schemathesis_run with seed after seed until the backend counted `requests_wanted` more answered
     requests (one run sends a few hundred: hypothesis stops early on small operations). Returns the
-    requests counted and the output of each failed run."""
-    start = sum(requests_by_status(url).values())
-    sent, failures, seed = 0, [], first_seed
-    while sent < requests_wanted:
+    answers to those requests by status (the backend's /metrics) and the output of each failed run."""
+    before = requests_by_status(url)
+    answered: dict[str, int] = {}
+    failures, seed = [], first_seed
+    while sum(answered.values()) < requests_wanted:
         run = schemathesis_run(url, max_examples, seed, report / str(seed))
         if run.returncode != 0:
             failures.append(run.stdout[-6000:])
-        sent = sum(requests_by_status(url).values()) - start
+        answered = {status: n - before.get(status, 0) for status, n in requests_by_status(url).items() if n > before.get(status, 0)}
         seed += 1
-    return sent, failures
+    return answered, failures
 
 
 @contextlib.contextmanager

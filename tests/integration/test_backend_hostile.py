@@ -49,10 +49,10 @@ def test_generated_requests_get_no_5xx_and_answers_match_the_openapi(backend, tm
     """About 1000 requests from schemathesis (bench/fuzz_bench.py: 10,000), every answer checked
     against openapi.yaml; the backend's own /metrics counts them and finds no 5xx."""
     server, _ = backend
-    sent, failures = hostile.fuzz(server.url, 1000, tmp_path)
+    answered, failures = hostile.fuzz(server.url, 1000, tmp_path)
     assert not failures, failures[0]
-    counts = hostile.requests_by_status(server.url)
-    assert sent >= 1000 and not {status for status in counts if status.startswith("5") and status != "503"}, counts
+    assert sum(answered.values()) >= 1000 and not [status for status in answered if status.startswith("5")], answered
+    assert answered.get("200", 0) > 100 and answered.get("422", 0) > 10, answered  # not all refused at the door
     assert requests.get(f"{server.url}/openapi.json", timeout=10).json()["paths"].keys() >= {"/health", "/setup", "/predict", "/webhook"}
 
 
