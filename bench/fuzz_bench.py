@@ -134,6 +134,7 @@ def main() -> None:
     finally:
         backend.stop()
     print("\n".join(lines))
+    print(f"the backend's log and schemathesis' reports: {work}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ first request (line, headers, and a body up to PREREAD_BODY_BYTES) in gunicorn's
 without a thread, and gives each request REQUEST_READ_TIMEOUT seconds in all to arrive; a slower
 client is disconnected. The bound: a slow client holds no thread while that arrives; a larger body,
 or a kept-alive connection's next request, holds one thread at most REQUEST_READ_TIMEOUT; gunicorn's
-worker_connections (1000) caps the connections a worker holds open.
+worker_connections (1000) caps the connections a worker holds open. While in the poller, a client
+silent for longer than gunicorn's keepalive (2 s) is dropped, as gunicorn drops one that sends nothing.
 """
 
 from __future__ import annotations
