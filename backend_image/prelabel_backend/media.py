@@ -104,6 +104,7 @@ class MediaFetcher:
         self.session.trust_env = False  # no proxy from the environment: requests go where we decide
         self.auth = LabelStudioAuth(self.session, settings.media_timeout, settings.verify_ssl)
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._cache_bytes = 0
         self._cache_lock = threading.Lock()
         self._setup: dict[str, LabelStudioSource] = {}
 
@@ -191,11 +192,13 @@ class MediaFetcher:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         data = self._fetch(ref, task_id, project)
-        if self.settings.media_cache_items > 0:
+        if self.settings.media_cache_items > 0 and len(data) <= self.settings.media_cache_bytes:
             with self._cache_lock:
-                self._cache[key] = data
-                while len(self._cache) > self.settings.media_cache_items:
-                    self._cache.popitem(last=False)
+                if key not in self._cache:
+                    self._cache[key] = data
+                    self._cache_bytes += len(data)
+                while len(self._cache) > self.settings.media_cache_items or self._cache_bytes > self.settings.media_cache_bytes:
+                    self._cache_bytes -= len(self._cache.popitem(last=False)[1])
         return data
 
     def _fetch(self, ref: str, task_id: int | None, project: str | None) -> bytes:

@@ -121,6 +121,8 @@ class Settings:
     media_max_pixels: int = 89_478_485
     media_timeout: float = 15.0  # MEDIA_TIMEOUT (Prelabel): seconds per media request
     media_cache_items: int = 64  # MEDIA_CACHE_ITEMS (Prelabel): recently fetched media kept in memory
+    # MEDIA_CACHE_BYTES (Prelabel): and their total size at most (without it, 64 x MEDIA_MAX_BYTES: 3.2 GiB)
+    media_cache_bytes: int = 256 * 1024 * 1024
     media_fetch_threads: int = 8  # MEDIA_FETCH_THREADS (Prelabel): parallel downloads per request
     max_video_frames: int = 9000  # MAX_VIDEO_FRAMES (Prelabel): frames read from one video, at most
 
@@ -169,6 +171,7 @@ class Settings:
             media_max_pixels=max(1, _int(env, "MEDIA_MAX_PIXELS", 89_478_485)),
             media_timeout=_float(env, "MEDIA_TIMEOUT", 15.0),
             media_cache_items=_int(env, "MEDIA_CACHE_ITEMS", 64),
+            media_cache_bytes=max(0, _int(env, "MEDIA_CACHE_BYTES", 256 * 1024 * 1024)),
             media_fetch_threads=max(1, _int(env, "MEDIA_FETCH_THREADS", 8)),
             max_video_frames=max(1, _int(env, "MAX_VIDEO_FRAMES", 9000)),
         )

@@ -15,7 +15,7 @@ from prelabel_backend import __main__ as server
 from prelabel_backend.app import OPENAPI, Backend, create_app
 from prelabel_backend.media import MediaError, MediaFetcher
 from prelabel_backend.settings import Settings
-from tests.conftest import SEED_CONFIG
+from tests.conftest import SEED_CONFIG, serve_files
 from tests.integration.hostile import png_bomb
 
 
@@ -51,8 +51,8 @@ def test_a_body_over_max_request_bytes_is_413_with_the_limit(settings, store) ->
 
 
 def test_limits_are_read_from_the_environment() -> None:
-    settings = Settings.from_env({"MEDIA_MAX_PIXELS": "1000", "MAX_REQUEST_BYTES": "2048", "REQUEST_READ_TIMEOUT": "7.5"})
-    assert (settings.media_max_pixels, settings.max_request_bytes, settings.request_read_timeout) == (1000, 2048, 7.5)
+    settings = Settings.from_env({"MEDIA_MAX_PIXELS": "1000", "MAX_REQUEST_BYTES": "2048", "REQUEST_READ_TIMEOUT": "7.5", "MEDIA_CACHE_BYTES": "0"})
+    assert (settings.media_max_pixels, settings.max_request_bytes, settings.request_read_timeout, settings.media_cache_bytes) == (1000, 2048, 7.5, 0)
     assert Settings.from_env({}).media_max_pixels == 89_478_485
     with pytest.raises(ValueError, match="MEDIA_MAX_PIXELS must be an integer"):
         Settings.from_env({"MEDIA_MAX_PIXELS": "lots"})
@@ -97,3 +97,15 @@ def test_an_unknown_format_is_a_media_error_without_installing_anything() -> Non
 ])
 def test_the_poller_reads_a_request_head_and_small_body_before_a_thread_takes_it(buffered: bytes, needed: int | None) -> None:
     assert server._bytes_needed(buffered) == needed
+
+
+def test_the_media_cache_holds_at_most_media_cache_bytes() -> None:
+    """Without a byte budget, MEDIA_CACHE_ITEMS (64) downloads of MEDIA_MAX_BYTES (50 MiB) could be held: 3.2 GiB."""
+    files = {f"/{i}.png": bytes([i]) * 40 for i in range(3)} | {"/big.png": b"b" * 150}
+    with serve_files(files) as url:
+        fetcher = MediaFetcher(Settings(media_allowed_hosts=("127.0.0.1",), media_cache_items=64, media_cache_bytes=100))
+        for path in files:
+            assert fetcher.fetch(f"{url}{path}", 1, None) == files[path]
+        held = dict(fetcher._cache)
+    assert [ref for _, ref in held] == [f"{url}/1.png", f"{url}/2.png"]  # the oldest went; the 150-byte one never fit
+    assert sum(map(len, held.values())) <= 100
