@@ -24,7 +24,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import yaml
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -271,6 +270,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
 
     @app.get("/openapi.json")
     def openapi_json() -> Response:
+        import yaml  # here: the backend's cold start does not pay for it (issue 13)
+
         return jsonify(yaml.safe_load(OPENAPI.read_text()))
 
     return app
