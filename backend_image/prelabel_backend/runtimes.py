@@ -153,11 +153,12 @@ def export_all(weights: Path, out: Path) -> list[Path]:
     for pt in sorted(weights.glob("*.pt")):
         sha256 = file_sha256(pt)
         for runtime in RUNTIMES[1:]:
-            made.append(cached(sha256, runtime, [out]) or export(pt, sha256, runtime, [], out, _trained_imgsz(pt)))
+            made.append(cached(sha256, runtime, [out]) or export(pt, sha256, runtime, [], out, trained_imgsz(pt)))
     return made
 
 
-def _trained_imgsz(pt: Path) -> Any:
+def trained_imgsz(pt: Path) -> Any:
+    """The input size a .pt was trained at (its exports are made at it), or None."""
     from ultralytics.models import YOLO
 
     return (getattr(YOLO(str(pt)), "overrides", {}) or {}).get("imgsz")

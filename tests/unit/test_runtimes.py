@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
+from ultralytics import YOLO
 
 from prelabel_backend import cpus, results, runtimes
 from prelabel_backend.label_config import parse
@@ -177,14 +178,21 @@ def test_a_mounted_pt_is_exported_once_at_first_load_keyed_by_its_sha256(tmp_pat
     assert again.runtime == "openvino" and (export / "model.xml").stat().st_mtime_ns == stamp
 
 
-def test_auto_measures_every_runtime_and_keeps_the_fastest(tmp_path: Path) -> None:
+def test_auto_serves_at_once_then_measures_every_runtime_and_keeps_the_fastest(tmp_path: Path) -> None:
+    """The cold start: a packaged model serves on its ready ONNX export (no torch model opened, nothing
+    timed) until the measurement, held while the default models load, switches it to the fastest."""
     store = ModelStore(Settings(model_dir=tmp_path))
-    loaded = store.get("shapes-detect.pt")
-    assert set(loaded.timings) == {f"{r}/{b}" for r in runtimes.RUNTIMES for b in (1, 4)}
+    with store.measurements_held():
+        loaded = store.get("shapes-detect.pt")
+        assert (loaded.runtime, loaded.batch, loaded.measured, loaded.timings) == ("onnx", 1, False, {})
+        assert loaded.imgsz == YOLO(str(PACKAGED_WEIGHTS / "shapes-detect.pt")).overrides.get("imgsz")
+    store.settle()
+    assert loaded.measured and set(loaded.timings) == {f"{r}/{b}" for r in runtimes.RUNTIMES for b in (1, 4)}
     assert loaded.timings[f"{loaded.runtime}/{loaded.batch}"] == min(loaded.timings.values())
+    assert runtimes.runtime_of(Path(str(loaded.model.ckpt_path or loaded.model.model_name))) == loaded.runtime
     # A restart in the same pod (MODEL_DIR is kept) takes the measured choice instead of measuring again.
     again = ModelStore(Settings(model_dir=tmp_path)).get("shapes-detect.pt")
-    assert (again.runtime, again.batch, again.timings) == (loaded.runtime, loaded.batch, loaded.timings)
+    assert (again.runtime, again.batch, again.timings, again.measured) == (loaded.runtime, loaded.batch, loaded.timings, True)
 
 
 @pytest.mark.parametrize(("cgroup", "available", "expected"), [
