@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -15,7 +18,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 from ultralytics import YOLO
 
-from prelabel_backend import cpus, results, runtimes
+from prelabel_backend import cpus, memory, results, runtimes
 from prelabel_backend.label_config import parse
 from prelabel_backend.media import MediaFetcher
 from prelabel_backend.metrics import Metrics
@@ -228,3 +231,36 @@ def test_idle_models_are_unloaded_and_come_back(tmp_path: Path) -> None:
     assert store.unload_idle(now=first.last_used + 10) == []
     assert store.unload_idle(now=first.last_used + 3600) == ["shapes-classify.pt"] and store.loaded() == []
     assert store.get("shapes-classify.pt") is not first
+
+
+ARENAS_SCRIPT = """
+import ctypes, sys, threading
+from prelabel_backend import memory
+print(memory.limit_arenas())
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+start = threading.Barrier(8)
+def allocate():
+    start.wait()
+    for _ in range(20000):
+        libc.malloc(256)  # kept: each thread's blocks stay in its arena
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+out = libc.fopen(sys.argv[1].encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(out))
+libc.fclose(ctypes.c_void_p(out))
+"""
+
+
+@pytest.mark.parametrize(("env", "limited"), [({}, True), ({"MALLOC_ARENA_MAX": "16"}, False)])
+def test_malloc_arenas_are_limited_unless_the_operator_set_them(tmp_path: Path, env: dict[str, str], limited: bool) -> None:
+    """Eight threads allocating at once get glibc arenas of their own (up to 8 per core) unless
+    memory.limit_arenas held them to 2; an operator's MALLOC_ARENA_MAX stands (the memory bound)."""
+    info = tmp_path / "malloc_info.xml"
+    done = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, str(info)], env={**os.environ, **env},
+                          capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split() == [str(limited)]
+    heaps = info.read_text().count("<heap nr=")
+    assert (heaps <= memory.ARENAS) if limited else (heaps > memory.ARENAS), info.read_text()[:500]
