@@ -44,6 +44,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import compileall
 import contextlib
+import re
 import shutil
 import statistics
 import sys
@@ -242,7 +243,8 @@ def main() -> None:
         for name, backend in backends.items():
             wait_measured(backend, 0)
             health = requests.get(f"{backend.url}/health", timeout=10).json()
-            loads = [line.split("prelabel_backend.models: ", 1)[-1] for line in backend.log.read_text().splitlines()
+            loads = [re.sub(r", classes \[.*?\]", "", line.split("prelabel_backend.models: ", 1)[-1])
+                     for line in backend.log.read_text().splitlines()
                      if "loaded model yolov8n" in line or "measured model yolov8n" in line]
             print(f"backend {name}: models {health.get('models')}; " + " | ".join(loads))
         for name, backend in backends.items():
