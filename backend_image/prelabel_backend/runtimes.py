@@ -65,9 +65,14 @@ _export_lock = threading.Lock()  # one export at a time: each uses every core fo
 
 
 def no_telemetry() -> None:
-    """OpenVINO's model converter sends usage telemetry unless a consent file in $HOME says no; with
-    `openvino_telemetry` unimportable it uses its own no-op stub. The backend calls no one."""
+    """OpenVINO's model converter sends usage telemetry (a forked process posting to Google Analytics)
+    unless a consent file in $HOME says no; with `openvino_telemetry` unimportable it uses its own no-op
+    stub. `import openvino` imports the converter, so this must come first: it runs when this module
+    is imported (models.py imports it before any runtime). The backend calls no one."""
     sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: "cannot import"
+
+
+no_telemetry()
 
 
 def export(source: Path, sha256: str, runtime: str, caches: Sequence[Path], write_cache: Path,

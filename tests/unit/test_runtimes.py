@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
-from ultralytics import YOLO
 
 from prelabel_backend import cpus, memory, results, runtimes
 from prelabel_backend.label_config import parse
@@ -184,6 +183,8 @@ def test_a_mounted_pt_is_exported_once_at_first_load_keyed_by_its_sha256(tmp_pat
 def test_auto_serves_at_once_then_measures_every_runtime_and_keeps_the_fastest(tmp_path: Path) -> None:
     """The cold start: a packaged model serves on its ready ONNX export (no torch model opened, nothing
     timed) until the measurement, held while the default models load, switches it to the fastest."""
+    from ultralytics import YOLO  # after the store made ultralytics offline (here, at import, it would go online)
+
     store = ModelStore(Settings(model_dir=tmp_path))
     with store.measurements_held():
         loaded = store.get("shapes-detect.pt")
