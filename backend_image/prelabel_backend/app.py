@@ -62,7 +62,12 @@ class Backend:
         self._lock = threading.Lock()
 
     def load_defaults(self) -> None:
-        """Loads every default model that exists, so the first request pays no load time."""
+        """Loads every default model that exists, so the first request pays no load time. /health is UP
+        once they serve; the runtime measurements wait until then (models.ModelStore.measurements_held)."""
+        with self.store.measurements_held():
+            self._load_defaults()
+
+    def _load_defaults(self) -> None:
         loaded, missing = [], []
         if self.settings.model_weights:
             try:

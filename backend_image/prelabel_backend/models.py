@@ -3,31 +3,57 @@
 ultralytics' predictor keeps per-call state on the model object, so one model is never run by two
 threads at once: each model has its own lock, and its runtime gets every CPU this process has
 (cpus.usable_cpus: affinity and cgroup quota). A `.pt` is exported to ONNX and OpenVINO (runtimes.py,
-cached by the weights' sha256) and the runtime and batch size that serve it are chosen at load by
-timing each on the model's own input size: "by measurement, not assumption" (issue 13).
+cached by the weights' sha256) and the runtime and batch size that serve it are chosen by timing
+each on the model's own input size: "by measurement, not assumption" (issue 13).
+
+For a fast start a model first serves on a provisional runtime (its cached ONNX export, opened
+without the .pt; else the .pt on torch) at batch 1 and is measured in the background, one model at
+a time, after the default models are loaded; it then switches between two calls. The choice is
+kept in MODEL_DIR: a restart opens the chosen runtime alone and measures nothing.
 The identity of a model (sha256, hence model_version) is always its weight file's, whatever runs it.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import gc
 import json
 import logging
+import queue
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import offline, runtimes
+from . import memory, offline, runtimes
 from .cpus import usable_cpus
 from .label_config import ConfigError, model_path
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+# At exit a measurement is stopped between two timed calls and awaited: a thread still inside ONNX
+# Runtime or OpenVINO when the interpreter tears their pools down aborts the process.
+_stopping = threading.Event()
+_busy: set[threading.Thread] = set()
+
+
+class _Stopped(Exception):
+    pass
+
+
+@atexit.register
+def _finish_measurements() -> None:
+    _stopping.set()
+    for thread in list(_busy):
+        thread.join(timeout=60)
+
 
 BATCHES = (1, 4)  # batch sizes tried at load: on CPU a large batch is slower per image than a few
 MEASURE_RUNS = 5  # timed calls per (runtime, batch), round-robin; the median counts
@@ -46,6 +72,7 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     load_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # "<runtime>/<batch>" -> seconds per image, at load
+    measured: bool = True  # False while it serves on a provisional runtime, before the measurement
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -64,6 +91,11 @@ class ModelStore:
         self._choices: dict[str, tuple[str, int, dict[str, float]]] = {}  # sha256 -> runtime, batch, timings
         self.threads = settings.torch_threads or usable_cpus()
         offline.configure(str(settings.model_dir / "ultralytics"))
+        # Models that serve on a provisional runtime until measured, one at a time, in the background.
+        self._measure_queue: queue.Queue[LoadedModel] = queue.Queue()
+        self._measure_allowed = threading.Event()
+        self._measure_allowed.set()
+        threading.Thread(target=self._measure_loop, name="measure-runtimes", daemon=True).start()
         if settings.model_idle_unload > 0:
             threading.Thread(target=self._unload_idle_loop, name="unload-idle", daemon=True).start()
 
@@ -84,6 +116,8 @@ class ModelStore:
                     loaded = self._load(path)
                     with self._lock:
                         self._models[key] = loaded
+                    if not loaded.measured:
+                        self._measure_queue.put(loaded)
         loaded.last_used = time.monotonic()
         return loaded
 
@@ -123,40 +157,70 @@ class ModelStore:
         runtimes.set_threads(model, runtime, self.threads)
         return model
 
+    def _wanted(self, own: str) -> tuple[str, ...]:
+        """The runtimes a model may serve on: an export runs as it is; a .pt on CPU on RUNTIME's."""
+        if own != "torch" or self.settings.device != "cpu":
+            return (own,)
+        return runtimes.RUNTIMES if self.settings.runtime == "auto" else (self.settings.runtime,)
+
+    def _source(self, path: Path, sha256: str, runtime: str) -> Path:
+        """The file `runtime` runs for the weights at path: the .pt itself, or its export (cached, or
+        made now: seconds, the first load of a mounted .pt)."""
+        if runtime == "torch" or runtimes.runtime_of(path) == runtime:
+            return path
+        caches = self.settings.runtime_caches
+        write = self.settings.model_dir / "runtimes"
+        return (runtimes.cached(sha256, runtime, [*caches, write])
+                or runtimes.export(path, sha256, runtime, caches, write, runtimes.trained_imgsz(path)))
+
+    def _plan(self, own: str, sha256: str) -> tuple[str, int, dict[str, float], bool]:
+        """(runtime, batch, timings, final) to open the model with. Final when measured before (this
+        process, or an earlier start: MODEL_DIR) or when RUNTIME and BATCH_SIZE leave nothing to
+        choose. Otherwise provisional, for a fast start: a cached ONNX export (opening it needs no
+        torch model and no export), else the .pt on torch, at batch 1; the measurement follows."""
+        wanted = self._wanted(own)
+        batches = (self.settings.batch_size,) if self.settings.batch_size else BATCHES
+        known = self._choices.get(sha256) or self._remembered(sha256)
+        if known is not None and known[0] in wanted and known[1] in batches:
+            return known[0], known[1], dict(known[2]), True
+        final = len(wanted) == 1 and len(batches) == 1
+        if len(wanted) == 1:
+            return wanted[0], batches[0] if final else 1, {}, final
+        caches = [*self.settings.runtime_caches, self.settings.model_dir / "runtimes"]
+        ready = [r for r in ("onnx", "openvino") if r in wanted and runtimes.cached(sha256, r, caches) is not None]
+        return (ready[0] if ready else "torch"), (batches[0] if len(batches) == 1 else 1), {}, False
+
     def _load(self, path: Path) -> LoadedModel:
         started = time.monotonic()
         own = runtimes.runtime_of(path)
+        sha256 = runtimes.file_sha256(path)
+        runtime, batch, timings, final = self._plan(own, sha256)
         try:
-            model = self._open(path, own, None, None)
+            source = self._source(path, sha256, runtime)
+            model = self._open(source, runtime, None, None)
         except Exception as exc:
-            raise ConfigError(f"model file {path.name!r} could not be loaded: {exc}") from exc
+            if runtime == own:
+                raise ConfigError(f"model file {path.name!r} could not be loaded: {exc}") from exc
+            log.warning("model %s: no %s runtime (%s: %s); it runs on %s", path.name, runtime, type(exc).__name__, exc, own)
+            runtime, batch, timings = own, self.settings.batch_size or 1, {}
+            try:
+                model = self._open(path, own, None, None)
+            except Exception as exc2:
+                raise ConfigError(f"model file {path.name!r} could not be loaded: {exc2}") from exc2
         names = [str(model.names[i]) for i in sorted(model.names)]
-        overrides = getattr(model, "overrides", {}) or {}
-        imgsz = overrides.get("imgsz") if own == "torch" else getattr(model.predictor.model, "imgsz", None)
-        loaded = LoadedModel(path=path, task=str(model.task), names=names, sha256=runtimes.file_sha256(path), imgsz=imgsz,
-                             model=model, runtime=own)
-        candidates = {own: model}
-        if own == "torch" and self.settings.device == "cpu":
-            wanted: tuple[str, ...] = runtimes.RUNTIMES[1:] if self.settings.runtime == "auto" else (self.settings.runtime,)
-            remembered = self._remembered(loaded.sha256)
-            if remembered is not None and remembered[0] in (*wanted, "torch"):
-                self._choices[loaded.sha256] = remembered  # measured by an earlier start of this pod
-                wanted = tuple(r for r in wanted if r == remembered[0])
-            for runtime in (r for r in wanted if r != "torch"):
-                try:
-                    exported = runtimes.export(path, loaded.sha256, runtime, self.settings.runtime_caches,
-                                               self.settings.model_dir / "runtimes", imgsz)
-                    candidates[runtime] = self._open(exported, runtime, loaded.task, imgsz)
-                except Exception as exc:  # noqa: BLE001 - a runtime that cannot run this model leaves the others
-                    log.warning("model %s: no %s runtime (%s: %s); it runs on the others", path.name, runtime,
-                                type(exc).__name__, exc)
-            if self.settings.runtime not in ("auto", "torch") and self.settings.runtime in candidates:
-                candidates = {self.settings.runtime: candidates[self.settings.runtime]}
-        self._choose(loaded, candidates)
+        if runtime == "torch":
+            imgsz = (getattr(model, "overrides", {}) or {}).get("imgsz")
+        else:  # an export's own input size, [s, s] for a square s (what the .pt's training imgsz s gives)
+            imgsz = getattr(model.predictor.model, "imgsz", None)
+            if isinstance(imgsz, (list, tuple)) and len(set(imgsz)) == 1:
+                imgsz = int(imgsz[0])
+        loaded = LoadedModel(path=path, task=str(model.task), names=names, sha256=sha256, imgsz=imgsz, model=model,
+                             runtime=runtime, batch=batch, timings=timings, measured=final)
         loaded.load_seconds = time.monotonic() - started
-        log.info("loaded model %s (task %s, classes %s) on %s, batch %d, %d threads, in %.2fs; s/image at load: %s",
-                 path.name, loaded.task, names, loaded.runtime, loaded.batch, self.threads, loaded.load_seconds,
-                 {k: round(v, 4) for k, v in loaded.timings.items()})
+        memory.trim()
+        log.info("loaded model %s (task %s, classes %s) on %s, batch %d%s, %d threads, in %.2fs; s/image at load: %s",
+                 path.name, loaded.task, names, loaded.runtime, loaded.batch, "" if final else " (until measured)",
+                 self.threads, loaded.load_seconds, {k: round(v, 4) for k, v in loaded.timings.items()})
         return loaded
 
     def _choice_file(self, sha256: str) -> Path:
@@ -180,20 +244,78 @@ class ModelStore:
         except OSError as exc:
             log.warning("could not keep the runtime choice of %s: %s", loaded.path.name, exc)
 
-    def _choose(self, loaded: LoadedModel, candidates: dict[str, Any]) -> None:
-        """Times each candidate at each batch size on a photo-shaped probe and keeps the fastest
-        (seconds per image), unless RUNTIME and BATCH_SIZE leave nothing to choose."""
-        batches = (self.settings.batch_size,) if self.settings.batch_size else BATCHES
+    @contextlib.contextmanager
+    def measurements_held(self) -> Iterator[None]:
+        """Measurements wait while this is held (the default models load first: /health is UP sooner)."""
+        self._measure_allowed.clear()
+        try:
+            yield
+        finally:
+            self._measure_allowed.set()
+
+    def settle(self) -> None:
+        """Waits until every queued measurement is done (tests, the bench)."""
+        self._measure_allowed.wait()
+        self._measure_queue.join()
+
+    def _measure_loop(self) -> None:
+        while True:
+            loaded = self._measure_queue.get()
+            _busy.add(threading.current_thread())
+            try:
+                self._measure_allowed.wait()
+                self._measure(loaded)
+            except _Stopped:
+                return
+            except Exception:
+                log.exception("measuring the runtimes of %s failed; it stays on %s, batch %d",
+                              loaded.path.name, loaded.runtime, loaded.batch)
+            finally:
+                _busy.discard(threading.current_thread())
+                self._measure_queue.task_done()
+
+    def _measure(self, loaded: LoadedModel) -> None:
+        """Times each runtime the model may serve on at each batch size on a photo-shaped probe and
+        switches the model to the fastest (seconds per image), between two of its calls."""
+        started = time.monotonic()
         known = self._choices.get(loaded.sha256)
-        if known is not None and known[0] in candidates:  # measured before: a second instance, a restart
-            loaded.runtime, loaded.batch, loaded.timings = known[0], known[1], dict(known[2])
-            loaded.model = candidates[loaded.runtime]
-            runtimes.set_threads(loaded.model, loaded.runtime, self.threads)
-            return
-        if len(candidates) == 1 and len(batches) == 1:
-            loaded.runtime, loaded.model = next(iter(candidates.items()))
-            loaded.batch = batches[0]
-            return
+        batches = (self.settings.batch_size,) if self.settings.batch_size else BATCHES
+        candidates: dict[str, Any] = {}
+        if known is None:
+            for runtime in self._wanted(runtimes.runtime_of(loaded.path)):
+                if _stopping.is_set():
+                    raise _Stopped
+                try:
+                    source = self._source(loaded.path, loaded.sha256, runtime)
+                    candidates[runtime] = self._open(source, runtime, loaded.task, loaded.imgsz)
+                except Exception as exc:  # noqa: BLE001 - a runtime that cannot run this model leaves the others
+                    log.warning("model %s: no %s runtime (%s: %s); it runs on the others", loaded.path.name, runtime,
+                                type(exc).__name__, exc)
+            if not candidates:
+                log.warning("model %s: nothing to measure; it stays on %s", loaded.path.name, loaded.runtime)
+                return
+            timings = self._time(loaded, candidates, batches)
+            best = min(timings, key=timings.__getitem__)
+            known = (best.split("/")[0], int(best.split("/")[1]), timings)
+            self._choices[loaded.sha256] = known
+        runtime, batch, timings = known
+        chosen = candidates.pop(runtime, None)
+        candidates.clear()  # the others are dropped here
+        if chosen is None and runtime != loaded.runtime:  # measured for another instance of the same weights
+            chosen = self._open(self._source(loaded.path, loaded.sha256, runtime), runtime, loaded.task, loaded.imgsz)
+        with loaded.lock:
+            if chosen is not None:
+                loaded.model = chosen
+            loaded.runtime, loaded.batch, loaded.timings, loaded.measured = runtime, batch, dict(timings), True
+            runtimes.set_threads(loaded.model, loaded.runtime, self.threads)  # torch's count is process-wide
+        self._remember(loaded)
+        gc.collect()
+        memory.trim()
+        log.info("measured model %s: serves on %s, batch %d (measured in %.2fs); s/image: %s", loaded.path.name,
+                 loaded.runtime, loaded.batch, time.monotonic() - started, {k: round(v, 4) for k, v in timings.items()})
+
+    def _time(self, loaded: LoadedModel, candidates: dict[str, Any], batches: tuple[int, ...]) -> dict[str, float]:
+        """Seconds per image of each candidate runtime at each batch size, medians of MEASURE_RUNS."""
         probe = _probe_image(loaded.imgsz)
         trials = {runtime: LoadedModel(path=loaded.path, task=loaded.task, names=loaded.names, sha256=loaded.sha256,
                                        imgsz=loaded.imgsz, model=model, runtime=runtime)
@@ -204,20 +326,13 @@ class ModelStore:
             self._predict(trials[runtime], [probe] * int(batch), conf=0.25)
         for _ in range(MEASURE_RUNS):  # round-robin, so that a burst of load elsewhere hits all alike
             for key, times in runs.items():
+                if _stopping.is_set():
+                    raise _Stopped
                 runtime, batch = key.split("/")
                 started = time.perf_counter()
                 self._predict(trials[runtime], [probe] * int(batch), conf=0.25)
                 times.append((time.perf_counter() - started) / int(batch))
-        loaded.timings = {key: statistics.median(times) for key, times in runs.items()}
-        trials.clear()
-        best = min(loaded.timings, key=loaded.timings.__getitem__)
-        runtime, batch = best.split("/")
-        loaded.runtime, loaded.model, loaded.batch = runtime, candidates[runtime], int(batch)
-        self._choices[loaded.sha256] = (loaded.runtime, loaded.batch, dict(loaded.timings))
-        self._remember(loaded)
-        candidates.clear()  # the others are dropped here
-        gc.collect()
-        runtimes.set_threads(loaded.model, loaded.runtime, self.threads)  # torch's count is process-wide
+        return {key: statistics.median(times) for key, times in runs.items()}
 
     def predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float) -> list[Any]:
         """Runs the model on BGR images, in batches, holding the model's lock; returns ultralytics Results."""

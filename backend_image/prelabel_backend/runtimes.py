@@ -65,9 +65,14 @@ _export_lock = threading.Lock()  # one export at a time: each uses every core fo
 
 
 def no_telemetry() -> None:
-    """OpenVINO's model converter sends usage telemetry unless a consent file in $HOME says no; with
-    `openvino_telemetry` unimportable it uses its own no-op stub. The backend calls no one."""
+    """OpenVINO's model converter sends usage telemetry (a forked process posting to Google Analytics)
+    unless a consent file in $HOME says no; with `openvino_telemetry` unimportable it uses its own no-op
+    stub. `import openvino` imports the converter, so this must come first: it runs when this module
+    is imported (models.py imports it before any runtime). The backend calls no one."""
     sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: "cannot import"
+
+
+no_telemetry()
 
 
 def export(source: Path, sha256: str, runtime: str, caches: Sequence[Path], write_cache: Path,
@@ -153,11 +158,12 @@ def export_all(weights: Path, out: Path) -> list[Path]:
     for pt in sorted(weights.glob("*.pt")):
         sha256 = file_sha256(pt)
         for runtime in RUNTIMES[1:]:
-            made.append(cached(sha256, runtime, [out]) or export(pt, sha256, runtime, [], out, _trained_imgsz(pt)))
+            made.append(cached(sha256, runtime, [out]) or export(pt, sha256, runtime, [], out, trained_imgsz(pt)))
     return made
 
 
-def _trained_imgsz(pt: Path) -> Any:
+def trained_imgsz(pt: Path) -> Any:
+    """The input size a .pt was trained at (its exports are made at it), or None."""
     from ultralytics.models import YOLO
 
     return (getattr(YOLO(str(pt)), "overrides", {}) or {}).get("imgsz")

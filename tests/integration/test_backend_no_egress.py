@@ -11,7 +11,7 @@ import requests
 
 from prelabel_backend import synthetic
 from prelabel_backend.settings import PACKAGED_WEIGHTS
-from tests.conftest import SEED_CONFIG, data_uri, scenes, serve_files
+from tests.conftest import SEED_CONFIG, data_uri, scenes, serve_files, wait_for
 
 AUDIT = Path(__file__).parent / "egress_audit"
 
@@ -30,7 +30,8 @@ def is_local(address: object) -> bool:
 
 def test_no_connection_leaves_loopback(tmp_path: Path, start_backend) -> None:  # noqa: ANN001
     """With a mounted .pt of its own as the detection model, so that the backend exports it to ONNX and
-    OpenVINO at its first load (OpenVINO's converter sends telemetry unless stopped)."""
+    OpenVINO after its first load, in the background, and measures them (OpenVINO's converter sends
+    telemetry unless stopped)."""
     from ultralytics import YOLO
 
     scene = scenes(401, 1)[0]
@@ -47,8 +48,9 @@ def test_no_connection_leaves_loopback(tmp_path: Path, start_backend) -> None:  
         results = requests.post(f"{backend.url}/predict", json={"tasks": tasks, "label_config": SEED_CONFIG}, timeout=120).json()["results"]
         assert all(len(r["result"]) == len(scene.shapes) for r in results)
         port = base.rsplit(":", 1)[1]
+        wait_for("mine.pt exported and its runtimes measured", lambda: "measured model mine.pt" in backend.log.read_text(), 300)
     exports = list((tmp_path / "backend-0" / "model-dir" / "runtimes").glob("*/model*"))
-    assert sorted(p.name for p in exports) == ["model.onnx", "model_openvino_model"], "mine.pt was not exported at load"
+    assert sorted(p.name for p in exports) == ["model.onnx", "model_openvino_model"], "mine.pt was not exported after its load"
     lines = audit.read_text().splitlines()
     media_gets = [line for line in lines if line.startswith("socket.connect") and port in line]
     assert media_gets, "the audit hook saw no connect: it is not recording"

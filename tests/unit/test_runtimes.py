@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,7 +17,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
-from prelabel_backend import cpus, results, runtimes
+from prelabel_backend import cpus, memory, results, runtimes
 from prelabel_backend.label_config import parse
 from prelabel_backend.media import MediaFetcher
 from prelabel_backend.metrics import Metrics
@@ -177,14 +180,23 @@ def test_a_mounted_pt_is_exported_once_at_first_load_keyed_by_its_sha256(tmp_pat
     assert again.runtime == "openvino" and (export / "model.xml").stat().st_mtime_ns == stamp
 
 
-def test_auto_measures_every_runtime_and_keeps_the_fastest(tmp_path: Path) -> None:
+def test_auto_serves_at_once_then_measures_every_runtime_and_keeps_the_fastest(tmp_path: Path) -> None:
+    """The cold start: a packaged model serves on its ready ONNX export (no torch model opened, nothing
+    timed) until the measurement, held while the default models load, switches it to the fastest."""
+    from ultralytics import YOLO  # after the store made ultralytics offline (here, at import, it would go online)
+
     store = ModelStore(Settings(model_dir=tmp_path))
-    loaded = store.get("shapes-detect.pt")
-    assert set(loaded.timings) == {f"{r}/{b}" for r in runtimes.RUNTIMES for b in (1, 4)}
+    with store.measurements_held():
+        loaded = store.get("shapes-detect.pt")
+        assert (loaded.runtime, loaded.batch, loaded.measured, loaded.timings) == ("onnx", 1, False, {})
+        assert loaded.imgsz == YOLO(str(PACKAGED_WEIGHTS / "shapes-detect.pt")).overrides.get("imgsz")
+    store.settle()
+    assert loaded.measured and set(loaded.timings) == {f"{r}/{b}" for r in runtimes.RUNTIMES for b in (1, 4)}
     assert loaded.timings[f"{loaded.runtime}/{loaded.batch}"] == min(loaded.timings.values())
+    assert runtimes.runtime_of(Path(str(loaded.model.ckpt_path or loaded.model.model_name))) == loaded.runtime
     # A restart in the same pod (MODEL_DIR is kept) takes the measured choice instead of measuring again.
     again = ModelStore(Settings(model_dir=tmp_path)).get("shapes-detect.pt")
-    assert (again.runtime, again.batch, again.timings) == (loaded.runtime, loaded.batch, loaded.timings)
+    assert (again.runtime, again.batch, again.timings, again.measured) == (loaded.runtime, loaded.batch, loaded.timings, True)
 
 
 @pytest.mark.parametrize(("cgroup", "available", "expected"), [
@@ -220,3 +232,36 @@ def test_idle_models_are_unloaded_and_come_back(tmp_path: Path) -> None:
     assert store.unload_idle(now=first.last_used + 10) == []
     assert store.unload_idle(now=first.last_used + 3600) == ["shapes-classify.pt"] and store.loaded() == []
     assert store.get("shapes-classify.pt") is not first
+
+
+ARENAS_SCRIPT = """
+import ctypes, sys, threading
+from prelabel_backend import memory
+print(memory.limit_arenas())
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+start = threading.Barrier(8)
+def allocate():
+    start.wait()
+    for _ in range(20000):
+        libc.malloc(256)  # kept: each thread's blocks stay in its arena
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+out = libc.fopen(sys.argv[1].encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(out))
+libc.fclose(ctypes.c_void_p(out))
+"""
+
+
+@pytest.mark.parametrize(("env", "limited"), [({}, True), ({"MALLOC_ARENA_MAX": "16"}, False)])
+def test_malloc_arenas_are_limited_unless_the_operator_set_them(tmp_path: Path, env: dict[str, str], limited: bool) -> None:
+    """Eight threads allocating at once get glibc arenas of their own (up to 8 per core) unless
+    memory.limit_arenas held them to 2; an operator's MALLOC_ARENA_MAX stands (the memory bound)."""
+    info = tmp_path / "malloc_info.xml"
+    done = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, str(info)], env={**os.environ, **env},
+                          capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split() == [str(limited)]
+    heaps = info.read_text().count("<heap nr=")
+    assert (heaps <= memory.ARENAS) if limited else (heaps > memory.ARENAS), info.read_text()[:500]
