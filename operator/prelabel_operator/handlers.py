@@ -232,7 +232,7 @@ def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Statu
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Patch, retry: int, **_: Any) -> None:
+def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, retry: int, **_: Any) -> None:
     """Removes this resource's registrations (and their webhooks) unless deletionPolicy is Orphan.
     To let go while Label Studio is unreachable: set spec.deletionPolicy to Orphan."""
     try:
@@ -254,10 +254,17 @@ def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Pa
                 if exc.reason == "ProjectNotFound":
                     continue
                 raise
-            for registration_id in ours(client.registrations(project_id), meta["uid"]):
+            existing = client.registrations(project_id)
+            mine = ours(existing, meta["uid"])
+            for registration_id in mine:
                 client.remove(project_id, registration_id)
                 metrics.REGISTRATIONS.labels("delete").inc()
                 removed += 1
+            if not mine:
+                # An earlier pass died between deleting the registration and its webhook (a killed
+                # operator): the webhook is still ours, by its owner header or its address.
+                released = {str(status["url"])} if status.get("url") else set()
+                client.tidy_webhooks(project_id, meta["uid"], {r.url for r in existing}, released, None)
     except kube.KubeError as exc:
         raise kopf.TemporaryError(exc.message + hint, delay=backoff(retry)) from None
     except LabelStudioError as exc:
