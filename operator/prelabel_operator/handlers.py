@@ -176,6 +176,8 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
     observed = reconcile.Observed(generation=int(meta.get("generation") or 0))
     previous = list(status.get("conditions") or [])
     try:
+        if problem := manifests.name_problem(name):
+            raise SpecError(problem)
         parsed = MLBackendSpec.parse(dict(spec))
     except SpecError as exc:
         observed.spec_error = str(exc)
