@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import requests
@@ -45,6 +47,25 @@ def backoff(retry: int) -> float:
     return float(min(300, 5 * 2 ** min(retry, 6)))
 
 
+class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's record of the last handled spec (an annotation), as a digest of what kopf would record.
+
+    kopf stores the whole spec (and the user's labels and annotations) in an annotation, and
+    `kubectl apply` stores the whole object in another: a resource of about 128 KiB made both exceed
+    Kubernetes' 256 KiB for all annotations together, every patch of kopf's was refused (HTTP 422),
+    and the finalizer stayed for good. The handlers here reconcile the whole spec and never read
+    kopf's old/new/diff, so a digest tells a change as well as the copy did."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        # What the progress storage's clear() would drop afterwards (its annotations share our prefix),
+        # dropped before hashing: a handler's progress is no change of the resource.
+        self.remove_annotations(essence, {k for k in (essence.get("metadata") or {}).get("annotations") or {} if k.startswith(f"{self.prefix}/")})
+        self.remove_empty_stanzas(essence)
+        digest = hashlib.sha256(json.dumps(essence, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return cast(kopf.BodyEssence, {"sha256": digest})
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
@@ -64,7 +85,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.stealth = True  # no log line per keep-alive
     settings.persistence.finalizer = "prelabel.dev/deregister"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prelabel.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prelabel.dev", key="last-handled-configuration")
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix="prelabel.dev", key="last-handled-configuration")
     settings.execution.max_workers = int(os.environ.get("PRELABEL_MAX_WORKERS", "8"))
     # A resource deleted while its resync timer runs keeps its finalizer until kopf next polls the
     # timer: 60 s by default, which makes deletions hang for a minute. Poll every 2 s.
