@@ -52,7 +52,7 @@ def main() -> None:
         cluster = LocalCluster(build(quiet=True), with_controllers=True).start()
         ls = LabelStudio(workdir=work / "label-studio").start()
         service_account = chart.install(cluster)
-        backends = FakeBackends(cluster.kubeconfig).start()
+        backends = FakeBackends(cluster.kubeconfig, work / "fake-backends.log").start()
         ls_client = Client(base_url=ls.url, api_key=ls.token)
         keys = (ls.token, str(ls_client.tokens.create().token))  # the legacy token, then a personal access token
         print(f"control plane, Label Studio and chart up in {time.perf_counter() - t0:.0f}s", flush=True)

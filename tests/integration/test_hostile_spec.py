@@ -36,7 +36,7 @@ MISSING = 10**8  # a project id no Label Studio here reaches
 def env(cluster, label_studio, tmp_path_factory) -> Iterator:  # noqa: ANN001
     service_account = chart.install(cluster)
     work = tmp_path_factory.mktemp("hostile")
-    backends = FakeBackends(cluster.kubeconfig).start()
+    backends = FakeBackends(cluster.kubeconfig, work / "fake-backends.log").start()
     operator = OperatorProcess(service_account, work / "operator.log").start()
     yield cluster
     operator.stop()
