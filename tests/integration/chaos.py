@@ -94,23 +94,23 @@ class Chaos:
     def run(self) -> Outcome:
         self.log(f"chaos: seed {self.outcome.seed}, {self.n} MLBackends, {self.kill_count} SIGKILLs (replay with this seed)")
         self.cluster.kubectl("create", "namespace", self.ns)
-        self._apply_secret(self.keys[0])
+        self.apply_secret(self.keys[0])
         for i in range(self.n):
             name = f"chaos-{i:03d}"
             self.projects[name] = self.ls.projects.create(title=f"chaos {self.ns} {name}", label_config=_CONFIG).id
         per_phase = [self.kill_count // len(PHASES) + (1 if i < self.kill_count % len(PHASES) else 0) for i in range(len(PHASES))]
         self._start_operator()
         actions: dict[str, Callable[[], None]] = {
-            "create": lambda: self._apply_backends(title="prelabel", threshold=0.5),
-            "update": lambda: self._apply_backends(title="prelabel-v2", threshold=0.4),
-            "rotate": lambda: self._apply_secret(self.keys[1]),
+            "create": lambda: self.apply_backends(title="prelabel", threshold=0.5),
+            "update": lambda: self.apply_backends(title="prelabel-v2", threshold=0.4),
+            "rotate": lambda: self.apply_secret(self.keys[1]),
             "delete": lambda: self.cluster.kubectl("delete", "mlbackends", "--all", "-n", self.ns, "--wait=false"),
         }
         checks: dict[str, Callable[[], tuple[list[str], dict[str, int]]]] = {
-            "create": lambda: self._check_registered("prelabel", self.keys[0]),
-            "update": lambda: self._check_registered("prelabel-v2", self.keys[0]),
-            "rotate": lambda: self._check_registered("prelabel-v2", self.keys[1]),
-            "delete": self._check_gone,
+            "create": lambda: self.check_registered("prelabel", self.keys[0]),
+            "update": lambda: self.check_registered("prelabel-v2", self.keys[0]),
+            "rotate": lambda: self.check_registered("prelabel-v2", self.keys[1]),
+            "delete": self.check_gone,
         }
         for phase, kills in zip(PHASES, per_phase, strict=True):
             self._phase(phase, kills, actions[phase], checks[phase])
@@ -146,12 +146,12 @@ class Chaos:
                 return
             time.sleep(2)
 
-    # -- actions --------------------------------------------------------------------------------------
-    def _apply_secret(self, key: str) -> None:
+    # -- actions (also used on their own by test_chaos) -------------------------------------------------
+    def apply_secret(self, key: str) -> None:
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": self.ns}, "stringData": {KEY: key}}
         self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(secret))
 
-    def _apply_backends(self, title: str, threshold: float) -> None:
+    def apply_backends(self, title: str, threshold: float) -> None:
         docs = [{"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": name, "namespace": self.ns},
                  "spec": {"labelStudio": {"url": self.ls_url, "apiKeySecretRef": {"name": SECRET, "key": KEY},
                                           "projects": [{"id": project}], "title": title},
@@ -171,7 +171,7 @@ class Chaos:
         webhooks = {p: list(self.ls.webhooks.list(project=str(p))) for p in self.projects.values()}
         return registrations, webhooks
 
-    def _check_registered(self, title: str, key: str) -> tuple[list[str], dict[str, int]]:
+    def check_registered(self, title: str, key: str) -> tuple[list[str], dict[str, int]]:
         problems: list[str] = []
         backends = {b["metadata"]["name"]: b for b in self._list("mlbackends")}
         deployments = {d["metadata"]["name"]: d for d in self._list("deployments")}
@@ -204,7 +204,7 @@ class Chaos:
         }
         return problems, counts
 
-    def _check_gone(self) -> tuple[list[str], dict[str, int]]:
+    def check_gone(self) -> tuple[list[str], dict[str, int]]:
         backends, deployments, services = self._list("mlbackends"), self._list("deployments"), self._list("services")
         registrations, webhooks = self._label_studio()
         counts = {"mlbackends": len(backends), "registrations": sum(map(len, registrations.values())),

@@ -59,13 +59,13 @@ def test_deletions_while_the_operator_is_down_leave_nothing(env, label_studio, l
     chaos = Chaos(cluster, service_account, label_studio.url, ls_client, (label_studio.token, label_studio.token), tmp_path,
                   f"down-{uuid.uuid4().hex[:6]}", backends=2, kills=0, seed=0, window=0, timeout=120)
     cluster.kubectl("create", "namespace", chaos.ns)
-    chaos._apply_secret(label_studio.token)
+    chaos.apply_secret(label_studio.token)
     for name in ("chaos-000", "chaos-001"):
         chaos.projects[name] = ls_client.projects.create(title=f"down {chaos.ns} {name}", label_config=SEED_CONFIG).id
     operator = OperatorProcess(service_account, tmp_path / "operator.log").start()
     try:
-        chaos._apply_backends(title="prelabel", threshold=0.5)
-        wait_for("both registered", lambda: not chaos._check_registered("prelabel", label_studio.token)[0], 120)
+        chaos.apply_backends(title="prelabel", threshold=0.5)
+        wait_for("both registered", lambda: not chaos.check_registered("prelabel", label_studio.token)[0], 120)
         operator.kill()
         interrupted = chaos.projects["chaos-000"]
         for registration in ls_client.ml.list(project=interrupted):
@@ -74,7 +74,7 @@ def test_deletions_while_the_operator_is_down_leave_nothing(env, label_studio, l
         cluster.kubectl("delete", "mlbackends", "--all", "-n", chaos.ns, "--wait=false")
         operator = OperatorProcess(service_account, tmp_path / "operator.log").start()
         deadline = time.monotonic() + 120
-        while (problems := chaos._check_gone()[0]) and time.monotonic() < deadline:
+        while (problems := chaos.check_gone()[0]) and time.monotonic() < deadline:
             time.sleep(1)
         assert not problems, problems
     finally:
