@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import requests
@@ -45,6 +47,25 @@ def backoff(retry: int) -> float:
     return float(min(300, 5 * 2 ** min(retry, 6)))
 
 
+class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's record of the last handled spec (an annotation), as a digest of what kopf would record.
+
+    kopf stores the whole spec (and the user's labels and annotations) in an annotation, and
+    `kubectl apply` stores the whole object in another: a resource of about 128 KiB made both exceed
+    Kubernetes' 256 KiB for all annotations together, every patch of kopf's was refused (HTTP 422),
+    and the finalizer stayed for good. The handlers here reconcile the whole spec and never read
+    kopf's old/new/diff, so a digest tells a change as well as the copy did."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        # What the progress storage's clear() would drop afterwards (its annotations share our prefix),
+        # dropped before hashing: a handler's progress is no change of the resource.
+        self.remove_annotations(essence, {k for k in (essence.get("metadata") or {}).get("annotations") or {} if k.startswith(f"{self.prefix}/")})
+        self.remove_empty_stanzas(essence)
+        digest = hashlib.sha256(json.dumps(essence, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return cast(kopf.BodyEssence, {"sha256": digest})
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
@@ -64,7 +85,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.stealth = True  # no log line per keep-alive
     settings.persistence.finalizer = "prelabel.dev/deregister"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prelabel.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prelabel.dev", key="last-handled-configuration")
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix="prelabel.dev", key="last-handled-configuration")
     settings.execution.max_workers = int(os.environ.get("PRELABEL_MAX_WORKERS", "8"))
     # A resource deleted while its resync timer runs keeps its finalizer until kopf next polls the
     # timer: 60 s by default, which makes deletions hang for a minute. Poll every 2 s.
@@ -176,6 +197,8 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
     observed = reconcile.Observed(generation=int(meta.get("generation") or 0))
     previous = list(status.get("conditions") or [])
     try:
+        if problem := manifests.name_problem(name):
+            raise SpecError(problem)
         parsed = MLBackendSpec.parse(dict(spec))
     except SpecError as exc:
         observed.spec_error = str(exc)
@@ -232,7 +255,7 @@ def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Statu
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Patch, retry: int, **_: Any) -> None:
+def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, retry: int, **_: Any) -> None:
     """Removes this resource's registrations (and their webhooks) unless deletionPolicy is Orphan.
     To let go while Label Studio is unreachable: set spec.deletionPolicy to Orphan."""
     try:
@@ -254,10 +277,17 @@ def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Pa
                 if exc.reason == "ProjectNotFound":
                     continue
                 raise
-            for registration_id in ours(client.registrations(project_id), meta["uid"]):
+            existing = client.registrations(project_id)
+            mine = ours(existing, meta["uid"])
+            for registration_id in mine:
                 client.remove(project_id, registration_id)
                 metrics.REGISTRATIONS.labels("delete").inc()
                 removed += 1
+            if not mine:
+                # An earlier pass died between deleting the registration and its webhook (a killed
+                # operator): the webhook is still ours, by its owner header or its address.
+                released = {str(status["url"])} if status.get("url") else set()
+                client.tidy_webhooks(project_id, meta["uid"], {r.url for r in existing}, released, None)
     except kube.KubeError as exc:
         raise kopf.TemporaryError(exc.message + hint, delay=backoff(retry)) from None
     except LabelStudioError as exc:

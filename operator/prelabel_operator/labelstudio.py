@@ -84,9 +84,17 @@ class Client:
             matches = [p for p in self._call("list projects", lambda: list(SyncPagerExt.from_sync_pager(self.sdk.projects.list()))) if p.title == ref.title]
             if len(matches) != 1:
                 found = "no project" if not matches else f"{len(matches)} projects"
-                raise LabelStudioError("ProjectNotFound", f"{found} titled {ref.title!r} in Label Studio: fix spec.labelStudio.projects or the title", False)
+                fix = "name the project by id instead" if matches else "fix spec.labelStudio.projects or the title"
+                raise LabelStudioError("ProjectNotFound", f"{found} titled {ref.title!r} in Label Studio: {fix}", False)
             project_id = matches[0].id
-        project = self._call(f"read project {project_id}", self.sdk.projects.get, project_id)
+        try:
+            project = self._call(f"read project {project_id}", self.sdk.projects.get, project_id)
+        except LabelStudioError as exc:
+            if exc.reason != "NotFound":
+                raise
+            # Also what a deleted project answers: deregistering skips it rather than waiting for it forever.
+            raise LabelStudioError("ProjectNotFound", f"no project {project_id} in Label Studio (or the API key's user may not see it): "
+                                   "fix spec.labelStudio.projects", False) from None
         return Project(int(project.id), str(project.title or ""), str(project.label_config or ""), str(project.model_version or ""))
 
     # -- registrations --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 from typing import Any
 
 from .spec import MLBackendSpec
@@ -30,6 +31,22 @@ def labels(name: str) -> dict[str, str]:
 
 def object_name(name: str) -> str:
     return f"{name}-backend"
+
+
+MAX_NAME = 63 - len(object_name(""))  # a Service name is a DNS-1035 label (<= 63 characters): 55
+_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def name_problem(name: str) -> str | None:
+    """Why an MLBackend of this name cannot have its Service (None when it can): the Service, named
+    object_name(name), must be a DNS-1035 label. The CRD refuses such names (its metadata.name
+    rule); this covers resources made before that rule, or with the CRD applied without it."""
+    if len(name) <= MAX_NAME and _DNS_1035_LABEL.fullmatch(name):
+        return None
+    return (f"metadata.name {name[:70]!r}{'...' if len(name) > 70 else ''} ({len(name)} characters) cannot name the backend's "
+            f"Service {object_name('<name>')!r}: a Service name is a DNS-1035 label of at most 63 characters, so the name must be "
+            f"at most {MAX_NAME} lowercase letters, digits and '-', starting with a letter and ending with a letter or digit; "
+            "create the MLBackend again under such a name")
 
 
 def secrets_hash(secret_data: dict[str, dict[str, str]]) -> str:

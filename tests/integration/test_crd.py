@@ -103,12 +103,37 @@ def test_prelabel_turned_on_with_an_empty_section_gets_its_defaults(crd) -> None
         (with_spec(prelabel={"batchSize": 0}), "spec.prelabel.batchSize in body should be greater than or equal to 1"),
         (with_spec(prelabel={"concurrency": 500}), "spec.prelabel.concurrency in body should be less than or equal to 64"),
         (with_spec(prelabel={"paused": "yes"}), 'spec.prelabel.paused: Invalid value: "string": spec.prelabel.paused in body must be of type boolean'),
+        # Absurd sizes (issue 15): refused here, with the limit named, rather than half-applied by the operator.
+        (with_spec(labelStudio__projects=[{"id": i} for i in range(1, 1001)]), "spec.labelStudio.projects: Too many: 1000: must have at most 50 items"),
+        (with_spec(model={"env": [{"name": f"V{i}", "value": "x"} for i in range(65)]}), "spec.model.env: Too many: 65: must have at most 64 items"),
+        (with_spec(model={"env": [{"name": "BIG", "value": "x" * 2049}]}), "spec.model.env[0].value: Too long: may not be more than 2048 bytes"),
+        (with_spec(labelStudio__projects=[{"title": "t" * 501}]), "spec.labelStudio.projects[0].title: Too long: may not be more than 500 bytes"),
     ],
 )
 def test_malformed_resources_are_rejected_with_a_readable_message(crd, body: dict, message: str) -> None:  # noqa: ANN001
     done, _ = apply(crd, body)
     assert done.returncode != 0
     assert message in done.stderr, done.stderr
+
+
+NAME_RULE = "metadata.name must be at most 55 characters of lowercase letters, digits and '-', start with a letter"
+
+
+@pytest.mark.parametrize("name", ["a" * 56, "a" * 253, "1-backend", "my.backend", "x" * 240 + ".example.com"])
+def test_names_the_backend_service_cannot_carry_are_refused(crd, name: str) -> None:  # noqa: ANN001
+    """Valid object names (DNS-1123 subdomains, up to 253 characters) whose Service, <name>-backend,
+    would not be a DNS-1035 label of at most 63 characters."""
+    body = copy.deepcopy(MINIMAL)
+    body["metadata"]["name"] = name
+    done = crd.kubectl("apply", "-f", "-", input=yaml.safe_dump(body), check=False)
+    assert done.returncode != 0 and NAME_RULE in done.stderr, done.stderr
+
+
+def test_the_longest_name_allowed_is_accepted(crd) -> None:  # noqa: ANN001
+    body = copy.deepcopy(MINIMAL)
+    body["metadata"]["name"] = "n" * 55
+    done = crd.kubectl("apply", "-f", "-", input=yaml.safe_dump(body), check=False)
+    assert done.returncode == 0, done.stderr
 
 
 def test_kubectl_explain_teaches_the_fields(crd) -> None:  # noqa: ANN001

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
+import yaml
 
 from prelabel_operator import manifests
 from prelabel_operator.spec import MLBackendSpec, SpecError
+from tests.conftest import REPO
 
 RAW = {"labelStudio": {"url": "http://ls.labeling:8080/", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 3}, {"title": "Cars"}]}}
 
@@ -147,3 +150,26 @@ def test_label_studio_public_urls_reach_the_backend_env() -> None:
     assert spec.label_studio.public_urls == ("https://labelstudio.example.com", "https://example.com/ls")
     env = env_of(manifests.deployment("shapes", spec, "h"))
     assert env["LABEL_STUDIO_PUBLIC_URLS"] == {"name": "LABEL_STUDIO_PUBLIC_URLS", "value": "https://labelstudio.example.com,https://example.com/ls"}
+
+
+@pytest.mark.parametrize("name", ["a", "shapes", "yolo-v8", "a" * 55, "b1-" + "c" * 52])
+def test_names_whose_service_name_is_valid(name: str) -> None:
+    assert manifests.name_problem(name) is None
+    assert len(manifests.object_name(name)) <= 63
+
+
+@pytest.mark.parametrize("name", ["a" * 56, "a" * 253, "1abc", "my.backend", "ends-", "x" * 200 + ".example.com"])
+def test_names_the_service_cannot_carry_get_a_message_that_says_what_to_fix(name: str) -> None:
+    problem = manifests.name_problem(name)
+    assert problem is not None and "at most 55 lowercase letters, digits and '-'" in problem and "DNS-1035" in problem
+    assert len(problem) < 600  # a 253-character name is cut short in the message
+
+
+def test_the_crd_refuses_exactly_the_names_the_operator_cannot_serve() -> None:
+    """The CRD's metadata.name rule and manifests.name_problem agree (its regex and length, read from the CRD)."""
+    schema = yaml.safe_load((REPO / "crds" / "mlbackend.yaml").read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    rule = schema["x-kubernetes-validations"][0]["rule"]
+    size = int(re.search(r"size\(\) <= (\d+)", rule).group(1))  # type: ignore[union-attr]
+    pattern = re.search(r"matches\('(.*)'\)", rule).group(1)  # type: ignore[union-attr]
+    for name in ["a", "a" * 55, "a" * 56, "1abc", "my.backend", "ends-", "mid-dle", "UPPER"]:
+        assert (len(name) <= size and re.search(pattern, name) is not None) == (manifests.name_problem(name) is None), name
