@@ -59,6 +59,7 @@ bench-prelabel: env label-studio  ## pre-labeling a project: backend alone, the 
 
 bench-fuzz: env  ## hostile input to the backend: 10,000 schemathesis requests against its openapi.yaml, bombs, huge bodies, slow-loris; RSS throughout
 	$(PY) bench/fuzz_bench.py
+
 bench-chaos: env cluster label-studio  ## 50 MLBackends through create, update, key rotation and delete while the operator is SIGKILLed 20 times
 	$(PY) bench/chaos_bench.py
 
