@@ -19,6 +19,12 @@ from label_studio_sdk.core.api_error import ApiError
 from .registration import OWNER_HEADER, Desired, Plan, Registration, Webhook, owner_of, plan, plan_webhooks, same_url
 from .spec import ProjectRef
 
+# The SDK retries a request that got a 5xx, 408, 409 or 429 twice. A create is not idempotent: Label
+# Studio on SQLite answers 500 "database is locked" to a POST it may have committed already, and the
+# retry made a second registration (bench/scale_bench.py, 10 backends at once). Creates go once; the
+# next reconcile lists before it creates again.
+ONCE = {"max_retries": 0}
+
 
 class LabelStudioError(Exception):
     def __init__(self, reason: str, message: str, retryable: bool = True) -> None:
@@ -105,7 +111,8 @@ class Client:
         if desired.auth_user:
             fields.update(auth_method="BASIC_AUTH", basic_auth_user=desired.auth_user, basic_auth_pass=auth_password)
         if decided.create:
-            created = self._call(f"register the backend in project {project_id}", self.sdk.ml.create, backend_url=desired.url, **fields)
+            created = self._call(f"register the backend in project {project_id}", self.sdk.ml.create, backend_url=desired.url,
+                                 request_options=ONCE, **fields)
             registration_id = int(created.id)
         elif decided.update_id is not None:
             # Label Studio 1.23 answers 500 to an update without url and project: always send both.
@@ -153,7 +160,8 @@ class Client:
         if decided.create_url:
             # What Label Studio itself makes for a new registration (ml/models.py create_ml_webhook).
             self._call(f"create the webhook of project {project_id}", self.sdk.webhooks.create, project=project_id,
-                       url=decided.create_url, send_payload=True, send_for_all_actions=True, headers={OWNER_HEADER: uid})
+                       url=decided.create_url, send_payload=True, send_for_all_actions=True, headers={OWNER_HEADER: uid},
+                       request_options=ONCE)
 
     def set_model_version(self, project: Project, model_version: str) -> None:
         """Makes "Retrieve predictions" and the project's prediction view use this backend's output."""

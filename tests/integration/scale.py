@@ -9,9 +9,9 @@ counted from the servers' own records: Label Studio's access log and the API ser
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as dt
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -70,8 +70,6 @@ def usage(pid: int) -> Usage:
     status = Path(f"/proc/{pid}/status").read_text()
     hwm = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    import os
-
     ticks = os.sysconf("SC_CLK_TCK")
     return Usage(hwm / 1024, (int(fields[11]) + int(fields[12])) / ticks)
 
@@ -106,12 +104,12 @@ class Scale:
             self.backends.stop()
 
     def projects(self, n: int, prefix: str) -> list[int]:
-        """n new Label Studio projects with the seed's config (4 at a time)."""
+        """n new Label Studio projects with the seed's config, one at a time: Label Studio on SQLite answers
+        concurrent creates 500 ("database is locked"), and the SDK's retry of one it had committed made a duplicate."""
         from label_studio_sdk import LabelStudio as Client
 
         ls = Client(base_url=self.label_studio.url, api_key=self.label_studio.token)
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            return list(pool.map(lambda i: int(ls.projects.create(title=f"{prefix}-{i}", label_config=SEED_CONFIG).id), range(n)))
+        return [int(ls.projects.create(title=f"{prefix}-{i}", label_config=SEED_CONFIG, request_options={"max_retries": 0}).id) for i in range(n)]
 
     def apply(self, project_ids: list[int], prefix: str) -> float:
         """Applies one MLBackend per project in one `kubectl apply`; returns when it was sent (epoch s)."""
