@@ -97,10 +97,11 @@ class Schedule:
 
     def __init__(self, rate: float, interval: float, full_every: int = 10, burst: float | None = None) -> None:
         self.rate, self.interval, self.full_every = rate, interval, max(1, full_every)
-        self.bucket = Bucket(rate, burst if burst is not None else max(self.FULL_COST, 2 * rate))
+        self.bucket = Bucket(rate, burst if burst is not None else max(self.FULL_COST, 5 * rate))
         self.costs: dict[str, int] = {}  # uid -> projects
         self.checked: dict[str, float] = {}  # uid -> last check (the caller's clock)
         self.checks: dict[str, int] = {}  # uid -> checks made
+        self.refused: set[str] = set()  # due, refused by the budget at their last tick
         self._lock = threading.Lock()
 
     def mean_cost(self, projects: int) -> float:
@@ -121,6 +122,7 @@ class Schedule:
         with self._lock:
             for table in (self.costs, self.checked, self.checks):
                 table.pop(uid, None)
+            self.refused.discard(uid)
 
     def claim(self, uid: str, now: float) -> str | None:
         """"light" or "full" when `uid`'s check is due and the budget has room for it, or when the
@@ -133,11 +135,12 @@ class Schedule:
             projects = self.costs.get(uid, 1)
             count = self.checks.get(uid, 0) + 1
             full = count % self.full_every == 0
-            # Refused once already (its slot is a tick or more behind): it passes now, in debt, so
-            # the bound holds; the headroom pays the debt back.
-            overdue = now - last_slot(uid, now, every) >= self.interval
-            if not self.bucket.take(now, projects * (self.FULL_COST if full else 1), force=overdue):
+            # Refused at its previous tick: it passes now, in debt, so the bound holds; the headroom
+            # pays the debt back.
+            if not self.bucket.take(now, projects * (self.FULL_COST if full else 1), force=uid in self.refused):
+                self.refused.add(uid)
                 return None
+            self.refused.discard(uid)
             self.checks[uid], self.checked[uid] = count, now
             return "full" if full else "light"
 

@@ -3,6 +3,7 @@ schedule, and the status patch that writes only what changed."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import pytest
@@ -73,6 +74,26 @@ def test_schedule_checks_each_resource_once_per_period_within_the_rate() -> None
         assert len(times) >= 8 and max(gaps) <= drift.repair_bound(every, tick), (u, gaps)
     kinds = [k for _, _, k in claims]
     assert kinds.count("full") == pytest.approx(len(kinds) / 5, rel=0.1)
+
+
+def test_timers_ticking_together_are_all_checked_every_period() -> None:
+    """MLBackends applied at once tick together; a tick the budget refuses passes at the next one."""
+    schedule = drift.Schedule(rate=0.8, interval=30, full_every=10)
+    uids = [f"uid-{i}" for i in range(10)]
+    for u in uids:
+        schedule.track(u, projects=1, now=0.0)
+    assert schedule.period() == 30
+    checked: dict[str, list[float]] = {u: [] for u in uids}
+    for tick in range(1, 41):
+        for i, u in enumerate(uids):
+            now = tick * 30.1 + i * 0.01
+            if schedule.claim(u, now):
+                checked[u].append(now)
+    for u, times in checked.items():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert len(times) >= 19 and max(gaps) <= drift.repair_bound(30, 30), (u, gaps)
+    total = sum(len(t) for t in checked.values())
+    assert total <= 0.8 * 40 * 30.1 + schedule.bucket.burst  # within the rate: 10 per 30 s is 0.33/s
 
 
 def test_schedule_forgets_deleted_resources() -> None:
