@@ -115,7 +115,9 @@ class Scale:
         """Applies one MLBackend per project in one `kubectl apply`; returns when it was sent (epoch s)."""
         docs = [{"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": f"{prefix}-{i}", "namespace": NAMESPACE},
                  "spec": {"labelStudio": {"url": self.label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": pid}]},
-                          "image": "prelabel-backend:test"}} for i, pid in enumerate(project_ids)]
+                          "image": "prelabel-backend:test",
+                          # kwok nodes have 32 CPUs: at the default request (500m) 64 pods fit one; 110 at this
+                          "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}}} for i, pid in enumerate(project_ids)]
         sent = time.time()
         self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
         return sent
