@@ -215,11 +215,12 @@ def reconcile_backend(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status:
         except Exception:
             metrics.RECONCILES.labels("error").inc()
             raise
-        metrics.RECONCILES.labels("ready" if _ready(patch) else "not-ready").inc()
+        metrics.RECONCILES.labels("ready" if _ready(status, patch) else "not-ready").inc()
 
 
-def _ready(patch: kopf.Patch) -> bool:
-    return reconcile.condition(patch.get("status"), "Ready").get("status") == "True"
+def _ready(status: kopf.Status, patch: kopf.Patch) -> bool:
+    """Ready as the status will be after the patch (which holds only what changed)."""
+    return reconcile.condition({**dict(status), **(patch.get("status") or {})}, "Ready").get("status") == "True"
 
 
 def _patch_status(patch: kopf.Patch, status: kopf.Status, body_status: dict[str, Any]) -> None:
@@ -299,6 +300,8 @@ def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Statu
 def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Patch, retry: int, **_: Any) -> None:
     """Removes this resource's registrations (and their webhooks) unless deletionPolicy is Orphan.
     To let go while Label Studio is unreachable: set spec.deletionPolicy to Orphan."""
+    DRIFT.forget(meta["uid"])  # the timer checks no deleted resource
+    _remembered.pop(meta["uid"], None)
     try:
         parsed = MLBackendSpec.parse(dict(spec))
     except SpecError:
@@ -331,8 +334,6 @@ def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Pa
         metrics.READY.remove(meta["namespace"], meta["name"])
     with _reconciling_guard:
         _reconciling.pop(meta["uid"], None)
-    DRIFT.forget(meta["uid"])
-    _remembered.pop(meta["uid"], None)
     _event(body, "Deregistered", f"removed {removed} registration(s) from Label Studio")
 
 
