@@ -141,14 +141,13 @@ def _apply_objects(body: kopf.Body, name: str, namespace: str, spec: MLBackendSp
     hpa = manifests.autoscaler(name, spec)
     if hpa:
         objects.append(hpa)
+    applied = {}
     for obj in objects:
         kopf.adopt(obj, owner=body)
-        kube.apply(obj, namespace)
+        applied[obj["kind"]] = kube.apply(obj, namespace)  # the object as it is now, status included: no get after it
     if not hpa:
         kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", manifests.object_name(name), namespace)
-    deployment = kube.get("apps/v1", "Deployment", manifests.object_name(name), namespace)
-    service = kube.get("v1", "Service", manifests.object_name(name), namespace)
-    return deployment, service
+    return applied.get("Deployment"), applied.get("Service")
 
 
 def _register(body: kopf.Body, observed: reconcile.Observed, spec: MLBackendSpec, api_key: str,
