@@ -114,6 +114,13 @@ class Client:
             created = self._call(f"register the backend in project {project_id}", self.sdk.ml.create, backend_url=desired.url,
                                  request_options=ONCE, **fields)
             registration_id = int(created.id)
+            # Label Studio on SQLite can keep a registration from a create it answered with an error
+            # ("database is locked" after the row was saved), beside the one this create made: look
+            # once more, and keep one (bench/README.md, scale).
+            again = plan(self.registrations(project_id), desired, uid)
+            if again.delete_ids:
+                registration_id = int(again.registration_id or registration_id)
+                decided = Plan(create=True, delete_ids=again.delete_ids)
         elif decided.update_id is not None:
             # Label Studio 1.23 answers 500 to an update without url and project: always send both.
             self._call(f"update registration {decided.update_id}", self.sdk.ml.update, decided.update_id, backend_url=desired.url, **fields)
