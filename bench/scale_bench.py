@@ -16,7 +16,7 @@ MLBackend. Measured (tests/integration/scale.py):
   resource (the audit log);
 - the drift bound the budget states for N (prelabel_operator.drift.repair_bound).
 
-`--baseline DIR` runs the operator's code from another checkout (e.g. main before the drift budget)
+`--baseline DIR` runs the operator's code and chart from another checkout (e.g. main before the drift budget)
 for comparison, same everything else. The machine is small and shared: figures are one run's.
 """
 
@@ -44,6 +44,8 @@ from tests.integration.scale import Scale, api_requests, ls_requests, percentile
 def run(n: int, label_studio: LabelStudio, args: argparse.Namespace, work: Path) -> dict[str, object]:
     cluster = LocalCluster(build(quiet=True), with_controllers=True, nodes=max(1, math.ceil(n / 100)), workdir=work / f"cluster-{n}").start()
     env = {"PYTHONPATH": str(Path(args.baseline).resolve() / "operator")} if args.baseline else {}
+    if args.baseline:  # its chart too: the RBAC matches the operator's calls
+        chart.CHART = Path(args.baseline).resolve() / "charts" / "prelabel-operator"
     scale = Scale(cluster, label_studio, work / f"n{n}", resync_seconds=args.resync, drift_rate=args.rate, operator_env=env)
     try:
         scale.start()

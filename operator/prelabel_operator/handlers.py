@@ -67,21 +67,13 @@ def _client(url: str, api_key: str) -> Client:
     return Client(url, api_key)
 
 
-def _event(body: kopf.Body, reason: str, message: str) -> None:
-    """A Normal Event. kopf.info posts only with posting.level <= INFO, which also posts kopf's own
-    "Handler/Timer succeeded" lines: an Event write per resource per resync."""
-    kopf.event(body, type="Normal", reason=reason, message=message)
-
-
 def backoff(retry: int) -> float:
     return float(min(300, 5 * 2 ** min(retry, 6)))
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Warnings and errors of kopf's own lines are posted as Events; its INFO lines ("Timer 'resync'
-    # succeeded", one per resource per tick) are not: that was the API server's largest load at scale.
-    settings.posting.level = logging.WARNING
+    settings.posting.level = logging.INFO
     # A watch that went silent (its connection dropped by a NAT, a load balancer, a stalled proxy;
     # kopf #787, #996, #1276) is abandoned after 70 s without any event, not even the bookmark the API
     # server sends about every 60 s, and kopf lists and watches again: a resource created meanwhile
@@ -189,7 +181,7 @@ def _register(body: kopf.Body, observed: reconcile.Observed, spec: MLBackendSpec
                     metrics.REGISTRATIONS.labels(action).inc()
             if decided.create or decided.update_id or decided.delete_ids:
                 what = "registered" if decided.create else "updated the registration"
-                _event(body, "Registered", f"{what} {observed.url} in project {project_id} (ML backend {registration_id})")
+                kopf.info(body, reason="Registered", message=f"{what} {observed.url} in project {project_id} (ML backend {registration_id})")
             connected = reconcile.ProjectStatus(project_id, title, registration_id, "Connected", message=check.message, compatible=check.compatible)
             observed.projects.append(connected)
             remembered.projects[ref] = connected
@@ -306,7 +298,7 @@ def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Pa
     except SpecError:
         return  # never registered anything
     if parsed.deletion_policy == "Orphan":
-        _event(body, "Orphaned", "left the Label Studio registrations in place (deletionPolicy: Orphan)")
+        kopf.info(body, reason="Orphaned", message="left the Label Studio registrations in place (deletionPolicy: Orphan)")
         return
     hint = "; to let go without deregistering, set spec.deletionPolicy: Orphan"
     try:
@@ -333,7 +325,7 @@ def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, patch: kopf.Pa
         metrics.READY.remove(meta["namespace"], meta["name"])
     with _reconciling_guard:
         _reconciling.pop(meta["uid"], None)
-    _event(body, "Deregistered", f"removed {removed} registration(s) from Label Studio")
+    kopf.info(body, reason="Deregistered", message=f"removed {removed} registration(s) from Label Studio")
 
 
 # -- pre-labeling ----------------------------------------------------------------------------------
@@ -377,9 +369,9 @@ async def prelabel_daemon(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, sta
         phase = body_status["phase"]
         if phase != last_phase[0]:
             if phase == "Progressing" and last_phase[0] != "Progressing":
-                _event(body, "PrelabelStarted", f"pre-labeling {body_status['pending']} task(s) with {progress.model_version}")
+                kopf.info(body, reason="PrelabelStarted", message=f"pre-labeling {body_status['pending']} task(s) with {progress.model_version}")
             elif phase == "Complete":
-                _event(body, "PrelabelComplete", cond[2])
+                kopf.info(body, reason="PrelabelComplete", message=cond[2])
             elif phase == "Failed":
                 kopf.warn(body, reason="PrelabelFailed", message=cond[2])
             last_phase[0] = phase
