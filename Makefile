@@ -11,7 +11,7 @@ APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env RUNLEVEL=1 DEBIAN_FRONTEND=
 STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: env cluster node argocd label-studio images test test-unit demo bench bench-prelabel bench-fuzz bench-chaos lint format clean
+.PHONY: env cluster node argocd label-studio images test test-unit demo bench bench-prelabel bench-fuzz bench-chaos bench-scale lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
@@ -62,6 +62,9 @@ bench-fuzz: env  ## hostile input to the backend: 10,000 schemathesis requests a
 
 bench-chaos: env cluster label-studio  ## 50 MLBackends through create, update, key rotation and delete while the operator is SIGKILLed 20 times
 	$(PY) bench/chaos_bench.py
+
+bench-scale: env cluster label-studio  ## the operator with 10, 100, 500 MLBackends: time to Ready, RSS, CPU, quiet-state load on Label Studio and the API server
+	$(PY) bench/scale_bench.py
 
 lint: env  ## ruff (lint), mypy --strict on the three packages, the import contracts in .importlinter (config: pyproject.toml)
 	.venv/bin/ruff check .

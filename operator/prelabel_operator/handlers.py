@@ -10,26 +10,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
 import requests
 
-from . import configcheck, kube, manifests, metrics, prelabel, reconcile
+from . import configcheck, drift, kube, manifests, metrics, prelabel, reconcile
 from .labelstudio import Client, LabelStudioError
 from .prelabel_driver import Driver, Outage, Target
-from .registration import Desired, marker, ours
+from .registration import Desired, marker, ours, unchanged
 from .spec import MLBackendSpec, PrelabelSpec, SpecError
 
 GROUP, VERSION, PLURAL = "prelabel.dev", "v1alpha1", "mlbackends"
 RESYNC_SECONDS = float(os.environ.get("PRELABEL_RESYNC_SECONDS", "30"))
 FATAL = {"Unauthorized", "LabelStudioUnreachable"}  # stop trying the other projects this round
+# Drift checks share a budget of Label Studio requests (drift.py): each resource is checked every
+# max(RESYNC_SECONDS, its share of the budget) seconds; the timer ticks every RESYNC_SECONDS.
+DRIFT = drift.Schedule(rate=float(os.environ.get("PRELABEL_DRIFT_REQUESTS_PER_SECOND", "0.8")), interval=RESYNC_SECONDS,
+                       full_every=int(os.environ.get("PRELABEL_DRIFT_FULL_EVERY", "10")))
+
+
+@dataclass
+class _Remembered:
+    """What the last full reconcile of a resource found in Label Studio, for the light checks that
+    follow: valid while the resource's generation, Secrets digest and backend URL stay the same."""
+
+    fingerprint: tuple[int, str, str]
+    model_version: str | None = None
+    projects: dict[Any, reconcile.ProjectStatus] = field(default_factory=dict)  # ProjectRef -> its status
+
+
+_remembered: dict[str, _Remembered] = {}
 
 
 # kopf runs a resource's timer beside its change handlers; one reconcile at a time per resource keeps
@@ -41,6 +60,13 @@ _reconciling_guard = threading.Lock()
 def _lock_for(uid: str) -> threading.Lock:
     with _reconciling_guard:
         return _reconciling.setdefault(uid, threading.Lock())
+
+
+@functools.lru_cache(maxsize=64)
+def _client(url: str, api_key: str) -> Client:
+    """One client (one pool of kept-alive connections) per Label Studio and key, shared by all
+    resources: a new one per reconcile opened a connection per pass."""
+    return Client(url, api_key)
 
 
 def backoff(retry: int) -> float:
@@ -128,25 +154,38 @@ def _apply_objects(body: kopf.Body, name: str, namespace: str, spec: MLBackendSp
     hpa = manifests.autoscaler(name, spec)
     if hpa:
         objects.append(hpa)
+    applied = {}
     for obj in objects:
         kopf.adopt(obj, owner=body)
-        kube.apply(obj, namespace)
+        applied[obj["kind"]] = kube.apply(obj, namespace)  # the object as it is now, status included: no get after it
     if not hpa:
         kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", manifests.object_name(name), namespace)
-    deployment = kube.get("apps/v1", "Deployment", manifests.object_name(name), namespace)
-    service = kube.get("v1", "Service", manifests.object_name(name), namespace)
-    return deployment, service
+    return applied.get("Deployment"), applied.get("Service")
 
 
 def _register(body: kopf.Body, observed: reconcile.Observed, spec: MLBackendSpec, api_key: str,
-              auth: tuple[str, str] | None, uid: str, name: str, namespace: str) -> None:
+              auth: tuple[str, str] | None, uid: str, name: str, namespace: str, fingerprint: tuple[int, str, str], light: bool) -> None:
+    """Registers in every declared project. `light`: where the last full pass found this project
+    Connected under the same fingerprint, only list its registrations (one request) and keep what
+    that pass found when ours is there as desired; a full pass for that project otherwise."""
     assert observed.url
-    client = Client(spec.label_studio.url, api_key)
+    client = _client(spec.label_studio.url, api_key)
     desired = Desired(url=observed.url, title=spec.label_studio.title, description=marker(namespace, name, uid),
                       is_interactive=spec.label_studio.interactive, timeout=spec.label_studio.timeout_seconds,
                       auth_user=auth[0] if auth else None)
+    before = _remembered.get(uid)
+    known = before.projects if before is not None and before.fingerprint == fingerprint and light else {}
+    remembered = _Remembered(fingerprint, observed.model_version)
     for ref in spec.label_studio.projects:
         try:
+            last = known.get(ref)
+            if last is not None and last.state == "Connected" and last.id is not None and last.ml_backend_id is not None:
+                if unchanged(client.registrations(last.id), desired, uid, last.ml_backend_id):
+                    observed.projects.append(last)
+                    remembered.projects[ref] = last
+                    observed.model_version = (before.model_version if before else None) or observed.model_version
+                    continue
+                metrics.ERRORS.labels("RegistrationDrift").inc()
             project = client.resolve(ref)
             project_id, title = project.id, project.title
             check = _check_config(observed.url, project_id, project.label_config, auth)
@@ -164,35 +203,45 @@ def _register(body: kopf.Body, observed: reconcile.Observed, spec: MLBackendSpec
             if decided.create or decided.update_id or decided.delete_ids:
                 what = "registered" if decided.create else "updated the registration"
                 kopf.info(body, reason="Registered", message=f"{what} {observed.url} in project {project_id} (ML backend {registration_id})")
-            observed.projects.append(reconcile.ProjectStatus(project_id, title, registration_id, "Connected",
-                                                             message=check.message, compatible=check.compatible))
+            connected = reconcile.ProjectStatus(project_id, title, registration_id, "Connected", message=check.message, compatible=check.compatible)
+            observed.projects.append(connected)
+            remembered.projects[ref] = connected
         except LabelStudioError as exc:
             if exc.reason in FATAL:
                 observed.label_studio_error = (exc.reason, exc.message)
+                _remembered.pop(uid, None)
                 return
             observed.projects.append(reconcile.ProjectStatus(ref.id, ref.title, state="Error", message=exc.message))
+    remembered.model_version = observed.model_version
+    _remembered[uid] = remembered
 
 
 def reconcile_backend(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
-                      retry: int, timer: bool = False) -> None:
+                      retry: int, timer: bool = False, light: bool = False) -> None:
     with _lock_for(meta["uid"]), metrics.RECONCILE_SECONDS.time():
         try:
-            _reconcile(body, meta, spec, status, patch, retry, timer)
+            _reconcile(body, meta, spec, status, patch, retry, timer, light)
         except (kopf.TemporaryError, kopf.PermanentError):
             metrics.RECONCILES.labels("not-ready").inc()
             raise
         except Exception:
             metrics.RECONCILES.labels("error").inc()
             raise
-        metrics.RECONCILES.labels("ready" if _ready(patch) else "not-ready").inc()
+        metrics.RECONCILES.labels("ready" if _ready(status, patch) else "not-ready").inc()
 
 
-def _ready(patch: kopf.Patch) -> bool:
-    return reconcile.condition(patch.get("status"), "Ready").get("status") == "True"
+def _ready(status: kopf.Status, patch: kopf.Patch) -> bool:
+    """Ready as the status will be after the patch (which holds only what changed)."""
+    return reconcile.condition({**dict(status), **(patch.get("status") or {})}, "Ready").get("status") == "True"
+
+
+def _patch_status(patch: kopf.Patch, status: kopf.Status, body_status: dict[str, Any]) -> None:
+    """Only what changed: a resync that finds everything as it was writes nothing."""
+    patch.status.update(drift.changed(dict(status), body_status))
 
 
 def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
-               retry: int, timer: bool) -> None:
+               retry: int, timer: bool, light: bool) -> None:
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     observed = reconcile.Observed(generation=int(meta.get("generation") or 0))
     previous = list(status.get("conditions") or [])
@@ -202,21 +251,23 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
         parsed = MLBackendSpec.parse(dict(spec))
     except SpecError as exc:
         observed.spec_error = str(exc)
-        patch.status.update(reconcile.status(observed, previous))
+        _patch_status(patch, status, reconcile.status(observed, previous))
         raise kopf.PermanentError(str(exc)) from None
     try:
         api_key, auth, digest = _secrets(namespace, parsed)
         deployment, service = _apply_objects(body, name, namespace, parsed, digest)
     except kube.KubeError as exc:  # a missing Secret, a denied or failed API call: shown, retried with backoff
         observed.kube_error = (exc.reason, exc.message)
-        patch.status.update(reconcile.status(observed, previous))
+        _patch_status(patch, status, reconcile.status(observed, previous))
         metrics.ERRORS.labels(exc.reason).inc()
         raise kopf.TemporaryError(exc.message, delay=backoff(retry)) from None
     observed.available, observed.available_message = reconcile.deployment_available(deployment)
     cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
     observed.url = manifests.backend_url(name, namespace, parsed, cluster_ip)
     if observed.available and observed.url:
-        _register(body, observed, parsed, api_key, auth, uid, name, namespace)
+        _register(body, observed, parsed, api_key, auth, uid, name, namespace, (observed.generation, digest, observed.url), light)
+    if not light:
+        DRIFT.track(uid, len(parsed.label_studio.projects), time.monotonic())
     if parsed.prelabel is not None:
         current = status.get("prelabel")
         observed.prelabel = prelabel.condition(current, parsed.prelabel.paused)
@@ -225,7 +276,7 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
     elif status.get("prelabel"):
         patch.status["prelabel"] = None  # the section was removed: pre-labeling is off
     body_status = reconcile.status(observed, previous)
-    patch.status.update(body_status)
+    _patch_status(patch, status, body_status)
     ready = reconcile.condition(body_status, "Ready")
     metrics.READY.labels(namespace, name).set(1 if ready["status"] == "True" else 0)
     for cond in body_status["conditions"]:
@@ -245,11 +296,16 @@ def on_change(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.St
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
-    """Drift repair: a registration deleted or edited in Label Studio, a new ClusterIP, a rotated key."""
+    """Drift repair: a registration deleted or edited in Label Studio, a new ClusterIP, a rotated key.
+    Ticks every RESYNC_SECONDS; checks only when DRIFT says this resource is due and within budget
+    (a light check: the registrations listed; every PRELABEL_DRIFT_FULL_EVERY-th, a full one)."""
     if meta.get("deletionTimestamp"):
         return
+    kind = DRIFT.claim(meta["uid"], time.monotonic())
+    if kind is None:
+        return
     try:
-        reconcile_backend(body, meta, spec, status, patch, retry=0, timer=True)
+        reconcile_backend(body, meta, spec, status, patch, retry=0, timer=True, light=kind == "light")
     except kopf.PermanentError:
         pass
 
@@ -258,6 +314,8 @@ def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Statu
 def deregister(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, retry: int, **_: Any) -> None:
     """Removes this resource's registrations (and their webhooks) unless deletionPolicy is Orphan.
     To let go while Label Studio is unreachable: set spec.deletionPolicy to Orphan."""
+    DRIFT.forget(meta["uid"])  # the timer checks no deleted resource
+    _remembered.pop(meta["uid"], None)
     try:
         parsed = MLBackendSpec.parse(dict(spec))
     except SpecError:

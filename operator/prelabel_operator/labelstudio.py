@@ -19,6 +19,12 @@ from label_studio_sdk.core.api_error import ApiError
 from .registration import OWNER_HEADER, Desired, Plan, Registration, Webhook, owner_of, plan, plan_webhooks, same_url
 from .spec import ProjectRef
 
+# The SDK retries a request that got a 5xx, 408, 409 or 429 twice. A create is not idempotent: Label
+# Studio on SQLite answers 500 "database is locked" to a POST it may have committed already, and the
+# retry made a second registration (bench/scale_bench.py, 10 backends at once). Creates go once; the
+# next reconcile lists before it creates again.
+ONCE = {"max_retries": 0}
+
 
 class LabelStudioError(Exception):
     def __init__(self, reason: str, message: str, retryable: bool = True) -> None:
@@ -113,8 +119,16 @@ class Client:
         if desired.auth_user:
             fields.update(auth_method="BASIC_AUTH", basic_auth_user=desired.auth_user, basic_auth_pass=auth_password)
         if decided.create:
-            created = self._call(f"register the backend in project {project_id}", self.sdk.ml.create, backend_url=desired.url, **fields)
+            created = self._call(f"register the backend in project {project_id}", self.sdk.ml.create, backend_url=desired.url,
+                                 request_options=ONCE, **fields)
             registration_id = int(created.id)
+            # Label Studio on SQLite can keep a registration from a create it answered with an error
+            # ("database is locked" after the row was saved), beside the one this create made: look
+            # once more, and keep one (bench/README.md, scale).
+            again = plan(self.registrations(project_id), desired, uid)
+            if again.delete_ids:
+                registration_id = int(again.registration_id or registration_id)
+                decided = Plan(create=True, delete_ids=again.delete_ids)
         elif decided.update_id is not None:
             # Label Studio 1.23 answers 500 to an update without url and project: always send both.
             self._call(f"update registration {decided.update_id}", self.sdk.ml.update, decided.update_id, backend_url=desired.url, **fields)
@@ -161,7 +175,8 @@ class Client:
         if decided.create_url:
             # What Label Studio itself makes for a new registration (ml/models.py create_ml_webhook).
             self._call(f"create the webhook of project {project_id}", self.sdk.webhooks.create, project=project_id,
-                       url=decided.create_url, send_payload=True, send_for_all_actions=True, headers={OWNER_HEADER: uid})
+                       url=decided.create_url, send_payload=True, send_for_all_actions=True, headers={OWNER_HEADER: uid},
+                       request_options=ONCE)
 
     def set_model_version(self, project: Project, model_version: str) -> None:
         """Makes "Retrieve predictions" and the project's prediction view use this backend's output."""

@@ -75,6 +75,13 @@ def plan(existing: list[Registration], desired: Desired, uid: str) -> Plan:
     return Plan(keep_id=keep.id, delete_ids=extra) if in_sync else Plan(update_id=keep.id, delete_ids=extra)
 
 
+def unchanged(existing: list[Registration], desired: Desired, uid: str, registration_id: int) -> bool:
+    """Whether a project's registrations are as the last pass left them: ours is still `registration_id`,
+    matches `desired`, and has no duplicate (a drift check's answer; anything else needs a full pass)."""
+    decided = plan(existing, desired, uid)
+    return decided.keep_id == registration_id and not decided.delete_ids
+
+
 def ours(existing: list[Registration], uid: str) -> list[int]:
     return [r.id for r in existing if _is_ours(r, uid)]
 

@@ -59,13 +59,14 @@ them with the API server's audit log of a full scenario). Used by the ClusterRol
 - apiGroups: [prelabel.dev]
   resources: [mlbackends/status]
   verbs: [patch]
-# The backend's children, applied server-side (create on first apply), read back for status.
+# The backend's children, applied server-side (create on first apply; the apply's answer carries
+# their status, so no get).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch]
+  verbs: [create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch]
+  verbs: [create, patch]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [create, patch, delete]

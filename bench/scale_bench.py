@@ -1,0 +1,107 @@
+"""The operator at scale: N MLBackends applied at once, for each N given, in one run:
+
+    make bench-scale        (or: .venv/bin/python bench/scale_bench.py --n 10 100 500)
+
+For each N: a fresh local control plane (kwok nodes, 110 pods each, enough for N), the operator
+(`python -m prelabel_operator` with the chart's ServiceAccount, default settings: resync tick
+30 s) and the stand-in backends (prelabel_local.fake_backends: one process listening on every
+Service's ClusterIP); one real Label Studio for the whole run, N new projects in it per N, one per
+MLBackend. Measured (tests/integration/scale.py):
+
+- ready_s: from `kubectl apply` of the N resources to all N Ready (polled every 2 s);
+- registered p50/p99: creation to the Registered condition's lastTransitionTime (1 s resolution);
+- the operator's peak RSS (VmHWM) and CPU seconds (user + system), at Ready and at the end;
+- in the quiet state (after 2 resync ticks, over --quiet seconds): requests to Label Studio per
+  second (its access log), and the operator's requests to the API server per second, by verb and
+  resource (the audit log);
+- the drift bound the budget states for N (prelabel_operator.drift.repair_bound).
+
+`--baseline DIR` runs the operator's code and chart from another checkout (e.g. main before the drift budget)
+for comparison, same everything else. The machine is small and shared: figures are one run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from prelabel_local import chart  # noqa: E402
+from prelabel_local.cluster import LocalCluster, build  # noqa: E402
+from prelabel_local.labelstudio import LabelStudio  # noqa: E402
+from prelabel_operator import drift  # noqa: E402
+from tests.integration.scale import Scale, api_requests, ls_requests, percentile, usage  # noqa: E402
+
+
+def run(n: int, label_studio: LabelStudio, args: argparse.Namespace, work: Path) -> dict[str, object]:
+    cluster = LocalCluster(build(quiet=True), with_controllers=True, nodes=max(1, math.ceil(n / 100)), workdir=work / f"cluster-{n}").start()
+    env = {"PYTHONPATH": str(Path(args.baseline).resolve() / "operator")} if args.baseline else {}
+    if args.baseline:  # its chart too: the RBAC matches the operator's calls
+        chart.CHART = Path(args.baseline).resolve() / "charts" / "prelabel-operator"
+    scale = Scale(cluster, label_studio, work / f"n{n}", resync_seconds=args.resync, drift_rate=args.rate, operator_env=env)
+    try:
+        scale.start()
+        assert scale.operator is not None and scale.operator.proc is not None
+        pid = scale.operator.proc.pid
+        projects = scale.projects(n, f"bench-{n}-{int(time.time())}")
+        time.sleep(5)  # the operator's first list and watch
+        sent = scale.apply(projects, "b")
+        ready_at = scale.wait_ready(n, timeout=args.timeout)
+        at_ready = usage(pid)
+        registered = scale.registered_after()
+        time.sleep(2 * args.resync)
+        _, offset = ls_requests(label_studio.log)
+        start = time.time()
+        time.sleep(args.quiet)
+        ls_count, _ = ls_requests(label_studio.log, offset)
+        end = time.time()
+        at_end = usage(pid)
+        calls = api_requests(cluster, chart.SERVICE_ACCOUNT_USER, start, end)
+        schedule = drift.Schedule(rate=args.rate, interval=args.resync)
+        for i in range(n):
+            schedule.track(str(i), 1, 0.0)
+        return {
+            "n": n, "ready_s": round(ready_at - sent, 1),
+            "registered_p50_s": percentile(registered, 50), "registered_p99_s": percentile(registered, 99),
+            "rss_peak_mb_at_ready": round(at_ready.rss_peak_mb), "cpu_s_at_ready": round(at_ready.cpu_seconds, 1),
+            "rss_peak_mb": round(at_end.rss_peak_mb), "cpu_s": round(at_end.cpu_seconds, 1),
+            "quiet_window_s": round(end - start), "ls_requests_per_s": round(ls_count / (end - start), 3),
+            "api_requests_per_s": round(sum(calls.values()) / (end - start), 3), "api_requests": calls,
+            "drift_period_s": round(schedule.period()), "drift_bound_s": round(drift.repair_bound(schedule.period(), args.resync)),
+        }
+    finally:
+        scale.stop()
+        cluster.stop(keep_logs=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[10, 100, 500])
+    parser.add_argument("--resync", type=float, default=30.0, help="PRELABEL_RESYNC_SECONDS: the drift timer's tick (the operator's default)")
+    parser.add_argument("--rate", type=float, default=0.8, help="PRELABEL_DRIFT_REQUESTS_PER_SECOND (the operator's default)")
+    parser.add_argument("--quiet", type=float, default=120.0, help="seconds of the quiet-state window")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all Ready")
+    parser.add_argument("--baseline", help="run the operator's code from this checkout instead (e.g. /work/main)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="prelabel-scale-"))
+    print(f"{os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}; work dir {work}; operator from {args.baseline or REPO}", flush=True)
+    label_studio = LabelStudio(workdir=work / "label-studio").start()
+    try:
+        for n in args.n:
+            result = run(n, label_studio, args, work)
+            print(json.dumps(result), flush=True)
+    finally:
+        label_studio.stop(keep=True)
+    print(f"load at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
