@@ -118,6 +118,13 @@ class Schedule:
             self.costs[uid] = max(1, projects)
             self.checked[uid] = now
 
+    def recheck(self, uid: str) -> None:
+        """`uid` is not Ready (a rollout after a key rotation, a Deployment not yet Available, Label
+        Studio down): due again at the timer's next tick, not a whole period later (up to ~16 min
+        at 500 resources), still within the budget."""
+        with self._lock:
+            self.checked.pop(uid, None)
+
     def forget(self, uid: str) -> None:
         with self._lock:
             for table in (self.costs, self.checked, self.checks):

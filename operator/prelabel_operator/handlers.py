@@ -282,7 +282,10 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
     for cond in body_status["conditions"]:
         if cond["status"] == "False" and cond["type"] != "Ready":
             metrics.ERRORS.labels(cond["reason"]).inc()
-    if ready["status"] != "True" and not timer:
+    if ready["status"] != "True":
+        if timer:  # checked again at the timer's next tick, not a drift period later
+            DRIFT.recheck(uid)
+            return
         # Retried with backoff; the resync timer keeps checking afterwards too.
         raise kopf.TemporaryError(f"not ready: {ready['reason']}: {ready['message']}", delay=min(backoff(retry), 30))
 
@@ -298,7 +301,8 @@ def on_change(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.St
 def resync(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
     """Drift repair: a registration deleted or edited in Label Studio, a new ClusterIP, a rotated key.
     Ticks every RESYNC_SECONDS; checks only when DRIFT says this resource is due and within budget
-    (a light check: the registrations listed; every PRELABEL_DRIFT_FULL_EVERY-th, a full one)."""
+    (a light check: the registrations listed; every PRELABEL_DRIFT_FULL_EVERY-th, a full one).
+    A resource the check finds not Ready is checked again at the next tick."""
     if meta.get("deletionTimestamp"):
         return
     kind = DRIFT.claim(meta["uid"], time.monotonic())

@@ -105,6 +105,29 @@ def test_schedule_forgets_deleted_resources() -> None:
     assert schedule.claim("a", 1.0) in ("light", "full")  # unknown again: due at once
 
 
+def test_a_resource_not_ready_is_checked_again_at_the_next_tick_within_the_budget() -> None:
+    # 500 single-project resources at 0.8 requests/s: a period of ~15 min each.
+    schedule = drift.Schedule(rate=0.8, interval=30)
+    uids = [str(uuid.UUID(int=i)) for i in range(500)]
+    for uid in uids:
+        schedule.track(uid, 1, 0.0)
+    assert schedule.period() > 600
+    uid = uids[0]
+    now = drift.phase(uid, schedule.period()) + schedule.period()  # its slot
+    assert schedule.claim(uid, now) is not None
+    assert schedule.claim(uid, now + 30) is None  # checked: not due for a whole period
+    schedule.recheck(uid)  # that check found it not Ready (a rollout after a key rotation)
+    assert schedule.claim(uid, now + 30) is not None  # the next tick checks it again
+    assert schedule.claim(uid, now + 60) is None  # Ready then: back to its period
+    # Within the budget: with the bucket spent, a recheck waits for room (or its next tick).
+    other = uids[1]
+    schedule.recheck(other)
+    while schedule.bucket.take(now + 60, 1):
+        pass
+    assert schedule.claim(other, now + 60) is None
+    assert schedule.claim(other, now + 90) is not None  # refused once, it passes at the next tick
+
+
 def test_status_patch_holds_only_what_changed() -> None:
     old = {"conditions": [{"type": "Ready", "status": "True"}], "url": "http://a", "prelabel": {"phase": "Complete"}}
     assert drift.changed(old, {"conditions": [{"type": "Ready", "status": "True"}], "url": "http://a"}) == {}
