@@ -13,7 +13,8 @@ at a phase within the period fixed by its UID, so the checks of many resources s
 the period instead of bunching at their timers' ticks. A token bucket (`Bucket`) caps the total
 even where phases collide or resources come and go. A drift (a registration deleted or edited in
 Label Studio) is therefore repaired within period + 2 ticks, a tick being the timer's interval
-(`repair_bound`).
+(`repair_bound`). A resource a check finds not Ready is due again at the next tick (`recheck`),
+within the same budget.
 
 Pure: the caller passes the clock (time.monotonic()) and keeps the state.
 """
