@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import cv2
+import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,7 +42,7 @@ class Sampler:
         while not self._stop.wait(0.1):
             try:
                 self.samples.append(hostile.rss_mib(self.pid))
-            except (OSError, AssertionError):
+            except psutil.Error:  # the worker is gone
                 return
 
     def stop(self) -> None:

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import requests
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
@@ -87,21 +88,13 @@ def hostile_media_server(files: dict[str, bytes]) -> Iterator[str]:
 
 
 def worker_pids(master: int) -> list[int]:
-    """The gunicorn workers of a master: its children, from /proc."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == master:
-                children.append(int(stat.parent.name))
-    return sorted(children)
+    """The gunicorn workers of a master: its children."""
+    return sorted(child.pid for child in psutil.Process(master).children())
 
 
 def rss_mib(pid: int) -> float:
-    """Resident set size (VmRSS) of one process, MiB."""
-    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-    assert match, pid
-    return int(match.group(1)) / 1024
+    """Resident set size of one process, MiB."""
+    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 def requests_by_status(url: str) -> dict[str, int]:
