@@ -31,6 +31,7 @@ from prelabel_local.cluster import LocalCluster
 from prelabel_local.operator_process import OperatorProcess
 from prelabel_operator import manifests
 from prelabel_operator.reconcile import condition
+from tests.conftest import SEED_CONFIG
 
 PHASES = ("create", "update", "rotate", "delete")
 SECRET, KEY = "ls-key", "api-key"
@@ -97,7 +98,7 @@ class Chaos:
         self.apply_secret(self.keys[0])
         for i in range(self.n):
             name = f"chaos-{i:03d}"
-            self.projects[name] = self.ls.projects.create(title=f"chaos {self.ns} {name}", label_config=_CONFIG).id
+            self.projects[name] = self.ls.projects.create(title=f"chaos {self.ns} {name}", label_config=SEED_CONFIG).id
         per_phase = [self.kill_count // len(PHASES) + (1 if i < self.kill_count % len(PHASES) else 0) for i in range(len(PHASES))]
         self._start_operator()
         actions: dict[str, Callable[[], None]] = {
@@ -213,11 +214,3 @@ class Chaos:
         problems += [f"{b['metadata']['name']}: finalizers {b['metadata'].get('finalizers')}" for b in backends]
         return problems, counts
 
-
-# A project's labeling config: the fake backends serve any; Label Studio needs a valid one.
-_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="circle"/><Label value="square"/>
-  </RectangleLabels>
-</View>"""
