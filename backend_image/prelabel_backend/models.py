@@ -90,6 +90,10 @@ class ModelStore:
         self._loading: dict[tuple[Path, str], threading.Lock] = {}
         self._choices: dict[str, tuple[str, int, dict[str, float]]] = {}  # sha256 -> runtime, batch, timings
         self.threads = settings.torch_threads or usable_cpus()
+        # Exports of mounted weights (and the runtime choices) are written here at first load; looked up
+        # after the read-only caches (RUNTIME_CACHE: the packaged models' exports).
+        self._export_dir = settings.model_dir / "runtimes"
+        self._export_dirs = [*settings.runtime_caches, self._export_dir]
         offline.configure(str(settings.model_dir / "ultralytics"))
         # Models that serve on a provisional runtime until measured, one at a time, in the background.
         self._measure_queue: queue.Queue[LoadedModel] = queue.Queue()
@@ -168,10 +172,9 @@ class ModelStore:
         made now: seconds, the first load of a mounted .pt)."""
         if runtime == "torch" or runtimes.runtime_of(path) == runtime:
             return path
-        caches = self.settings.runtime_caches
-        write = self.settings.model_dir / "runtimes"
-        return (runtimes.cached(sha256, runtime, [*caches, write])
-                or runtimes.export(path, sha256, runtime, caches, write, runtimes.trained_imgsz(path)))
+        return (runtimes.cached(sha256, runtime, self._export_dirs)
+                or runtimes.export(path, sha256, runtime, self.settings.runtime_caches, self._export_dir,
+                                   runtimes.trained_imgsz(path)))
 
     def _plan(self, own: str, sha256: str) -> tuple[str, int, dict[str, float], bool]:
         """(runtime, batch, timings, final) to open the model with. Final when measured before (this
@@ -186,8 +189,7 @@ class ModelStore:
         final = len(wanted) == 1 and len(batches) == 1
         if len(wanted) == 1:
             return wanted[0], batches[0] if final else 1, {}, final
-        caches = [*self.settings.runtime_caches, self.settings.model_dir / "runtimes"]
-        ready = [r for r in ("onnx", "openvino") if r in wanted and runtimes.cached(sha256, r, caches) is not None]
+        ready = [r for r in ("onnx", "openvino") if r in wanted and runtimes.cached(sha256, r, self._export_dirs) is not None]
         return (ready[0] if ready else "torch"), (batches[0] if len(batches) == 1 else 1), {}, False
 
     def _load(self, path: Path) -> LoadedModel:
@@ -226,7 +228,7 @@ class ModelStore:
     def _choice_file(self, sha256: str) -> Path:
         # Keyed by what the measurement depends on: this CPU's threads, the runtime and batch settings.
         tag = f"{self.threads}-{self.settings.runtime}-{self.settings.batch_size}"
-        return self.settings.model_dir / "runtimes" / sha256 / f"choice-{tag}.json"
+        return self._export_dir / sha256 / f"choice-{tag}.json"
 
     def _remembered(self, sha256: str) -> tuple[str, int, dict[str, float]] | None:
         try:
