@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 
@@ -26,6 +27,7 @@ ARENAS = 2
 MMAP_THRESHOLD = 1 << 20
 
 
+@functools.cache  # find_library runs `ldconfig -p`: once per process
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
