@@ -98,7 +98,8 @@ def test_no_secret_in_logs_events_status_or_manifests(env, label_studio, ls_clie
     wait_for("a rollout for the rotated secrets", lambda: secrets_hash() not in ("", before), 60)
     label_studio.upload_images(project.id, {"sec-late.png": synthetic.encode_png(scenes(702, 1)[0].image)})
     wait_for("5/5 Complete after rotation", lambda: (p := status().get("prelabel") or {}).get("phase") == "Complete" and p.get("summary") == "5/5", 300)
-    assert condition(status(), "Ready")["status"] == "True"
+    # The old pod may pre-label the late task before the rotated one is Available: Ready follows the rollout.
+    wait_for("Ready after the rotation's rollout", lambda: condition(status(), "Ready")["status"] == "True", 120)
     made()
 
     # Deletion: the finalizer removes the registration.
