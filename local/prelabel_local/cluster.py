@@ -99,6 +99,7 @@ class LocalCluster:
     with_controllers: bool = False  # controller-manager + scheduler + kwok
     nodes: int = 1  # kwok nodes
     kwok: bool = True  # with_controllers starts kwok and its nodes; False for a real node (node.py)
+    controller_qps: int = 200  # the controller-manager's requests/s to the API server (its default: 20)
     address: str = "127.0.0.1"  # where the API server binds and advertises itself
     service_cidr: str = SERVICE_CIDR
     processes: dict[str, Process] = field(default_factory=dict)
@@ -254,7 +255,11 @@ class LocalCluster:
             f"--controllers={CONTROLLERS}{',root-ca-cert-publisher' if self.real_node else ''}", f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}", "--use-service-account-credentials=true",
             f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
-            "--concurrent-deployment-syncs=5", "--v=1",
+            # Client-side rate limits as for a large cluster: at the defaults (20 requests/s, 5 syncs
+            # at once) 500 Deployments applied at once took the controller-manager alone 122 s to make
+            # Available, 22 s at these (bench/README.md, scale).
+            f"--kube-api-qps={self.controller_qps}", f"--kube-api-burst={2 * self.controller_qps}",
+            "--concurrent-deployment-syncs=20", "--concurrent-replicaset-syncs=20", "--v=1",
         ])
         self._spawn("kube-scheduler", [
             f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",

@@ -29,6 +29,15 @@ def labels(name: str) -> dict[str, str]:
     return {**selector(name), "app.kubernetes.io/managed-by": MANAGED_BY}
 
 
+def owner_uid(obj: dict[str, Any]) -> str | None:
+    """The UID of the MLBackend that owns `obj` (its controller ownerReference, set by kopf.adopt), or None."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == "MLBackend" and ref.get("apiVersion", "").startswith("prelabel.dev/"):
+            uid = ref.get("uid")
+            return str(uid) if uid else None
+    return None
+
+
 def object_name(name: str) -> str:
     return f"{name}-backend"
 

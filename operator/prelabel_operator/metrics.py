@@ -9,6 +9,8 @@ RECONCILE_SECONDS = Histogram("prelabel_operator_reconcile_seconds", "Time per r
                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 ERRORS = Counter("prelabel_operator_errors", "Reconcile problems by condition reason.", ["reason"])
 REGISTRATIONS = Counter("prelabel_operator_registration_changes", "Registrations created, updated or deleted in Label Studio.", ["action"])
+WAKEUPS = Counter("prelabel_operator_deployment_wakeups", "Reconciles started by a backend Deployment's event: it became Available "
+                  "while its MLBackend waited for it, or stopped being Available while its MLBackend said it was.")
 READY = Gauge("prelabel_operator_ready_backends", "MLBackends whose Ready condition is True, by namespace.", ["namespace", "name"])
 PRELABEL_TASKS = Counter("prelabel_operator_prelabel_tasks", "Pre-labeling outcomes per task: predicted (stored in Label Studio), "
                          "failed_attempt (one failed try), failed (out of tries).", ["outcome"])

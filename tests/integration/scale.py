@@ -86,6 +86,7 @@ class Scale:
     drift_rate: float = 0.8
     operator_env: dict[str, str] = field(default_factory=dict)
     operator: OperatorProcess | None = None
+    service_account: Path | None = None  # its kubeconfig
     backends: FakeBackends | None = None
 
     def start(self) -> Scale:
@@ -94,8 +95,17 @@ class Scale:
         self.cluster.kubectl("create", "secret", "generic", "ls-key", "-n", NAMESPACE, f"--from-literal=api-key={self.label_studio.token}")
         self.backends = FakeBackends(self.cluster.kubeconfig, self.workdir / "fake-backends.log").start()
         env = {"PRELABEL_DRIFT_REQUESTS_PER_SECOND": str(self.drift_rate), **self.operator_env}
+        self.service_account = service_account
         self.operator = OperatorProcess(service_account, self.workdir / "operator.log", resync_seconds=self.resync_seconds, env=env).start()
         return self
+
+    def restart_operator(self, resync_seconds: float) -> OperatorProcess:
+        """The operator stopped and started again at another resync tick (same ServiceAccount, env, log)."""
+        assert self.operator is not None
+        self.operator.stop()
+        self.operator = OperatorProcess(self.service_account, self.workdir / "operator.log", resync_seconds=resync_seconds,
+                                        env=self.operator.env).start()
+        return self.operator
 
     def stop(self) -> None:
         if self.operator:

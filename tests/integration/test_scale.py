@@ -15,9 +15,10 @@ import requests
 
 from prelabel_local import chart
 from prelabel_operator import drift
+from prelabel_operator.reconcile import condition
 from prelabel_operator.registration import ours
 from tests.conftest import wait_for
-from tests.integration.scale import Scale, api_requests, ls_requests
+from tests.integration.scale import NAMESPACE, Scale, api_requests, ls_requests
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 
@@ -32,11 +33,16 @@ def scale(cluster, label_studio, tmp_path_factory) -> Iterator[Scale]:  # noqa: 
     print("operator log tail:\n", (stack.workdir / "operator.log").read_text()[-3000:])
 
 
-def registration_creates(scale: Scale) -> float:
+def operator_metric(scale: Scale, sample: str) -> float:
+    """One sample of the operator's /metrics (0 when absent)."""
     assert scale.operator is not None
     scraped = requests.get(f"http://127.0.0.1:{scale.operator.metrics_port}/metrics", timeout=5).text
-    line = next((x for x in scraped.splitlines() if x.startswith('prelabel_operator_registration_changes_total{action="create"}')), "x 0")
+    line = next((x for x in scraped.splitlines() if x.startswith(sample + " ")), "x 0")
     return float(line.split()[-1])
+
+
+def registration_creates(scale: Scale) -> float:
+    return operator_metric(scale, 'prelabel_operator_registration_changes_total{action="create"}')
 
 
 def test_ten_backends_ready_once_each_quiet_and_repaired(scale: Scale, ls_client) -> None:  # noqa: ANN001
@@ -90,3 +96,49 @@ def scale_registrations(ls_client, project: int) -> list:  # noqa: ANN001
             for m in ls_client.ml.list(project=project)]
 
 
+
+
+def test_a_backend_deployment_wakes_its_mlbackend_both_ways(scale: Scale) -> None:
+    """With the resync timer 10 minutes away and no retry pending (the operator waits for a Deployment
+    without one), only the backend Deployment's watch events can move the MLBackend: Ready when its
+    Deployment becomes Available, no longer Available when the Deployment stops being so. The kwok
+    nodes are cordoned to hold the backend pod Pending."""
+    scale.restart_operator(resync_seconds=600)
+    wakeups = "prelabel_operator_deployment_wakeups_total"
+    wait_for("the restarted operator's metrics", lambda: _scraped(scale), 60)
+    cluster, name = scale.cluster, "late-0"
+
+    def available() -> dict:  # type: ignore[type-arg]
+        return condition(cluster.status("mlb", NAMESPACE, name), "Available")
+
+    def ready() -> bool:
+        return condition(cluster.status("mlb", NAMESPACE, name), "Ready").get("status") == "True"
+
+    cluster.kubectl("cordon", "-l", "type=kwok")
+    try:
+        scale.apply(scale.projects(1, f"late-{uuid.uuid4().hex[:6]}"), "late")
+        wait_for("waiting for its Deployment", lambda: available().get("reason") == "DeploymentNotAvailable", 60)
+        time.sleep(2)  # the operator's handling of the change is over: nothing is pending but the watch
+        assert operator_metric(scale, wakeups) == 0
+        cluster.kubectl("uncordon", "-l", "type=kwok")
+        wait_for("Ready, woken by the Deployment becoming Available", ready, 60)
+        assert operator_metric(scale, wakeups) == 1
+
+        cluster.kubectl("cordon", "-l", "type=kwok")
+        cluster.kubectl("delete", "pod", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={name}", "--wait=false")
+        wait_for("not Available, from the Deployment's event", lambda: available().get("status") == "False", 60)
+        cluster.kubectl("uncordon", "-l", "type=kwok")
+        wait_for("Ready again", ready, 60)
+        assert operator_metric(scale, wakeups) == 3
+    finally:
+        cluster.kubectl("uncordon", "-l", "type=kwok", check=False)
+        cluster.kubectl("delete", "mlb", name, "-n", NAMESPACE, "--timeout=60s", check=False)
+        scale.restart_operator(resync_seconds=RESYNC)
+
+
+def _scraped(scale: Scale) -> bool:
+    try:
+        operator_metric(scale, "x")
+        return True
+    except requests.RequestException:
+        return False

@@ -173,3 +173,15 @@ def test_the_crd_refuses_exactly_the_names_the_operator_cannot_serve() -> None:
     pattern = re.search(r"matches\('(.*)'\)", rule).group(1)  # type: ignore[union-attr]
     for name in ["a", "a" * 55, "a" * 56, "1abc", "my.backend", "ends-", "mid-dle", "UPPER"]:
         assert (len(name) <= size and re.search(pattern, name) is not None) == (manifests.name_problem(name) is None), name
+
+
+def test_owner_uid_is_the_owning_mlbackend_from_kopf_adopt() -> None:
+    import kopf
+
+    deployment = manifests.deployment("b", MLBackendSpec.parse(copy.deepcopy(RAW)), "digest")
+    assert manifests.owner_uid(deployment) is None
+    owner = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "b", "namespace": "ns", "uid": "u-1"}}
+    kopf.adopt(deployment, owner=owner)
+    assert manifests.owner_uid(deployment) == "u-1"
+    deployment["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "u-2"}]
+    assert manifests.owner_uid(deployment) is None  # another kind's owner is no MLBackend's

@@ -60,10 +60,10 @@ them with the API server's audit log of a full scenario). Used by the ClusterRol
   resources: [mlbackends/status]
   verbs: [patch]
 # The backend's children, applied server-side (create on first apply; the apply's answer carries
-# their status, so no get).
+# their status, so no get). Deployments watched too: one becoming Available wakes its MLBackend.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [create, patch]
+  verbs: [create, patch, list, watch]
 - apiGroups: [""]
   resources: [services]
   verbs: [create, patch]
