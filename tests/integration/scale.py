@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,15 @@ def usage(pid: int) -> Usage:
     return Usage(hwm / 1024, (int(fields[11]) + int(fields[12])) / ticks)
 
 
+def new_projects(label_studio: LabelStudio, n: int, prefix: str) -> list[int]:
+    """n new Label Studio projects with the seed's config, one at a time: Label Studio on SQLite answers
+    concurrent creates 500 ("database is locked"), and the SDK's retry of one it had committed made a duplicate."""
+    from label_studio_sdk import LabelStudio as Client
+
+    ls = Client(base_url=label_studio.url, api_key=label_studio.token)
+    return [int(ls.projects.create(title=f"{prefix}-{i}", label_config=SEED_CONFIG, request_options={"max_retries": 0}).id) for i in range(n)]
+
+
 @dataclass
 class Scale:
     """The stack for one scale run; `start()` brings up the operator and the fake backends on a
@@ -101,7 +111,7 @@ class Scale:
 
     def restart_operator(self, resync_seconds: float) -> OperatorProcess:
         """The operator stopped and started again at another resync tick (same ServiceAccount, env, log)."""
-        assert self.operator is not None
+        assert self.operator is not None and self.service_account is not None
         self.operator.stop()
         self.operator = OperatorProcess(self.service_account, self.workdir / "operator.log", resync_seconds=resync_seconds,
                                         env=self.operator.env).start()
@@ -114,12 +124,7 @@ class Scale:
             self.backends.stop()
 
     def projects(self, n: int, prefix: str) -> list[int]:
-        """n new Label Studio projects with the seed's config, one at a time: Label Studio on SQLite answers
-        concurrent creates 500 ("database is locked"), and the SDK's retry of one it had committed made a duplicate."""
-        from label_studio_sdk import LabelStudio as Client
-
-        ls = Client(base_url=self.label_studio.url, api_key=self.label_studio.token)
-        return [int(ls.projects.create(title=f"{prefix}-{i}", label_config=SEED_CONFIG, request_options={"max_retries": 0}).id) for i in range(n)]
+        return new_projects(self.label_studio, n, prefix)
 
     def apply(self, project_ids: list[int], prefix: str) -> float:
         """Applies one MLBackend per project in one `kubectl apply`; returns when it was sent (epoch s)."""
@@ -147,6 +152,19 @@ class Scale:
                 return time.time()
             time.sleep(poll)
         raise AssertionError(f"{ready}/{n} MLBackends Ready after {timeout:.0f}s; operator log: {self.workdir / 'operator.log'}")
+
+    def deployments_available_after(self, sent: float) -> float:
+        """Seconds from `sent` (epoch s) to the last backend Deployment's Available transition (1 s resolution)."""
+        items = json.loads(self.cluster.kubectl("get", "deployments", "-n", NAMESPACE, "-o", "json").stdout)["items"]
+        return max(_time(condition(d.get("status"), "Available")["lastTransitionTime"]) for d in items) - sent
+
+    def operator_metric(self, sample: str) -> float:
+        """One sample of the operator's /metrics, e.g. 'name{label="v"}' (0 when absent)."""
+        assert self.operator is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.operator.metrics_port}/metrics", timeout=5) as answer:
+            scraped = answer.read().decode()
+        line = next((x for x in scraped.splitlines() if x.startswith(sample + " ")), "x 0")
+        return float(line.split()[-1])
 
     def registered_after(self) -> list[float]:
         """Seconds from each MLBackend's creation to its Registered condition's transition (1 s resolution, both)."""

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import requests
 
 from prelabel_local import chart
 from prelabel_operator import drift
@@ -33,16 +32,8 @@ def scale(cluster, label_studio, tmp_path_factory) -> Iterator[Scale]:  # noqa: 
     print("operator log tail:\n", (stack.workdir / "operator.log").read_text()[-3000:])
 
 
-def operator_metric(scale: Scale, sample: str) -> float:
-    """One sample of the operator's /metrics (0 when absent)."""
-    assert scale.operator is not None
-    scraped = requests.get(f"http://127.0.0.1:{scale.operator.metrics_port}/metrics", timeout=5).text
-    line = next((x for x in scraped.splitlines() if x.startswith(sample + " ")), "x 0")
-    return float(line.split()[-1])
-
-
 def registration_creates(scale: Scale) -> float:
-    return operator_metric(scale, 'prelabel_operator_registration_changes_total{action="create"}')
+    return scale.operator_metric('prelabel_operator_registration_changes_total{action="create"}')
 
 
 def test_ten_backends_ready_once_each_quiet_and_repaired(scale: Scale, ls_client) -> None:  # noqa: ANN001
@@ -119,17 +110,17 @@ def test_a_backend_deployment_wakes_its_mlbackend_both_ways(scale: Scale) -> Non
         scale.apply(scale.projects(1, f"late-{uuid.uuid4().hex[:6]}"), "late")
         wait_for("waiting for its Deployment", lambda: available().get("reason") == "DeploymentNotAvailable", 60)
         time.sleep(2)  # the operator's handling of the change is over: nothing is pending but the watch
-        assert operator_metric(scale, wakeups) == 0
+        assert scale.operator_metric(wakeups) == 0
         cluster.kubectl("uncordon", "-l", "type=kwok")
         wait_for("Ready, woken by the Deployment becoming Available", ready, 60)
-        assert operator_metric(scale, wakeups) == 1
+        assert scale.operator_metric(wakeups) == 1
 
         cluster.kubectl("cordon", "-l", "type=kwok")
         cluster.kubectl("delete", "pod", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={name}", "--wait=false")
         wait_for("not Available, from the Deployment's event", lambda: available().get("status") == "False", 60)
         cluster.kubectl("uncordon", "-l", "type=kwok")
         wait_for("Ready again", ready, 60)
-        assert operator_metric(scale, wakeups) == 3
+        assert scale.operator_metric(wakeups) == 3
     finally:
         cluster.kubectl("uncordon", "-l", "type=kwok", check=False)
         cluster.kubectl("delete", "mlb", name, "-n", NAMESPACE, "--timeout=60s", check=False)
@@ -138,7 +129,7 @@ def test_a_backend_deployment_wakes_its_mlbackend_both_ways(scale: Scale) -> Non
 
 def _scraped(scale: Scale) -> bool:
     try:
-        operator_metric(scale, "x")
+        scale.operator_metric("x")
         return True
-    except requests.RequestException:
+    except OSError:  # not listening yet
         return False
