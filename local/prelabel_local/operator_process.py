@@ -25,7 +25,8 @@ class OperatorProcess:
         self.metrics_port = free_port()
 
     def start(self) -> OperatorProcess:
-        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PRELABEL_RESYNC_SECONDS": str(self.resync_seconds)}
+        env = {**os.environ, "MALLOC_ARENA_MAX": "2", **self.env,  # as Dockerfile.operator sets it
+               "KUBECONFIG": str(self.kubeconfig), "PRELABEL_RESYNC_SECONDS": str(self.resync_seconds)}
         self.proc = processes.spawn(
             "operator", [self.python, "-m", "prelabel_operator", "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
                          "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port), *self.extra_args],
