@@ -1,6 +1,7 @@
 """Thin kopf handlers: observe, call the pure builders and decisions, apply, write status and events.
 
-create/update/resume and a resync timer run the same reconcile; delete deregisters (finalizer).
+create/update/resume, a resync timer and a backend Deployment's availability change run the same
+reconcile; delete deregisters (finalizer).
 A daemon per MLBackend with spec.prelabel (and not paused) drives pre-labeling; kopf stops it
 when the section is removed or paused, or the resource is deleted.
 A Label Studio or API outage is retried with backoff and shown in status, never dropped.
@@ -340,6 +341,8 @@ def deployment_event(body: kopf.Body, **kwargs: Any) -> None:
     index: kopf.Index[str, kopf.Body] = kwargs["mlbackends_by_uid"]  # kopf passes each index by its function's name
     with _lock_for(owner):  # a reconcile running now decides first whether it waits
         for backend in index.get(owner, []):
+            if backend.meta.get("deletionTimestamp"):
+                continue  # being deregistered: nothing to bring up
             said = reconcile.condition(dict(backend.status), "Available").get("status") == "True"
             if (available and owner in _waiting) or (not available and said and owner not in _waiting):
                 metrics.WAKEUPS.inc()
