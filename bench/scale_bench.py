@@ -99,9 +99,11 @@ def label_studio_alone(n: int, label_studio: LabelStudio, workers: int) -> dict[
     operator's Label Studio client (the project read, the list, the create and its second look, the
     webhook's list and stamp, the model version) from `workers` threads (the operator's
     PRELABEL_MAX_WORKERS), with no operator, control plane or kwok running; one stand-in backend
-    (fake_backends) answers the /health and /setup Label Studio calls on each create."""
+    (fake_backends) answers the /health and /setup Label Studio calls on each create. A registration that
+fails (Label Studio's HTTP 500 on SQLite's "database is locked") is tried again after 1 s, up to 5
+times, as the operator would retry it; failed_attempts counts those failures."""
     from prelabel_local.fake_backends import Server
-    from prelabel_operator.labelstudio import Client
+    from prelabel_operator.labelstudio import Client, LabelStudioError
     from prelabel_operator.registration import Desired, marker
     from prelabel_operator.spec import ProjectRef
 
@@ -112,20 +114,31 @@ def label_studio_alone(n: int, label_studio: LabelStudio, workers: int) -> dict[
     projects = new_projects(label_studio, n, f"alone-{n}-{int(time.time())}")
     client = Client(label_studio.url, label_studio.token)
 
+    errors: list[str] = []
+
     def register(project_id: int) -> None:
         uid = f"alone-{project_id}"
         desired = Desired(url=f"http://127.0.0.1:{port}", title="prelabel", description=marker("bench", f"b-{project_id}", uid),
                           is_interactive=False, timeout=100)
-        project = client.resolve(ProjectRef(id=project_id))
-        client.ensure(project_id, desired, uid)
-        client.set_model_version(project, desired.title)
+        for attempt in range(5):  # as the operator retries a failed registration (Label Studio's 500s: "database is locked")
+            try:
+                project = client.resolve(ProjectRef(id=project_id))
+                client.ensure(project_id, desired, uid)
+                client.set_model_version(project, desired.title)
+                return
+            except LabelStudioError as exc:
+                errors.append(str(exc)[:200])
+                if attempt == 4:
+                    raise
+                time.sleep(1)
 
     start = time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(register, projects))
     took = time.monotonic() - start
     loop.call_soon_threadsafe(loop.stop)
-    return {"n": n, "label_studio_alone_s": round(took, 1), "registrations_per_s": round(n / took, 2), "workers": workers}
+    return {"n": n, "label_studio_alone_s": round(took, 1), "registrations_per_s": round(n / took, 2), "workers": workers,
+            "failed_attempts": len(errors)}
 
 
 def main() -> None:
