@@ -30,20 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from scale_bench import label_studio_alone  # noqa: E402
+from scale_bench import label_studio_alone, label_studio_from  # noqa: E402
 
-from prelabel_local.labelstudio import LabelStudio  # noqa: E402
 from prelabel_operator.labelstudio import LabelStudioError  # noqa: E402
-
-
-def parse(setting: str) -> LabelStudio:
-    """DATABASE[:WORKERSxTHREADS] -> an unstarted LabelStudio; ValueError names a bad setting."""
-    database, _, server = setting.partition(":")
-    if database not in ("sqlite", "postgresql"):
-        raise ValueError(f"{setting}: the database is sqlite or postgresql")
-    workers, threads = (int(x) for x in server.split("x")) if server else (0, 1)
-    return LabelStudio(workdir=Path(tempfile.mkdtemp(prefix=f"prelabel-lsdb-{database}-")), database=database,  # type: ignore[arg-type]
-                       workers=workers, threads=threads)
 
 
 def main() -> None:
@@ -53,7 +42,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="the client's threads (the operator's PRELABEL_MAX_WORKERS)")
     parser.add_argument("--lock", default="/work/bench.lock", help="held (flock) around each measurement; '' for none")
     args = parser.parse_args()
-    servers = [parse(s) for s in args.settings]
+    servers = [label_studio_from(s, Path(tempfile.mkdtemp(prefix=f"prelabel-lsdb-{s.partition(':')[0]}-"))) for s in args.settings]
     print(f"{os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}", flush=True)
     for setting, ls in zip(args.settings, servers, strict=True):
         started = time.monotonic()
