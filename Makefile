@@ -11,7 +11,7 @@ APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env RUNLEVEL=1 DEBIAN_FRONTEND=
 STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: env cluster node argocd label-studio images test test-unit demo bench bench-prelabel bench-fuzz bench-chaos bench-scale lint format clean
+.PHONY: env cluster node argocd label-studio images test test-unit demo bench bench-prelabel bench-ls-db bench-fuzz bench-chaos bench-scale lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
@@ -36,8 +36,10 @@ argocd:  ## build (or reuse) Argo CD for the GitOps test; install Debian's redis
 	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends redis-server >/dev/null; }
 	@tests/cluster/build-argocd.sh >/dev/null
 
-label-studio: env  ## install (or reuse) Label Studio in its own virtualenv
-	@$(PY) -c "from prelabel_local import labelstudio; labelstudio.ensure_installed()"
+label-studio: env  ## install (or reuse) Label Studio in its own virtualenv (with gunicorn), and Debian's postgresql for it
+	@$(PY) -c "from prelabel_local import labelstudio; labelstudio.ensure_gunicorn()"
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || $(APT) install -y -qq --no-install-recommends postgresql >/dev/null \
+	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends postgresql >/dev/null; }
 
 images: env  ## build (or reuse) both images from their Dockerfiles with podman (Debian packages), layers cached under ~/.cache/prelabel/containers
 	$(PY) -m prelabel_local.images build operator backend
@@ -56,6 +58,9 @@ bench: env  ## the backend's /predict throughput beside raw ultralytics, in one 
 
 bench-prelabel: env label-studio  ## pre-labeling a project: backend alone, the driver, Label Studio's action, in one run
 	$(PY) bench/prelabel_bench.py
+
+bench-ls-db: env label-studio  ## Label Studio's ceiling for the operator's registrations on SQLite, PostgreSQL, and PostgreSQL under gunicorn, side by side
+	$(PY) bench/ls_db_bench.py
 
 bench-fuzz: env  ## hostile input to the backend: 10,000 schemathesis requests against its openapi.yaml, bombs, huge bodies, slow-loris; RSS throughout
 	$(PY) bench/fuzz_bench.py

@@ -19,7 +19,8 @@ MLBackend. Measured (tests/integration/scale.py):
   resource (the audit log);
 - the drift bound the budget states for N (prelabel_operator.drift.repair_bound).
 
-`--alone` measures, after each N, Label Studio's own ceiling for the same work: N more projects
+`--label-studio postgresql:4x1` runs Label Studio on PostgreSQL under gunicorn (bench/ls_db_bench.py
+compares settings). `--alone` measures, after each N, Label Studio's own ceiling for the same work: N more projects
 registered by the operator's Label Studio client from 8 threads, no operator or control plane
 (`label_studio_alone`). `--baseline DIR` runs the operator's code and chart from another checkout (e.g. main before the drift budget)
 for comparison, same everything else. The machine is small and shared: figures are one run's.
@@ -85,7 +86,8 @@ def run(n: int, label_studio: LabelStudio, args: argparse.Namespace, work: Path)
             "registered_p50_s": percentile(registered, 50), "registered_p99_s": percentile(registered, 99),
             "rss_peak_mb_at_ready": round(at_ready.rss_peak_mb), "cpu_s_at_ready": round(at_ready.cpu_seconds, 1),
             "rss_peak_mb": round(at_end.rss_peak_mb), "cpu_s": round(at_end.cpu_seconds, 1),
-            "quiet_window_s": round(end - start), "ls_requests_per_s": round(ls_count / (end - start), 3),
+            # gunicorn (--label-studio DB:WxT) does not write the runserver access lines ls_requests() counts
+            "quiet_window_s": round(end - start), "ls_requests_per_s": None if label_studio.workers else round(ls_count / (end - start), 3),
             "api_requests_per_s": round(sum(calls.values()) / (end - start), 3), "api_requests": calls,
             "drift_period_s": round(schedule.period()), "drift_bound_s": round(drift.repair_bound(schedule.period(), args.resync)),
         }
@@ -94,14 +96,27 @@ def run(n: int, label_studio: LabelStudio, args: argparse.Namespace, work: Path)
         cluster.stop(keep_logs=True)
 
 
+def label_studio_from(setting: str, workdir: Path) -> LabelStudio:
+    """DATABASE[:WORKERSxTHREADS] (sqlite, postgresql, postgresql:4x1) -> an unstarted LabelStudio: the
+    database, and without WORKERSxTHREADS `label-studio start` (one process), with it gunicorn with
+    WORKERS processes of THREADS threads. ValueError names a bad setting."""
+    database, _, server = setting.partition(":")
+    if database not in ("sqlite", "postgresql"):
+        raise ValueError(f"{setting}: the database is sqlite or postgresql")
+    workers, threads = (int(x) for x in server.split("x")) if server else (0, 1)
+    return LabelStudio(workdir=workdir, database=database, workers=workers, threads=threads)  # type: ignore[arg-type]
+
+
 def label_studio_alone(n: int, label_studio: LabelStudio, workers: int) -> dict[str, object]:
     """Label Studio's own ceiling for what the operator asks of it: n new projects registered with the
     operator's Label Studio client (the project read, the list, the create and its second look, the
     webhook's list and stamp, the model version) from `workers` threads (the operator's
     PRELABEL_MAX_WORKERS), with no operator, control plane or kwok running; one stand-in backend
-    (fake_backends) answers the /health and /setup Label Studio calls on each create."""
+    (fake_backends) answers the /health and /setup Label Studio calls on each create. A registration that
+fails (Label Studio's HTTP 500 on SQLite's "database is locked") is tried again after 1 s, up to 5
+times, as the operator would retry it; failed_attempts counts those failures."""
     from prelabel_local.fake_backends import Server
-    from prelabel_operator.labelstudio import Client
+    from prelabel_operator.labelstudio import Client, LabelStudioError
     from prelabel_operator.registration import Desired, marker
     from prelabel_operator.spec import ProjectRef
 
@@ -112,20 +127,31 @@ def label_studio_alone(n: int, label_studio: LabelStudio, workers: int) -> dict[
     projects = new_projects(label_studio, n, f"alone-{n}-{int(time.time())}")
     client = Client(label_studio.url, label_studio.token)
 
+    errors: list[str] = []
+
     def register(project_id: int) -> None:
         uid = f"alone-{project_id}"
         desired = Desired(url=f"http://127.0.0.1:{port}", title="prelabel", description=marker("bench", f"b-{project_id}", uid),
                           is_interactive=False, timeout=100)
-        project = client.resolve(ProjectRef(id=project_id))
-        client.ensure(project_id, desired, uid)
-        client.set_model_version(project, desired.title)
+        for attempt in range(5):  # as the operator retries a failed registration (Label Studio's 500s: "database is locked")
+            try:
+                project = client.resolve(ProjectRef(id=project_id))
+                client.ensure(project_id, desired, uid)
+                client.set_model_version(project, desired.title)
+                return
+            except LabelStudioError as exc:
+                errors.append(str(exc)[:200])
+                if attempt == 4:
+                    raise
+                time.sleep(1)
 
     start = time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(register, projects))
     took = time.monotonic() - start
     loop.call_soon_threadsafe(loop.stop)
-    return {"n": n, "label_studio_alone_s": round(took, 1), "registrations_per_s": round(n / took, 2), "workers": workers}
+    return {"n": n, "label_studio_alone_s": round(took, 1), "registrations_per_s": round(n / took, 2), "workers": workers,
+            "failed_attempts": len(errors)}
 
 
 def main() -> None:
@@ -140,11 +166,13 @@ def main() -> None:
     parser.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment of the operator")
     parser.add_argument("--alone", action="store_true",
                         help="also measure Label Studio alone: each N's registrations sent by the operator's client from 8 threads")
+    parser.add_argument("--label-studio", default="sqlite", metavar="DATABASE[:WORKERSxTHREADS]",
+                        help="Label Studio's database (sqlite, postgresql) and server (e.g. postgresql:4x1: gunicorn, 4 processes, 1 thread each)")
     parser.add_argument("--baseline", help="run the operator's code from this checkout instead (e.g. /work/main)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="prelabel-scale-"))
     print(f"{os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}; work dir {work}; operator from {args.baseline or REPO}", flush=True)
-    label_studio = LabelStudio(workdir=work / "label-studio").start()
+    label_studio = label_studio_from(args.label_studio, work / "label-studio").start()
     try:
         for n in args.n:
             result = run(n, label_studio, args, work)

@@ -1,6 +1,11 @@
 """A real Label Studio server on 127.0.0.1: installed once into its own virtualenv (its pins clash
-with ours), started with its own HOME and data dir, SQLite, a known user and legacy token, and
-stopped by PID. What FACTS.md measured: ~2.5 min to install, 60-80 s for the first start.
+with ours), started with its own HOME and data dir, a known user and legacy token, and stopped by
+PID. What FACTS.md measured: ~2.5 min to install, 60-80 s for the first start.
+
+Its database is SQLite (what `label-studio start` uses) or a PostgreSQL of its own (postgres.py), as
+big installs run it; its server is `label-studio start` (Django's threaded runserver, one process)
+or, with `workers`, gunicorn on its WSGI app with that many processes, as its Docker image runs
+uwsgi in production (deploy/uwsgi.ini: 2 processes a core, 1 thread each).
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import requests
 
 from . import processes
 from .cluster import free_port, stop_group
-from .venv import CACHE
+from .postgres import Postgres
+from .venv import CACHE, uv
 from .venv import create as create_venv
 
 VERSION = "1.23.2"
+GUNICORN = "gunicorn==27.0.1"  # the backend image's pin (backend_image/requirements.lock)
 
 
 def venv_dir() -> Path:
@@ -44,6 +52,15 @@ def ensure_installed() -> Path:
     return exe
 
 
+def ensure_gunicorn() -> Path:
+    """gunicorn in Label Studio's venv (cached; Label Studio does not depend on it); returns its executable."""
+    exe = ensure_installed().parent / "gunicorn"
+    if not exe.exists():
+        env = {**os.environ, "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(CACHE / "uv"))}
+        subprocess.run([uv(), "pip", "install", "-q", "-p", str(exe.parent / "python"), GUNICORN], check=True, env=env)
+    return exe
+
+
 @dataclass
 class LabelStudio:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prelabel-ls-")))
@@ -54,6 +71,10 @@ class LabelStudio:
     token: str = field(default_factory=lambda: secrets.token_hex(20))  # a legacy API token (40 hex)
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    database: Literal["sqlite", "postgresql"] = "sqlite"
+    workers: int = 0  # 0: `label-studio start`; N: gunicorn with N worker processes of `threads` threads
+    threads: int = 1
+    postgres: Postgres | None = None  # started with Label Studio when database is "postgresql"
 
     @property
     def url(self) -> str:
@@ -81,13 +102,32 @@ class LabelStudio:
             "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
             "SENTRY_DSN": "",
             "FRONTEND_SENTRY_DSN": "",
+            **self._database_env(),
             **self.extra_env,
         }
         (self.workdir / "home").mkdir(parents=True, exist_ok=True)
-        self.process = processes.spawn("label-studio", [str(exe), "start", "--no-browser", "--internal-host", self.host, "--port", str(self.port)],
-                                       log=self.log, env=env, cwd=self.workdir)
+        start = [str(exe), "start", "--no-browser", "--internal-host", self.host, "--port", str(self.port)]
+        self.process = processes.spawn("label-studio", start, log=self.log, env=env, cwd=self.workdir)
         self._wait_ready(timeout)
+        if self.workers:
+            # `label-studio start` migrated and made the user and token; gunicorn serves the same app
+            # and database from here on, as Label Studio's image does (its core.wsgi, its settings).
+            stop_group(self.process)
+            app_dir = next(exe.parent.parent.glob("lib/python*/site-packages/label_studio"))
+            argv = [str(ensure_gunicorn()), "core.wsgi:application", "--chdir", str(app_dir), "--bind", f"{self.host}:{self.port}",
+                    "--workers", str(self.workers), "--threads", str(self.threads), "--timeout", "120"]
+            env["DJANGO_SETTINGS_MODULE"] = "core.settings.label_studio"
+            self.process = processes.spawn("label-studio", argv, log=self.log, env=env, cwd=self.workdir)
+            self._wait_ready(timeout)
         return self
+
+    def _database_env(self) -> dict[str, str]:
+        """Label Studio's database settings (label_studio/core/settings/base.py reads these names)."""
+        if self.database == "sqlite":
+            return {"DJANGO_DB": "sqlite"}
+        self.postgres = self.postgres or Postgres(workdir=Path(tempfile.mkdtemp(prefix="prelabel-ls-pg-"))).start()
+        return {"DJANGO_DB": "default", "POSTGRE_HOST": "127.0.0.1", "POSTGRE_PORT": str(self.postgres.port),
+                "POSTGRE_NAME": self.postgres.database, "POSTGRE_USER": "postgres", "POSTGRE_PASSWORD": "unused"}  # trust on loopback
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -125,5 +165,8 @@ class LabelStudio:
         if self.process is not None:
             stop_group(self.process)  # `label-studio start` runs Django's server in its process group
         self.process = None
+        if self.postgres is not None:
+            self.postgres.stop(keep=keep)
+            self.postgres = None
         if not keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
