@@ -113,8 +113,8 @@ def label_studio_alone(n: int, label_studio: LabelStudio, workers: int) -> dict[
     webhook's list and stamp, the model version) from `workers` threads (the operator's
     PRELABEL_MAX_WORKERS), with no operator, control plane or kwok running; one stand-in backend
     (fake_backends) answers the /health and /setup Label Studio calls on each create. A registration that
-fails (Label Studio's HTTP 500 on SQLite's "database is locked") is tried again after 1 s, up to 5
-times, as the operator would retry it; failed_attempts counts those failures."""
+    fails (Label Studio's HTTP 500 on SQLite's "database is locked") is tried again after 1 s, up to 5
+    times, as the operator would retry it; failed_attempts counts those failures."""
     from prelabel_local.fake_backends import Server
     from prelabel_operator.labelstudio import Client, LabelStudioError
     from prelabel_operator.registration import Desired, marker
