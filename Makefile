@@ -15,7 +15,9 @@ PYTEST_ARGS ?=
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
-	@command -v uv >/dev/null || python3 -m pip install -q --user uv
+	@# uv from PyPI into ~/.local; Debian's own python3 refuses a --user install (PEP 668) unless told to.
+	@export PATH="$$HOME/.local/bin:$$PATH"; command -v uv >/dev/null || python3 -m pip install -q --user uv 2>/dev/null \
+	  || python3 -m pip install -q --user --break-system-packages uv
 	@export PATH="$$HOME/.local/bin:$$PATH"; [ -x $(PY) ] || uv venv -q -p python3.11 .venv; \
 	  uv pip install -q -p $(PY) -r requirements-dev.txt
 	@rm -f .venv/.installed-*; touch $@

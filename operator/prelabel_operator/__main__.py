@@ -56,10 +56,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Prelabel operator: MLBackend resources -> running, registered YOLO backends")
     parser.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable)")
     parser.add_argument("--liveness", default=os.environ.get("PRELABEL_LIVENESS", "http://0.0.0.0:8080/healthz"),
-                        help="kopf's liveness endpoint")
+                        help="kopf's liveness endpoint (PRELABEL_LIVENESS)")
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("PRELABEL_METRICS_PORT", "9100")),
-                        help="Prometheus metrics port (0: off)")
-    parser.add_argument("--metrics-address", default=os.environ.get("PRELABEL_METRICS_ADDRESS", "0.0.0.0"))
+                        help="Prometheus metrics port (PRELABEL_METRICS_PORT; 0: off)")
+    parser.add_argument("--metrics-address", default=os.environ.get("PRELABEL_METRICS_ADDRESS", "0.0.0.0"),
+                        help="address the metrics server binds (PRELABEL_METRICS_ADDRESS)")
     parser.add_argument("--peering", default=os.environ.get("PRELABEL_PEERING"),
                         help="kopf peering name for several replicas (only the one of highest priority works); standalone if unset")
     parser.add_argument("--peering-priority", type=int, default=int(os.environ.get("PRELABEL_PEERING_PRIORITY") or 0) or None,

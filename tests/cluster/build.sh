@@ -25,6 +25,14 @@ components=("${k8s_components[@]}" etcd kwok helm)
 have_all() { for c in "${components[@]}"; do [ -x "$bin/$c" ] || return 1; done; [ -s "$bin/kwok-stages.yaml" ]; }
 if have_all; then echo "$bin"; exit 0; fi
 
+# Kubernetes 1.36's go.mod needs Go 1.26, and GOTOOLCHAIN=local fetches no other toolchain: say so first.
+need_go=1.26
+have_go=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+if ! printf '%s\n%s\n' "$need_go" "${have_go:-0}" | sort -V -C; then
+  echo "build.sh: Go $need_go or newer builds Kubernetes $KUBERNETES_VERSION; found ${have_go:-no go on PATH}: install a newer Go (https://go.dev/dl)" >&2
+  exit 1
+fi
+
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPROXY=${GOPROXY:-https://proxy.golang.org}
 export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" CGO_ENABLED=0
 mkdir -p "$bin" "$out/src"

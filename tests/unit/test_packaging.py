@@ -54,3 +54,20 @@ def test_the_operator_lock_holds_none_of_the_sdks_converter_only_packages() -> N
     assert not locked & (converter_only | excluded), locked & (converter_only | excluded)
     install = next(line for line in (REPO / "Dockerfile.operator").read_text().splitlines() if "requirements.lock" in line and "RUN" in line)
     assert "--no-deps" in install, install
+
+
+def test_the_backend_wheel_carries_every_file_the_package_reads(tmp_path: Path) -> None:
+    """`pip install ./backend_image` must serve as the image does: a wheel without openapi.yaml answered
+    /openapi.yaml and /openapi.json with 500. Built from a copy (the build writes into its source)."""
+    import zipfile
+
+    source = tmp_path / "backend_image"
+    shutil.copytree(REPO / "backend_image", source, ignore=shutil.ignore_patterns("*.egg-info", "build", "runtimes", "__pycache__"))
+    shutil.copy(REPO / "VERSION", tmp_path / "VERSION")
+    built = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))",
+                            str(tmp_path / "dist")], cwd=source, capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stderr[-2000:]
+    names = set(zipfile.ZipFile(tmp_path / "dist" / built.stdout.split()[-1]).namelist())
+    tracked = subprocess.run(["git", "ls-files", "backend_image/prelabel_backend"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    data = {path.removeprefix("backend_image/") for path in tracked.split() if not path.endswith((".py", ".gitignore"))}
+    assert data and data <= names, sorted(data - names)
