@@ -144,7 +144,7 @@ def run(images: int, keep: bool) -> int:
         print(f"project {project.id}: {with_prediction}/{len(task_ids)} tasks pre-labeled by the backend at {status['url']}, "
               f"{sum(counts)} boxes for {shapes} drawn shapes")
         print("boxes per task: " + ", ".join(f"{t}: {c}" for t, c in zip(task_ids, counts, strict=True)))
-        print(f"kubectl --kubeconfig {cluster.kubeconfig} get mlb,pods -n {NAMESPACE}")
+        print(f"{cluster.bin_dir / 'kubectl'} --kubeconfig {cluster.kubeconfig} get mlb,pods -n {NAMESPACE}")
         print(f"time: {time.monotonic() - step.started:.1f}s")
         if keep:
             print("\nEverything keeps running; Ctrl-C stops it.")
