@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import memory, offline, runtimes
-from .cpus import usable_cpus
+from .cpus import inference_streams, usable_cpus
 from .label_config import ConfigError, model_path
 from .settings import Settings
 
@@ -90,6 +90,8 @@ class ModelStore:
         self._loading: dict[tuple[Path, str], threading.Lock] = {}
         self._choices: dict[str, tuple[str, int, dict[str, float]]] = {}  # sha256 -> runtime, batch, timings
         self.threads = settings.torch_threads or usable_cpus()
+        # Images of a batch run at once, up to the largest batch a model may serve (OpenVINO's streams).
+        self.streams = inference_streams(self.threads, settings.batch_size or max(BATCHES))
         # Exports of mounted weights (and the runtime choices) are written here at first load; looked up
         # after the read-only caches (RUNTIME_CACHE: the packaged models' exports).
         self._export_dir = settings.model_dir / "runtimes"
@@ -158,7 +160,7 @@ class ModelStore:
         if imgsz:
             kwargs["imgsz"] = imgsz
         model.predict([np.zeros((64, 64, 3), np.uint8)], **kwargs)
-        runtimes.set_threads(model, runtime, self.threads)
+        runtimes.set_threads(model, runtime, self.threads, self.streams)
         return model
 
     def _wanted(self, own: str) -> tuple[str, ...]:
@@ -220,14 +222,14 @@ class ModelStore:
                              runtime=runtime, batch=batch, timings=timings, measured=final)
         loaded.load_seconds = time.monotonic() - started
         memory.trim()
-        log.info("loaded model %s (task %s, classes %s) on %s, batch %d%s, %d threads, in %.2fs; s/image at load: %s",
+        log.info("loaded model %s (task %s, classes %s) on %s, batch %d%s, %d threads (%d streams), in %.2fs; s/image at load: %s",
                  path.name, loaded.task, names, loaded.runtime, loaded.batch, "" if final else " (until measured)",
-                 self.threads, loaded.load_seconds, {k: round(v, 4) for k, v in loaded.timings.items()})
+                 self.threads, self.streams, loaded.load_seconds, {k: round(v, 4) for k, v in loaded.timings.items()})
         return loaded
 
     def _choice_file(self, sha256: str) -> Path:
-        # Keyed by what the measurement depends on: this CPU's threads, the runtime and batch settings.
-        tag = f"{self.threads}-{self.settings.runtime}-{self.settings.batch_size}"
+        # Keyed by what the measurement depends on: this CPU's threads and streams, the runtime and batch settings.
+        tag = f"{self.threads}x{self.streams}-{self.settings.runtime}-{self.settings.batch_size}"
         return self._export_dir / sha256 / f"choice-{tag}.json"
 
     def _remembered(self, sha256: str) -> tuple[str, int, dict[str, float]] | None:
@@ -309,7 +311,7 @@ class ModelStore:
             if chosen is not None:
                 loaded.model = chosen
             loaded.runtime, loaded.batch, loaded.timings, loaded.measured = runtime, batch, dict(timings), True
-            runtimes.set_threads(loaded.model, loaded.runtime, self.threads)  # torch's count is process-wide
+            runtimes.set_threads(loaded.model, loaded.runtime, self.threads, self.streams)  # torch's count is process-wide
         self._remember(loaded)
         gc.collect()
         memory.trim()

@@ -111,11 +111,12 @@ def export(source: Path, sha256: str, runtime: str, caches: Sequence[Path], writ
             shutil.rmtree(work, ignore_errors=True)
 
 
-def set_threads(model: Any, runtime: str, threads: int) -> None:
+def set_threads(model: Any, runtime: str, threads: int, streams: int = 1) -> None:
     """Intra-op threads of one loaded ultralytics model (after its first predict, which builds the
     backend). torch's count is process-wide and reset by ultralytics at each model's first predict;
     ONNX Runtime and OpenVINO default to every core they see, a cgroup quota unseen. OpenVINO is
-    also held to f32 (see below)."""
+    also held to f32 and given `streams` (cpus.inference_streams): the images of a batch run that many
+    at once on threads // streams threads each (OpenVINOStreams)."""
     import torch
 
     torch.set_num_threads(threads)  # also the pre- and post-processing (tensors, NMS) of every runtime
@@ -138,18 +139,56 @@ def set_threads(model: Any, runtime: str, threads: int) -> None:
         config = dict(backend.compile_model.keywords.get("config") or {})
         if backend.compile_model.keywords.get("device_name") != "CPU":
             return
+        # ultralytics recompiles an INT8 dynamic model per input shape on AMX CPUs (its read_model): that
+        # path calls the compiled model itself, so it keeps one stream.
+        streams = 1 if getattr(backend, "read_model", None) is not None else max(1, min(streams, threads))
         compiled = backend.ov_compiled_model
-        if (int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+        if not (int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+                and int(compiled.get_property("NUM_STREAMS")) == streams
                 and compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32):
-            return  # as wanted already: no second compile
-        config["INFERENCE_NUM_THREADS"] = threads
-        # On CPUs with bf16 (AVX512_BF16, AMX) OpenVINO computes in bf16 by default: faster, but boxes
-        # moved by several percent of IoU from torch's. The same regions as torch need f32.
-        config["INFERENCE_PRECISION_HINT"] = openvino.Type.f32
-        xml = Path(str(model.model_name))
-        xml = xml if xml.suffix == ".xml" else next(xml.glob("*.xml"))
-        core = openvino.Core()
-        backend.ov_compiled_model = core.compile_model(core.read_model(str(xml)), "CPU", config)
+            config["INFERENCE_NUM_THREADS"] = threads
+            config["NUM_STREAMS"] = streams
+            config["PERFORMANCE_HINT"] = "THROUGHPUT" if streams > 1 else "LATENCY"
+            # On CPUs with bf16 (AVX512_BF16, AMX) OpenVINO computes in bf16 by default: faster, but boxes
+            # moved by several percent of IoU from torch's. The same regions as torch need f32.
+            config["INFERENCE_PRECISION_HINT"] = openvino.Type.f32
+            xml = Path(str(model.model_name))
+            xml = xml if xml.suffix == ".xml" else next(xml.glob("*.xml"))
+            core = openvino.Core()
+            compiled = backend.ov_compiled_model = core.compile_model(core.read_model(str(xml)), "CPU", config)
+        if streams > 1:
+            backend.forward = OpenVINOStreams(compiled, streams)  # the instance's, in place of the class's
+        else:
+            backend.__dict__.pop("forward", None)  # ultralytics' own: one synchronous call per batch
+
+
+class OpenVINOStreams:
+    """An ultralytics OpenVINO backend's forward over several streams: the batch's images go one per
+    infer request, `streams` at once, each on its own stream's threads, and their outputs are joined
+    in order, as ultralytics' one synchronous call of the whole batch (LATENCY hint) returns them.
+
+    Plain start_async/wait on requests of its own, not openvino.AsyncInferQueue: ultralytics stopped
+    using that queue after hangs in it (ultralytics issue 25923). Not thread-safe: one call at a time,
+    as the model's lock holds ultralytics' predictor anyway."""
+
+    def __init__(self, compiled: Any, streams: int) -> None:
+        self.requests = [compiled.create_infer_request() for _ in range(streams)]
+
+    def __call__(self, im: Any) -> list[Any]:
+        """im: the letterboxed batch, a float tensor (N, 3, H, W) in [0, 1]; returns the outputs as numpy
+        arrays with N rows each (ultralytics' OpenVINOBackend.forward's shapes)."""
+        import numpy as np
+
+        batch = im.cpu().numpy().astype(np.float32, copy=False)
+        per_image: list[list[Any]] = []
+        for start in range(0, len(batch), len(self.requests)):
+            running = list(zip(self.requests, batch[start : start + len(self.requests)], strict=False))
+            for request, image in running:
+                request.start_async(image[None])
+            for request, _ in running:
+                request.wait()
+                per_image.append([tensor.data.copy() for tensor in request.output_tensors])  # the request's own buffers
+        return [np.concatenate(outputs) for outputs in zip(*per_image, strict=True)]
 
 
 def export_all(weights: Path, out: Path) -> list[Path]:
