@@ -143,36 +143,43 @@ def set_threads(model: Any, runtime: str, threads: int, streams: int = 1) -> Non
         # path calls the compiled model itself, so it keeps one stream.
         streams = 1 if getattr(backend, "read_model", None) is not None else max(1, min(streams, threads))
         compiled = backend.ov_compiled_model
-        if not (int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+        if (int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
                 and int(compiled.get_property("NUM_STREAMS")) == streams
-                and compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32):
-            config["INFERENCE_NUM_THREADS"] = threads
-            config["NUM_STREAMS"] = streams
-            config["PERFORMANCE_HINT"] = "THROUGHPUT" if streams > 1 else "LATENCY"
-            # On CPUs with bf16 (AVX512_BF16, AMX) OpenVINO computes in bf16 by default: faster, but boxes
-            # moved by several percent of IoU from torch's. The same regions as torch need f32.
-            config["INFERENCE_PRECISION_HINT"] = openvino.Type.f32
-            xml = Path(str(model.model_name))
-            xml = xml if xml.suffix == ".xml" else next(xml.glob("*.xml"))
-            core = openvino.Core()
-            compiled = backend.ov_compiled_model = core.compile_model(core.read_model(str(xml)), "CPU", config)
-        if streams > 1:
-            backend.forward = OpenVINOStreams(compiled, streams)  # the instance's, in place of the class's
-        else:
+                and compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+                and (streams == 1 or isinstance(backend.__dict__.get("forward"), OpenVINOStreams))):
+            return  # as wanted already: no second compile
+        # On CPUs with bf16 (AVX512_BF16, AMX) OpenVINO computes in bf16 by default: faster, but boxes
+        # moved by several percent of IoU from torch's. The same regions as torch need f32.
+        config.update({"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": openvino.Type.f32,
+                       "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+        xml = Path(str(model.model_name))
+        xml = xml if xml.suffix == ".xml" else next(xml.glob("*.xml"))
+        core = openvino.Core()
+        network = core.read_model(str(xml))
+        if streams == 1:
+            backend.ov_compiled_model = core.compile_model(network, "CPU", config)
             backend.__dict__.pop("forward", None)  # ultralytics' own: one synchronous call per batch
+            return
+        compiled = core.compile_model(network, "CPU", {**config, "NUM_STREAMS": streams, "PERFORMANCE_HINT": "THROUGHPUT"})
+        alone = core.compile_model(network, "CPU", config)  # a lone image: every thread on it, as before
+        backend.ov_compiled_model = compiled
+        backend.forward = OpenVINOStreams(compiled, streams, alone)  # the instance's, in place of the class's
 
 
 class OpenVINOStreams:
     """An ultralytics OpenVINO backend's forward over several streams: the batch's images go one per
     infer request, `streams` at once, each on its own stream's threads, and their outputs are joined
-    in order, as ultralytics' one synchronous call of the whole batch (LATENCY hint) returns them.
+    in order, as ultralytics' one synchronous call of the whole batch returns them. A lone image (a
+    1-task request, or a batch's last) runs on `alone`, a model compiled for latency on every thread,
+    so that one task takes no longer than before (on 2 cores a stream has half the threads).
 
     Plain start_async/wait on requests of its own, not openvino.AsyncInferQueue: ultralytics stopped
     using that queue after hangs in it (ultralytics issue 25923). Not thread-safe: one call at a time,
     as the model's lock holds ultralytics' predictor anyway."""
 
-    def __init__(self, compiled: Any, streams: int) -> None:
+    def __init__(self, compiled: Any, streams: int, alone: Any) -> None:
         self.requests = [compiled.create_infer_request() for _ in range(streams)]
+        self.alone = alone.create_infer_request()
 
     def __call__(self, im: Any) -> list[Any]:
         """im: the letterboxed batch, a float tensor (N, 3, H, W) in [0, 1]; returns the outputs as numpy
@@ -182,7 +189,8 @@ class OpenVINOStreams:
         batch = im.cpu().numpy().astype(np.float32, copy=False)
         per_image: list[list[Any]] = []
         for start in range(0, len(batch), len(self.requests)):
-            running = list(zip(self.requests, batch[start : start + len(self.requests)], strict=False))
+            images = batch[start : start + len(self.requests)]
+            running = list(zip(self.requests, images, strict=False)) if len(images) > 1 else [(self.alone, images[0])]
             for request, image in running:
                 request.start_async(image[None])
             for request, _ in running:
