@@ -69,11 +69,28 @@ class LoadedModel:
     model: Any
     runtime: str = "torch"  # what runs it: torch, onnx or openvino
     batch: int = 1  # images per model call
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held by track() and by the runtime switch
+    # The model objects calls run on, one call each at a time: `model` alone, or with OpenVINO's streams
+    # also its twins (runtimes.twins); `idle` holds those not running now.
+    instances: list[Any] = field(default_factory=list)
+    idle: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     load_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # "<runtime>/<batch>" -> seconds per image, at load
     measured: bool = True  # False while it serves on a provisional runtime, before the measurement
     last_used: float = field(default_factory=time.monotonic)
+
+    def serve_on(self, model: Any, runtime: str, streams: int) -> None:
+        """model (and its twins, one per stream beyond the first) serves the next calls; calls running
+        now finish on what they hold."""
+        self.model, self.runtime = model, runtime
+        self.instances = [model, *runtimes.twins(model, streams - 1)]
+        idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for instance in self.instances:
+            idle.put(instance)
+        self.idle = idle
+
+    def running(self) -> bool:
+        return self.lock.locked() or self.idle.qsize() < len(self.instances)
 
 
 def _probe_image(imgsz: int | tuple[int, int] | list[int] | None) -> np.ndarray:
@@ -137,7 +154,7 @@ class ModelStore:
         dropped = []
         with self._lock:
             for key, loaded in list(self._models.items()):
-                if now - loaded.last_used >= self.settings.model_idle_unload and not loaded.lock.locked():
+                if now - loaded.last_used >= self.settings.model_idle_unload and not loaded.running():
                     del self._models[key]
                     dropped.append(loaded.path.name)
         if dropped:
@@ -220,6 +237,7 @@ class ModelStore:
                 imgsz = int(imgsz[0])
         loaded = LoadedModel(path=path, task=str(model.task), names=names, sha256=sha256, imgsz=imgsz, model=model,
                              runtime=runtime, batch=batch, timings=timings, measured=final)
+        loaded.serve_on(model, runtime, self.streams)
         loaded.load_seconds = time.monotonic() - started
         memory.trim()
         log.info("loaded model %s (task %s, classes %s) on %s, batch %d%s, %d threads (%d streams), in %.2fs; s/image at load: %s",
@@ -308,10 +326,9 @@ class ModelStore:
         if chosen is None and runtime != loaded.runtime:  # measured for another instance of the same weights
             chosen = self._open(self._source(loaded.path, loaded.sha256, runtime), runtime, loaded.task, loaded.imgsz)
         with loaded.lock:
-            if chosen is not None:
-                loaded.model = chosen
-            loaded.runtime, loaded.batch, loaded.timings, loaded.measured = runtime, batch, dict(timings), True
-            runtimes.set_threads(loaded.model, loaded.runtime, self.threads, self.streams)  # torch's count is process-wide
+            runtimes.set_threads(chosen or loaded.model, runtime, self.threads, self.streams)  # torch's count is process-wide
+            loaded.serve_on(chosen or loaded.model, runtime, self.streams)
+            loaded.batch, loaded.timings, loaded.measured = batch, dict(timings), True
         self._remember(loaded)
         gc.collect()
         memory.trim()
@@ -339,13 +356,18 @@ class ModelStore:
         return {key: statistics.median(times) for key, times in runs.items()}
 
     def predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float) -> list[Any]:
-        """Runs the model on BGR images, in batches, holding the model's lock; returns ultralytics Results."""
+        """Runs the model on BGR images, in batches, each on an idle instance (waiting for one); returns
+        ultralytics Results."""
         results: list[Any] = []
         size = loaded.batch
         loaded.last_used = time.monotonic()
         for start in range(0, len(images), size):
-            with loaded.lock:
-                results.extend(self._predict(loaded, images[start : start + size], conf))
+            idle = loaded.idle  # the runtime may switch meanwhile: what is taken goes back where it came from
+            model = idle.get()
+            try:
+                results.extend(self._predict(loaded, images[start : start + size], conf, model))
+            finally:
+                idle.put(model)
         return results
 
     def track(self, loaded: LoadedModel, frames: list[np.ndarray], conf: float, tracker: str) -> list[Any]:
@@ -357,10 +379,10 @@ class ModelStore:
             # persist=False on the first frame starts new tracks; True keeps them through the video.
             return [loaded.model.track(frame, persist=index > 0, **kwargs)[0] for index, frame in enumerate(frames)]
 
-    def _predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float) -> list[Any]:
+    def _predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float, model: Any = None) -> list[Any]:
         kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.settings.device}
         if loaded.imgsz:
             kwargs["imgsz"] = loaded.imgsz
         if loaded.task == "classify":
             kwargs.pop("conf")
-        return list(loaded.model.predict(images, **kwargs))
+        return list((model or loaded.model).predict(images, **kwargs))

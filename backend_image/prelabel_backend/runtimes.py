@@ -14,9 +14,11 @@ the `onnx`, `onnxslim` and `openvino` packages installed ahead: nothing is insta
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import sys
 import threading
@@ -173,30 +175,58 @@ class OpenVINOStreams:
     1-task request, or a batch's last) runs on `alone`, a model compiled for latency on every thread,
     so that one task takes no longer than before (on 2 cores a stream has half the threads).
 
-    Plain start_async/wait on requests of its own, not openvino.AsyncInferQueue: ultralytics stopped
-    using that queue after hangs in it (ultralytics issue 25923). Not thread-safe: one call at a time,
-    as the model's lock holds ultralytics' predictor anyway."""
+    Thread-safe: each call takes a set of infer requests of its own (made when none is idle: one set
+    per model object running at once, see twins; a request's buffers are small beside its stream's).
+    Plain start_async/wait, not openvino.AsyncInferQueue: ultralytics stopped using that queue after
+    hangs in it (ultralytics issue 25923)."""
 
     def __init__(self, compiled: Any, streams: int, alone: Any) -> None:
-        self.requests = [compiled.create_infer_request() for _ in range(streams)]
-        self.alone = alone.create_infer_request()
+        self.compiled, self.streams, self.alone = compiled, streams, alone
+        self._idle: queue.SimpleQueue[tuple[list[Any], Any]] = queue.SimpleQueue()
 
     def __call__(self, im: Any) -> list[Any]:
         """im: the letterboxed batch, a float tensor (N, 3, H, W) in [0, 1]; returns the outputs as numpy
         arrays with N rows each (ultralytics' OpenVINOBackend.forward's shapes)."""
         import numpy as np
 
-        batch = im.cpu().numpy().astype(np.float32, copy=False)
-        per_image: list[list[Any]] = []
-        for start in range(0, len(batch), len(self.requests)):
-            images = batch[start : start + len(self.requests)]
-            running = list(zip(self.requests, images, strict=False)) if len(images) > 1 else [(self.alone, images[0])]
-            for request, image in running:
-                request.start_async(image[None])
-            for request, _ in running:
-                request.wait()
-                per_image.append([tensor.data.copy() for tensor in request.output_tensors])  # the request's own buffers
-        return [np.concatenate(outputs) for outputs in zip(*per_image, strict=True)]
+        try:
+            requests, alone = self._idle.get_nowait()
+        except queue.Empty:
+            requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+            alone = self.alone.create_infer_request()
+        try:
+            batch = im.cpu().numpy().astype(np.float32, copy=False)
+            per_image: list[list[Any]] = []
+            for start in range(0, len(batch), len(requests)):
+                images = batch[start : start + len(requests)]
+                running = list(zip(requests, images, strict=False)) if len(images) > 1 else [(alone, images[0])]
+                for request, image in running:
+                    request.start_async(image[None])
+                for request, _ in running:
+                    request.wait()
+                    per_image.append([tensor.data.copy() for tensor in request.output_tensors])  # the request's own buffers
+            return [np.concatenate(outputs) for outputs in zip(*per_image, strict=True)]
+        finally:
+            self._idle.put((requests, alone))
+
+
+def twins(model: Any, count: int) -> list[Any]:
+    """count more ultralytics model objects that run the same compiled OpenVINO network as model (one
+    AutoBackend, OpenVINOStreams), each with a predictor of its own (ultralytics keeps a call's state,
+    and a lock, on the predictor): while one does a batch's pre- or post-processing, another's images
+    keep the streams busy. None for other runtimes or a single stream: their backends are not shared."""
+    predictor: Any = getattr(model, "predictor", None)
+    backend = getattr(getattr(predictor, "model", None), "backend", None)
+    if predictor is None or not isinstance(getattr(backend, "__dict__", {}).get("forward"), OpenVINOStreams):
+        return []
+    made = []
+    for _ in range(count):
+        own = copy.copy(predictor)  # the same AutoBackend, args and callbacks
+        own._lock, own.vid_writer, own.windows = threading.Lock(), {}, []  # what ultralytics mutates in place
+        twin = copy.copy(model)
+        twin.predictor = own
+        made.append(twin)
+    return made
 
 
 def export_all(weights: Path, out: Path) -> list[Path]:

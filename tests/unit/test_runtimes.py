@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -144,6 +145,25 @@ def test_openvino_streams_give_the_same_regions(stores: dict[str, ModelStore], s
     assert sum(map(len, regions["torch"])) >= len(batch), "the torch path found too little to compare"
     for i, scene in enumerate(batch):
         assert_same_regions(regions["torch"][i], regions["streams"][i], scene.width, scene.height, f"{control}, streams, image {i}")
+
+
+def test_openvino_twins_run_at_once_and_give_what_one_call_at_a_time_gives(streamed: ModelStore, settings: Settings) -> None:
+    """Two calls at once, each on its own model object (twins sharing the compiled network and its
+    streams), answer as the same calls one after the other do, box for box."""
+    xml, _ = CONTROLS["rectangle"]
+    config = parse(xml, settings)
+    loaded = streamed.get(config.controls[0].model_file)
+    assert len(loaded.instances) == 2 and loaded.instances[1].predictor is not loaded.model.predictor
+    assert loaded.instances[1].predictor.model is loaded.model.predictor.model, "one network, not two"
+    images = [[s.image for s in scenes(1330 + k, 7)] for k in range(4)]
+    alone = [[r.boxes.data.numpy() for r in streamed.predict(loaded, batch, conf=0.25)] for batch in images]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda batch: [r.boxes.data.numpy() for r in streamed.predict(loaded, batch, conf=0.25)], images))
+    assert sum(len(boxes) for call in alone for boxes in call) >= 28, "too few boxes to compare"
+    for one, other in zip(alone, together, strict=True):
+        for a, b in zip(one, other, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    assert loaded.idle.qsize() == 2 and not loaded.running()
 
 
 def test_model_version_follows_the_weights_not_the_runtime(stores: dict[str, ModelStore], settings: Settings) -> None:
