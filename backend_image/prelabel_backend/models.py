@@ -1,8 +1,11 @@
 """Loading, caching and running ultralytics models: once per process, thread-safe, on the fastest runtime.
 
-ultralytics' predictor keeps per-call state on the model object, so one model is never run by two
-threads at once: each model has its own lock, and its runtime gets every CPU this process has
-(cpus.usable_cpus: affinity and cgroup quota). A `.pt` is exported to ONNX and OpenVINO (runtimes.py,
+ultralytics' predictor keeps per-call state on the model object, so one model object is never run by
+two threads at once: a call takes an idle one (LoadedModel.idle). Its runtime gets every CPU this
+process has (cpus.usable_cpus: affinity and cgroup quota); on OpenVINO, split into streams that run
+a batch's images at once (cpus.inference_streams), with a twin model object per extra stream on the
+same compiled network, so that two calls keep the streams busy through each other's pre- and
+post-processing. A `.pt` is exported to ONNX and OpenVINO (runtimes.py,
 cached by the weights' sha256) and the runtime and batch size that serve it are chosen by timing
 each on the model's own input size: "by measurement, not assumption" (issue 13).
 
