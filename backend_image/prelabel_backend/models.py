@@ -28,6 +28,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,23 +340,36 @@ class ModelStore:
                  loaded.runtime, loaded.batch, time.monotonic() - started, {k: round(v, 4) for k, v in timings.items()})
 
     def _time(self, loaded: LoadedModel, candidates: dict[str, Any], batches: tuple[int, ...]) -> dict[str, float]:
-        """Seconds per image of each candidate runtime at each batch size, medians of MEASURE_RUNS."""
+        """Seconds per image of each candidate runtime at each batch size when the model is busy (each of
+        its instances running a call, as under concurrent requests: one for most, a twin per extra
+        OpenVINO stream), medians of MEASURE_RUNS."""
         probe = _probe_image(loaded.imgsz)
-        trials = {runtime: LoadedModel(path=loaded.path, task=loaded.task, names=loaded.names, sha256=loaded.sha256,
-                                       imgsz=loaded.imgsz, model=model, runtime=runtime)
-                  for runtime, model in candidates.items()}
+        trials = {}
+        for runtime, model in candidates.items():
+            trials[runtime] = LoadedModel(path=loaded.path, task=loaded.task, names=loaded.names, sha256=loaded.sha256,
+                                          imgsz=loaded.imgsz, model=model, runtime=runtime)
+            trials[runtime].serve_on(model, runtime, self.streams)
+        pool = ThreadPoolExecutor(max(len(t.instances) for t in trials.values()), thread_name_prefix="measure")
+
+        def busy(trial: LoadedModel, batch: int) -> float:
+            """Seconds per image of one call on each instance at once."""
+            started = time.perf_counter()
+            list(pool.map(lambda instance: self._predict(trial, [probe] * batch, 0.25, instance), trial.instances))
+            return (time.perf_counter() - started) / (batch * len(trial.instances))
+
         runs: dict[str, list[float]] = {f"{r}/{b}": [] for r in trials for b in batches}
-        for key in runs:  # the first call at a new shape pays set-up
-            runtime, batch = key.split("/")
-            self._predict(trials[runtime], [probe] * int(batch), conf=0.25)
-        for _ in range(MEASURE_RUNS):  # round-robin, so that a burst of load elsewhere hits all alike
-            for key, times in runs.items():
-                if _stopping.is_set():
-                    raise _Stopped
+        try:
+            for key in runs:  # the first call at a new shape pays set-up
                 runtime, batch = key.split("/")
-                started = time.perf_counter()
-                self._predict(trials[runtime], [probe] * int(batch), conf=0.25)
-                times.append((time.perf_counter() - started) / int(batch))
+                busy(trials[runtime], int(batch))
+            for _ in range(MEASURE_RUNS):  # round-robin, so that a burst of load elsewhere hits all alike
+                for key, times in runs.items():
+                    if _stopping.is_set():
+                        raise _Stopped
+                    runtime, batch = key.split("/")
+                    times.append(busy(trials[runtime], int(batch)))
+        finally:
+            pool.shutdown()
         return {key: statistics.median(times) for key, times in runs.items()}
 
     def predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float) -> list[Any]:
