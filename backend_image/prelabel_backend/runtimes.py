@@ -172,8 +172,9 @@ class OpenVINOStreams:
     """An ultralytics OpenVINO backend's forward over several streams: the batch's images go one per
     infer request, `streams` at once, each on its own stream's threads, and their outputs are joined
     in order, as ultralytics' one synchronous call of the whole batch returns them. A lone image (a
-    1-task request, or a batch's last) runs on `alone`, a model compiled for latency on every thread,
-    so that one task takes no longer than before (on 2 cores a stream has half the threads).
+    1-task request, or a batch's last) while no other call runs goes to `alone`, a model compiled for
+    latency on every thread, so that one task takes no longer than before (on 2 cores a stream has
+    half the threads); beside another call it takes a stream, as the other call's images do.
 
     Thread-safe: each call takes a set of infer requests of its own (made when none is idle: one set
     per model object running at once, see twins; a request's buffers are small beside its stream's).
@@ -183,6 +184,8 @@ class OpenVINOStreams:
     def __init__(self, compiled: Any, streams: int, alone: Any) -> None:
         self.compiled, self.streams, self.alone = compiled, streams, alone
         self._idle: queue.SimpleQueue[tuple[list[Any], Any]] = queue.SimpleQueue()
+        self._calls = 0  # running now
+        self._calls_lock = threading.Lock()
 
     def __call__(self, im: Any) -> list[Any]:
         """im: the letterboxed batch, a float tensor (N, 3, H, W) in [0, 1]; returns the outputs as numpy
@@ -194,12 +197,15 @@ class OpenVINOStreams:
         except queue.Empty:
             requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
             alone = self.alone.create_infer_request()
+        with self._calls_lock:
+            self._calls += 1
         try:
             batch = im.cpu().numpy().astype(np.float32, copy=False)
             per_image: list[list[Any]] = []
             for start in range(0, len(batch), len(requests)):
                 images = batch[start : start + len(requests)]
-                running = list(zip(requests, images, strict=False)) if len(images) > 1 else [(alone, images[0])]
+                lone = len(images) == 1 and self._calls == 1
+                running = [(alone, images[0])] if lone else list(zip(requests, images, strict=False))
                 for request, image in running:
                     request.start_async(image[None])
                 for request, _ in running:
@@ -207,6 +213,8 @@ class OpenVINOStreams:
                     per_image.append([tensor.data.copy() for tensor in request.output_tensors])  # the request's own buffers
             return [np.concatenate(outputs) for outputs in zip(*per_image, strict=True)]
         finally:
+            with self._calls_lock:
+                self._calls -= 1
             self._idle.put((requests, alone))
 
 
