@@ -28,7 +28,6 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,27 +348,31 @@ class ModelStore:
             trials[runtime] = LoadedModel(path=loaded.path, task=loaded.task, names=loaded.names, sha256=loaded.sha256,
                                           imgsz=loaded.imgsz, model=model, runtime=runtime)
             trials[runtime].serve_on(model, runtime, self.streams)
-        pool = ThreadPoolExecutor(max(len(t.instances) for t in trials.values()), thread_name_prefix="measure")
 
         def busy(trial: LoadedModel, batch: int) -> float:
-            """Seconds per image of one call on each instance at once."""
+            """Seconds per image of one call on each instance at once: the first here, the others on
+            threads of their own (plain threads: at exit concurrent.futures refuses new work before
+            atexit stops the measurement, which would log a failure)."""
             started = time.perf_counter()
-            list(pool.map(lambda instance: self._predict(trial, [probe] * batch, 0.25, instance), trial.instances))
+            others = [threading.Thread(target=self._predict, args=(trial, [probe] * batch, 0.25, instance), daemon=True)
+                      for instance in trial.instances[1:]]
+            for thread in others:
+                thread.start()
+            self._predict(trial, [probe] * batch, 0.25, trial.instances[0])
+            for thread in others:
+                thread.join()
             return (time.perf_counter() - started) / (batch * len(trial.instances))
 
         runs: dict[str, list[float]] = {f"{r}/{b}": [] for r in trials for b in batches}
-        try:
-            for key in runs:  # the first call at a new shape pays set-up
+        for key in runs:  # the first call at a new shape pays set-up
+            runtime, batch = key.split("/")
+            busy(trials[runtime], int(batch))
+        for _ in range(MEASURE_RUNS):  # round-robin, so that a burst of load elsewhere hits all alike
+            for key, times in runs.items():
+                if _stopping.is_set():
+                    raise _Stopped
                 runtime, batch = key.split("/")
-                busy(trials[runtime], int(batch))
-            for _ in range(MEASURE_RUNS):  # round-robin, so that a burst of load elsewhere hits all alike
-                for key, times in runs.items():
-                    if _stopping.is_set():
-                        raise _Stopped
-                    runtime, batch = key.split("/")
-                    times.append(busy(trials[runtime], int(batch)))
-        finally:
-            pool.shutdown()
+                times.append(busy(trials[runtime], int(batch)))
         return {key: statistics.median(times) for key, times in runs.items()}
 
     def predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float) -> list[Any]:
