@@ -18,7 +18,8 @@ plus its RSS under load, its cold start and the size of what its image installs:
   images, torch at 2 threads, OMP_WAIT_POLICY=PASSIVE as in the backend: a plain ultralytics
   backend with nothing around the model.
 - Cells: 16-task requests, concurrency 1 and 4; per repeat, raw and every backend cell run one after
-  the other (rotating), and the medians are compared: the machine is shared and noisy.
+  the other (rotating), and the medians are compared: the machine is shared and noisy. Then 16
+  1-task requests one after the other (Label Studio opening a task): their p50 and p90 latency.
 - RSS: the backend's process tree (gunicorn master and worker), sampled every 50 ms under load.
 - Cold start: process start to /health 200 with the default models loaded and warmed: the packaged
   models; yolov8n at its first start (served on torch at once, exported and measured in the
@@ -267,6 +268,17 @@ def main() -> None:
             results = response.json()["results"]
             assert len(results) == TASKS and not any(r.get("errors") for r in results), results[:1]
 
+        def single(backend: BackendProcess, round_: int) -> list[float]:
+            """Seconds of each of TASKS 1-task requests, one after the other (Label Studio opening a task)."""
+            seconds = []
+            for i in range(TASKS):
+                started = time.perf_counter()
+                task = {"id": i, "data": {"image": f"/data/upload/1/photo-{(round_ * TASKS + i) % len(jpegs)}.jpg"}}
+                response = requests.post(f"{backend.url}/predict", json={"tasks": [task], "label_config": CONFIG, "project": "1.1"}, timeout=600)
+                response.raise_for_status()
+                seconds.append(time.perf_counter() - started)
+            return seconds
+
         def cell(backend: BackendProcess, concurrency: int, round_: int) -> float:
             started = time.perf_counter()
             with ThreadPoolExecutor(concurrency) as pool:
@@ -277,6 +289,7 @@ def main() -> None:
             cell(backend, 1, 0)  # warm the pools
         rates: dict[str, list[float]] = {"raw torch, 2 threads, one by one": []}
         rss: dict[str, list[int]] = {}
+        latencies: dict[str, list[float]] = {}
         for round_ in range(args.repeats):
             rates["raw torch, 2 threads, one by one"].append(raw())
             for name, backend in backends.items():
@@ -285,11 +298,15 @@ def main() -> None:
                         rates.setdefault(f"backend {name}, concurrency {concurrency}", []).append(cell(backend, concurrency, round_))
                     rss.setdefault(name, []).extend(sampler.samples)
                     rss.setdefault(f"{name} worker", []).append(worker_rss(backend.proc.pid))
+                latencies.setdefault(name, []).extend(single(backend, round_))
         raw_rate = statistics.median(rates["raw torch, 2 threads, one by one"])
         print(f"\n{'cell':<40} {'img/s':>6} {'/raw':>5}   per repeat")
         for label, values in rates.items():
             median = statistics.median(values)
             print(f"{label:<40} {median:>6.1f} {median / raw_rate:>5.2f}   " + " ".join(f"{v:.1f}" for v in values))
+        for name, seconds in latencies.items():
+            print(f"1-task requests, backend {name}: p50 {statistics.median(seconds) * 1000:.0f} ms, "
+                  f"p90 {statistics.quantiles(seconds, n=10)[-1] * 1000:.0f} ms ({len(seconds)} requests)")
         for name in backends:
             tree = rss[name]
             print(f"RSS under load, backend {name}: process tree median {mb(statistics.median(tree))}, peak {mb(max(tree))}; "

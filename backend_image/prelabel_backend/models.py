@@ -1,8 +1,11 @@
 """Loading, caching and running ultralytics models: once per process, thread-safe, on the fastest runtime.
 
-ultralytics' predictor keeps per-call state on the model object, so one model is never run by two
-threads at once: each model has its own lock, and its runtime gets every CPU this process has
-(cpus.usable_cpus: affinity and cgroup quota). A `.pt` is exported to ONNX and OpenVINO (runtimes.py,
+ultralytics' predictor keeps per-call state on the model object, so one model object is never run by
+two threads at once: a call takes an idle one (LoadedModel.idle). Its runtime gets every CPU this
+process has (cpus.usable_cpus: affinity and cgroup quota); on OpenVINO, split into streams that run
+a batch's images at once (cpus.inference_streams), with a twin model object per extra stream on the
+same compiled network, so that two calls keep the streams busy through each other's pre- and
+post-processing. A `.pt` is exported to ONNX and OpenVINO (runtimes.py,
 cached by the weights' sha256) and the runtime and batch size that serve it are chosen by timing
 each on the model's own input size: "by measurement, not assumption" (issue 13).
 
@@ -32,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import memory, offline, runtimes
-from .cpus import usable_cpus
+from .cpus import inference_streams, usable_cpus
 from .label_config import ConfigError, model_path
 from .settings import Settings
 
@@ -69,11 +72,28 @@ class LoadedModel:
     model: Any
     runtime: str = "torch"  # what runs it: torch, onnx or openvino
     batch: int = 1  # images per model call
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held by track() and by the runtime switch
+    # The model objects calls run on, one call each at a time: `model` alone, or with OpenVINO's streams
+    # also its twins (runtimes.twins); `idle` holds those not running now.
+    instances: list[Any] = field(default_factory=list)
+    idle: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     load_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # "<runtime>/<batch>" -> seconds per image, at load
     measured: bool = True  # False while it serves on a provisional runtime, before the measurement
     last_used: float = field(default_factory=time.monotonic)
+
+    def serve_on(self, model: Any, runtime: str, streams: int) -> None:
+        """model (and its twins, one per stream beyond the first) serves the next calls; calls running
+        now finish on what they hold."""
+        self.model, self.runtime = model, runtime
+        self.instances = [model, *runtimes.twins(model, streams - 1)]
+        idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for instance in self.instances:
+            idle.put(instance)
+        self.idle = idle
+
+    def running(self) -> bool:
+        return self.lock.locked() or self.idle.qsize() < len(self.instances)
 
 
 def _probe_image(imgsz: int | tuple[int, int] | list[int] | None) -> np.ndarray:
@@ -90,6 +110,8 @@ class ModelStore:
         self._loading: dict[tuple[Path, str], threading.Lock] = {}
         self._choices: dict[str, tuple[str, int, dict[str, float]]] = {}  # sha256 -> runtime, batch, timings
         self.threads = settings.torch_threads or usable_cpus()
+        # Images of a batch run at once, up to the largest batch a model may serve (OpenVINO's streams).
+        self.streams = inference_streams(self.threads, settings.batch_size or max(BATCHES))
         # Exports of mounted weights (and the runtime choices) are written here at first load; looked up
         # after the read-only caches (RUNTIME_CACHE: the packaged models' exports).
         self._export_dir = settings.model_dir / "runtimes"
@@ -135,7 +157,7 @@ class ModelStore:
         dropped = []
         with self._lock:
             for key, loaded in list(self._models.items()):
-                if now - loaded.last_used >= self.settings.model_idle_unload and not loaded.lock.locked():
+                if now - loaded.last_used >= self.settings.model_idle_unload and not loaded.running():
                     del self._models[key]
                     dropped.append(loaded.path.name)
         if dropped:
@@ -158,7 +180,7 @@ class ModelStore:
         if imgsz:
             kwargs["imgsz"] = imgsz
         model.predict([np.zeros((64, 64, 3), np.uint8)], **kwargs)
-        runtimes.set_threads(model, runtime, self.threads)
+        runtimes.set_threads(model, runtime, self.threads, self.streams)
         return model
 
     def _wanted(self, own: str) -> tuple[str, ...]:
@@ -218,16 +240,17 @@ class ModelStore:
                 imgsz = int(imgsz[0])
         loaded = LoadedModel(path=path, task=str(model.task), names=names, sha256=sha256, imgsz=imgsz, model=model,
                              runtime=runtime, batch=batch, timings=timings, measured=final)
+        loaded.serve_on(model, runtime, self.streams)
         loaded.load_seconds = time.monotonic() - started
         memory.trim()
-        log.info("loaded model %s (task %s, classes %s) on %s, batch %d%s, %d threads, in %.2fs; s/image at load: %s",
+        log.info("loaded model %s (task %s, classes %s) on %s, batch %d%s, %d threads (%d streams), in %.2fs; s/image at load: %s",
                  path.name, loaded.task, names, loaded.runtime, loaded.batch, "" if final else " (until measured)",
-                 self.threads, loaded.load_seconds, {k: round(v, 4) for k, v in loaded.timings.items()})
+                 self.threads, self.streams, loaded.load_seconds, {k: round(v, 4) for k, v in loaded.timings.items()})
         return loaded
 
     def _choice_file(self, sha256: str) -> Path:
-        # Keyed by what the measurement depends on: this CPU's threads, the runtime and batch settings.
-        tag = f"{self.threads}-{self.settings.runtime}-{self.settings.batch_size}"
+        # Keyed by what the measurement depends on: this CPU's threads and streams, the runtime and batch settings.
+        tag = f"{self.threads}x{self.streams}-{self.settings.runtime}-{self.settings.batch_size}"
         return self._export_dir / sha256 / f"choice-{tag}.json"
 
     def _remembered(self, sha256: str) -> tuple[str, int, dict[str, float]] | None:
@@ -306,10 +329,9 @@ class ModelStore:
         if chosen is None and runtime != loaded.runtime:  # measured for another instance of the same weights
             chosen = self._open(self._source(loaded.path, loaded.sha256, runtime), runtime, loaded.task, loaded.imgsz)
         with loaded.lock:
-            if chosen is not None:
-                loaded.model = chosen
-            loaded.runtime, loaded.batch, loaded.timings, loaded.measured = runtime, batch, dict(timings), True
-            runtimes.set_threads(loaded.model, loaded.runtime, self.threads)  # torch's count is process-wide
+            runtimes.set_threads(chosen or loaded.model, runtime, self.threads, self.streams)  # torch's count is process-wide
+            loaded.serve_on(chosen or loaded.model, runtime, self.streams)
+            loaded.batch, loaded.timings, loaded.measured = batch, dict(timings), True
         self._remember(loaded)
         gc.collect()
         memory.trim()
@@ -317,33 +339,55 @@ class ModelStore:
                  loaded.runtime, loaded.batch, time.monotonic() - started, {k: round(v, 4) for k, v in timings.items()})
 
     def _time(self, loaded: LoadedModel, candidates: dict[str, Any], batches: tuple[int, ...]) -> dict[str, float]:
-        """Seconds per image of each candidate runtime at each batch size, medians of MEASURE_RUNS."""
+        """Seconds per image of each candidate runtime at each batch size when the model is busy (each of
+        its instances running a call, as under concurrent requests: one for most, a twin per extra
+        OpenVINO stream), medians of MEASURE_RUNS."""
         probe = _probe_image(loaded.imgsz)
-        trials = {runtime: LoadedModel(path=loaded.path, task=loaded.task, names=loaded.names, sha256=loaded.sha256,
-                                       imgsz=loaded.imgsz, model=model, runtime=runtime)
-                  for runtime, model in candidates.items()}
+        trials = {}
+        for runtime, model in candidates.items():
+            trials[runtime] = LoadedModel(path=loaded.path, task=loaded.task, names=loaded.names, sha256=loaded.sha256,
+                                          imgsz=loaded.imgsz, model=model, runtime=runtime)
+            trials[runtime].serve_on(model, runtime, self.streams)
+
+        def busy(trial: LoadedModel, batch: int) -> float:
+            """Seconds per image of one call on each instance at once: the first here, the others on
+            threads of their own (plain threads: at exit concurrent.futures refuses new work before
+            atexit stops the measurement, which would log a failure)."""
+            started = time.perf_counter()
+            others = [threading.Thread(target=self._predict, args=(trial, [probe] * batch, 0.25, instance), daemon=True)
+                      for instance in trial.instances[1:]]
+            for thread in others:
+                thread.start()
+            self._predict(trial, [probe] * batch, 0.25, trial.instances[0])
+            for thread in others:
+                thread.join()
+            return (time.perf_counter() - started) / (batch * len(trial.instances))
+
         runs: dict[str, list[float]] = {f"{r}/{b}": [] for r in trials for b in batches}
         for key in runs:  # the first call at a new shape pays set-up
             runtime, batch = key.split("/")
-            self._predict(trials[runtime], [probe] * int(batch), conf=0.25)
+            busy(trials[runtime], int(batch))
         for _ in range(MEASURE_RUNS):  # round-robin, so that a burst of load elsewhere hits all alike
             for key, times in runs.items():
                 if _stopping.is_set():
                     raise _Stopped
                 runtime, batch = key.split("/")
-                started = time.perf_counter()
-                self._predict(trials[runtime], [probe] * int(batch), conf=0.25)
-                times.append((time.perf_counter() - started) / int(batch))
+                times.append(busy(trials[runtime], int(batch)))
         return {key: statistics.median(times) for key, times in runs.items()}
 
     def predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float) -> list[Any]:
-        """Runs the model on BGR images, in batches, holding the model's lock; returns ultralytics Results."""
+        """Runs the model on BGR images, in batches, each on an idle instance (waiting for one); returns
+        ultralytics Results."""
         results: list[Any] = []
         size = loaded.batch
         loaded.last_used = time.monotonic()
         for start in range(0, len(images), size):
-            with loaded.lock:
-                results.extend(self._predict(loaded, images[start : start + size], conf))
+            idle = loaded.idle  # the runtime may switch meanwhile: what is taken goes back where it came from
+            model = idle.get()
+            try:
+                results.extend(self._predict(loaded, images[start : start + size], conf, model))
+            finally:
+                idle.put(model)
         return results
 
     def track(self, loaded: LoadedModel, frames: list[np.ndarray], conf: float, tracker: str) -> list[Any]:
@@ -355,10 +399,10 @@ class ModelStore:
             # persist=False on the first frame starts new tracks; True keeps them through the video.
             return [loaded.model.track(frame, persist=index > 0, **kwargs)[0] for index, frame in enumerate(frames)]
 
-    def _predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float) -> list[Any]:
+    def _predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float, model: Any = None) -> list[Any]:
         kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.settings.device}
         if loaded.imgsz:
             kwargs["imgsz"] = loaded.imgsz
         if loaded.task == "classify":
             kwargs.pop("conf")
-        return list(loaded.model.predict(images, **kwargs))
+        return list((model or loaded.model).predict(images, **kwargs))

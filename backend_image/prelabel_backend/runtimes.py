@@ -14,9 +14,11 @@ the `onnx`, `onnxslim` and `openvino` packages installed ahead: nothing is insta
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import sys
 import threading
@@ -111,11 +113,12 @@ def export(source: Path, sha256: str, runtime: str, caches: Sequence[Path], writ
             shutil.rmtree(work, ignore_errors=True)
 
 
-def set_threads(model: Any, runtime: str, threads: int) -> None:
+def set_threads(model: Any, runtime: str, threads: int, streams: int = 1) -> None:
     """Intra-op threads of one loaded ultralytics model (after its first predict, which builds the
     backend). torch's count is process-wide and reset by ultralytics at each model's first predict;
     ONNX Runtime and OpenVINO default to every core they see, a cgroup quota unseen. OpenVINO is
-    also held to f32 (see below)."""
+    also held to f32 and given `streams` (cpus.inference_streams): the images of a batch run that many
+    at once on threads // streams threads each (OpenVINOStreams)."""
     import torch
 
     torch.set_num_threads(threads)  # also the pre- and post-processing (tensors, NMS) of every runtime
@@ -138,18 +141,100 @@ def set_threads(model: Any, runtime: str, threads: int) -> None:
         config = dict(backend.compile_model.keywords.get("config") or {})
         if backend.compile_model.keywords.get("device_name") != "CPU":
             return
+        # ultralytics recompiles an INT8 dynamic model per input shape on AMX CPUs (its read_model): that
+        # path calls the compiled model itself, so it keeps one stream.
+        streams = 1 if getattr(backend, "read_model", None) is not None else max(1, min(streams, threads))
         compiled = backend.ov_compiled_model
         if (int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
-                and compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32):
+                and int(compiled.get_property("NUM_STREAMS")) == streams
+                and compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+                and (streams == 1 or isinstance(backend.__dict__.get("forward"), OpenVINOStreams))):
             return  # as wanted already: no second compile
-        config["INFERENCE_NUM_THREADS"] = threads
         # On CPUs with bf16 (AVX512_BF16, AMX) OpenVINO computes in bf16 by default: faster, but boxes
         # moved by several percent of IoU from torch's. The same regions as torch need f32.
-        config["INFERENCE_PRECISION_HINT"] = openvino.Type.f32
+        config.update({"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": openvino.Type.f32,
+                       "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
         xml = Path(str(model.model_name))
         xml = xml if xml.suffix == ".xml" else next(xml.glob("*.xml"))
         core = openvino.Core()
-        backend.ov_compiled_model = core.compile_model(core.read_model(str(xml)), "CPU", config)
+        network = core.read_model(str(xml))
+        if streams == 1:
+            backend.ov_compiled_model = core.compile_model(network, "CPU", config)
+            backend.__dict__.pop("forward", None)  # ultralytics' own: one synchronous call per batch
+            return
+        compiled = core.compile_model(network, "CPU", {**config, "NUM_STREAMS": streams, "PERFORMANCE_HINT": "THROUGHPUT"})
+        alone = core.compile_model(network, "CPU", config)  # a lone image: every thread on it, as before
+        backend.ov_compiled_model = compiled
+        backend.forward = OpenVINOStreams(compiled, streams, alone)  # the instance's, in place of the class's
+
+
+class OpenVINOStreams:
+    """An ultralytics OpenVINO backend's forward over several streams: the batch's images go one per
+    infer request, `streams` at once, each on its own stream's threads, and their outputs are joined
+    in order, as ultralytics' one synchronous call of the whole batch returns them. A lone image (a
+    1-task request, or a batch's last) while no other call runs goes to `alone`, a model compiled for
+    latency on every thread, so that one task takes no longer than before (on 2 cores a stream has
+    half the threads); beside another call it takes a stream, as the other call's images do.
+
+    Thread-safe: each call takes a set of infer requests of its own (made when none is idle: one set
+    per model object running at once, see twins; a request's buffers are small beside its stream's).
+    Plain start_async/wait, not openvino.AsyncInferQueue: ultralytics stopped using that queue after
+    hangs in it (ultralytics issue 25923)."""
+
+    def __init__(self, compiled: Any, streams: int, alone: Any) -> None:
+        self.compiled, self.streams, self.alone = compiled, streams, alone
+        self._idle: queue.SimpleQueue[tuple[list[Any], Any]] = queue.SimpleQueue()
+        self._calls = 0  # running now
+        self._calls_lock = threading.Lock()
+
+    def __call__(self, im: Any) -> list[Any]:
+        """im: the letterboxed batch, a float tensor (N, 3, H, W) in [0, 1]; returns the outputs as numpy
+        arrays with N rows each (ultralytics' OpenVINOBackend.forward's shapes)."""
+        import numpy as np
+
+        try:
+            requests, alone = self._idle.get_nowait()
+        except queue.Empty:
+            requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+            alone = self.alone.create_infer_request()
+        with self._calls_lock:
+            self._calls += 1
+        try:
+            batch = im.cpu().numpy().astype(np.float32, copy=False)
+            per_image: list[list[Any]] = []
+            for start in range(0, len(batch), len(requests)):
+                images = batch[start : start + len(requests)]
+                lone = len(images) == 1 and self._calls == 1
+                running = [(alone, images[0])] if lone else list(zip(requests, images, strict=False))
+                for request, image in running:
+                    request.start_async(image[None])
+                for request, _ in running:
+                    request.wait()
+                    per_image.append([tensor.data.copy() for tensor in request.output_tensors])  # the request's own buffers
+            return [np.concatenate(outputs) for outputs in zip(*per_image, strict=True)]
+        finally:
+            with self._calls_lock:
+                self._calls -= 1
+            self._idle.put((requests, alone))
+
+
+def twins(model: Any, count: int) -> list[Any]:
+    """count more ultralytics model objects that run the same compiled OpenVINO network as model (one
+    AutoBackend, OpenVINOStreams), each with a predictor of its own (ultralytics keeps a call's state,
+    and a lock, on the predictor): while one does a batch's pre- or post-processing, another's images
+    keep the streams busy. None for other runtimes or a single stream: their backends are not shared."""
+    predictor: Any = getattr(model, "predictor", None)
+    backend = getattr(getattr(predictor, "model", None), "backend", None)
+    if predictor is None or not isinstance(getattr(backend, "__dict__", {}).get("forward"), OpenVINOStreams):
+        return []
+    made = []
+    for _ in range(count):
+        own = copy.copy(predictor)  # the same AutoBackend, args and callbacks
+        own._lock, own.vid_writer, own.windows = threading.Lock(), {}, []  # what ultralytics mutates in place
+        twin = copy.copy(model)
+        twin.predictor = own
+        made.append(twin)
+    return made
 
 
 def export_all(weights: Path, out: Path) -> list[Path]:

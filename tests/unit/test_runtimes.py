@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -120,6 +121,51 @@ def test_every_runtime_gives_the_same_regions(stores: dict[str, ModelStore], set
             assert_same_regions(regions["torch"][i], regions[runtime][i], scene.width, scene.height, f"{control}, {runtime}, image {i}")
 
 
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    """OpenVINO at batch 4 on 2 threads: 2 streams, a batch's images run two at a time (OpenVINOStreams)."""
+    return ModelStore(Settings(model_dir=tmp_path_factory.mktemp("streamed"), runtime="openvino", batch_size=4, torch_threads=2))
+
+
+@pytest.mark.parametrize("control", list(CONTROLS))
+def test_openvino_streams_give_the_same_regions(stores: dict[str, ModelStore], streamed: ModelStore, settings: Settings,
+                                                control: str) -> None:
+    """7 images at batch 4: a full batch over both streams, then 3 (two at once, then one alone)."""
+    xml, scene_args = CONTROLS[control]
+    batch = scenes(1320 + list(CONTROLS).index(control), 7, **scene_args)
+    config = parse(xml, settings)
+    regions: dict[str, list[list[dict]]] = {}
+    for name, store in (("torch", stores["torch"]), ("streams", streamed)):
+        loaded = store.get(config.controls[0].model_file)
+        outputs = store.predict(loaded, [s.image for s in batch], conf=config.controls[0].threshold)
+        regions[name] = [results.convert(config.controls[0], config, out, loaded.names) for out in outputs]
+    backend = loaded.model.predictor.model.backend
+    assert (streamed.streams, loaded.batch, int(backend.ov_compiled_model.get_property("NUM_STREAMS"))) == (2, 4, 2)
+    assert isinstance(backend.forward, runtimes.OpenVINOStreams)
+    assert sum(map(len, regions["torch"])) >= len(batch), "the torch path found too little to compare"
+    for i, scene in enumerate(batch):
+        assert_same_regions(regions["torch"][i], regions["streams"][i], scene.width, scene.height, f"{control}, streams, image {i}")
+
+
+def test_openvino_twins_run_at_once_and_give_what_one_call_at_a_time_gives(streamed: ModelStore, settings: Settings) -> None:
+    """Two calls at once, each on its own model object (twins sharing the compiled network and its
+    streams), answer as the same calls one after the other do, box for box."""
+    xml, _ = CONTROLS["rectangle"]
+    config = parse(xml, settings)
+    loaded = streamed.get(config.controls[0].model_file)
+    assert len(loaded.instances) == 2 and loaded.instances[1].predictor is not loaded.model.predictor
+    assert loaded.instances[1].predictor.model is loaded.model.predictor.model, "one network, not two"
+    images = [[s.image for s in scenes(1330 + k, 7)] for k in range(4)]
+    alone = [[r.boxes.data.numpy() for r in streamed.predict(loaded, batch, conf=0.25)] for batch in images]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda batch: [r.boxes.data.numpy() for r in streamed.predict(loaded, batch, conf=0.25)], images))
+    assert sum(len(boxes) for call in alone for boxes in call) >= 28, "too few boxes to compare"
+    for one, other in zip(alone, together, strict=True):
+        for a, b in zip(one, other, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    assert loaded.idle.qsize() == 2 and not loaded.running()
+
+
 def test_model_version_follows_the_weights_not_the_runtime(stores: dict[str, ModelStore], settings: Settings) -> None:
     xml = ("<View>" + IMAGE + "".join(x.split(IMAGE, 1)[1].removesuffix("</View>").replace('name="c', f'name="c{i}')
                                    for i, (x, _) in enumerate(CONTROLS.values())) + "</View>")
@@ -212,6 +258,17 @@ def test_threads_follow_the_cgroup_cpu_quota(cgroup: str, available: int, expect
     assert cpus.usable_cpus(CGROUPS / cgroup, available=available) == expected
 
 
+@pytest.mark.parametrize(("cpus_", "batch", "expected"), [
+    (2, 4, 2),  # this machine: a stream per core, 2 of a batch's images at once
+    (1, 4, 1),  # a 1-CPU quota: one image at a time on the one thread
+    (16, 4, 4),  # more CPUs than images in a batch: 4 streams of 4 threads
+    (8, 1, 1),  # BATCH_SIZE=1: every thread on the one image
+    (3, 16, 3),
+])
+def test_streams_follow_the_cpus_and_the_batch(cpus_: int, batch: int, expected: int) -> None:
+    assert cpus.inference_streams(cpus_, batch) == expected
+
+
 def test_a_store_under_a_quota_runs_its_models_on_that_many_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import torch
 
@@ -222,6 +279,8 @@ def test_a_store_under_a_quota_runs_its_models_on_that_many_threads(monkeypatch:
     try:
         assert store.threads == 1 and torch.get_num_threads() == 1
         assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+        assert store.streams == 1 and int(compiled.get_property("NUM_STREAMS")) == 1
+        assert not isinstance(loaded.model.predictor.model.backend.forward, runtimes.OpenVINOStreams)
     finally:
         torch.set_num_threads(cpus.usable_cpus())
 
