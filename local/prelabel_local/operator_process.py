@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from kubernetes import client, config
@@ -32,6 +33,16 @@ class OperatorProcess:
                          "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port), *self.extra_args],
             log=self.log, env=env)
         return self
+
+    def metrics(self) -> str:
+        """Its Prometheus /metrics text. Raises OSError while it does not listen yet."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as answer:
+            return str(answer.read().decode())
+
+    def metric(self, sample: str) -> float:
+        """One sample of /metrics, e.g. 'name_total{label="v"}' (0 when absent)."""
+        line = next((x for x in self.metrics().splitlines() if x.startswith(sample + " ")), "x 0")
+        return float(line.split()[-1])
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, as a crashed or evicted operator pod."""

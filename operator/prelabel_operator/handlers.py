@@ -269,7 +269,10 @@ def _reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.S
         metrics.ERRORS.labels(exc.reason).inc()
         raise kopf.TemporaryError(exc.message, delay=backoff(retry)) from None
     observed.available, observed.available_message = reconcile.deployment_available(deployment)
-    (_waiting.discard if observed.available else _waiting.add)(uid)
+    if observed.available:
+        _waiting.discard(uid)
+    else:
+        _waiting.add(uid)
     cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
     observed.url = manifests.backend_url(name, namespace, parsed, cluster_ip)
     if observed.available and observed.url:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,18 +103,21 @@ class Scale:
         chart.restricted_namespace(self.cluster, NAMESPACE)
         self.cluster.kubectl("create", "secret", "generic", "ls-key", "-n", NAMESPACE, f"--from-literal=api-key={self.label_studio.token}")
         self.backends = FakeBackends(self.cluster.kubeconfig, self.workdir / "fake-backends.log").start()
-        env = {"PRELABEL_DRIFT_REQUESTS_PER_SECOND": str(self.drift_rate), **self.operator_env}
         self.service_account = service_account
-        self.operator = OperatorProcess(service_account, self.workdir / "operator.log", resync_seconds=self.resync_seconds, env=env).start()
+        self._start_operator(self.resync_seconds)
         return self
+
+    def _start_operator(self, resync_seconds: float) -> OperatorProcess:
+        assert self.service_account is not None
+        env = {"PRELABEL_DRIFT_REQUESTS_PER_SECOND": str(self.drift_rate), **self.operator_env}
+        self.operator = OperatorProcess(self.service_account, self.workdir / "operator.log", resync_seconds=resync_seconds, env=env).start()
+        return self.operator
 
     def restart_operator(self, resync_seconds: float) -> OperatorProcess:
         """The operator stopped and started again at another resync tick (same ServiceAccount, env, log)."""
-        assert self.operator is not None and self.service_account is not None
+        assert self.operator is not None
         self.operator.stop()
-        self.operator = OperatorProcess(self.service_account, self.workdir / "operator.log", resync_seconds=resync_seconds,
-                                        env=self.operator.env).start()
-        return self.operator
+        return self._start_operator(resync_seconds)
 
     def stop(self) -> None:
         if self.operator:
@@ -157,14 +159,6 @@ class Scale:
         """Seconds from `sent` (epoch s) to the last backend Deployment's Available transition (1 s resolution)."""
         items = json.loads(self.cluster.kubectl("get", "deployments", "-n", NAMESPACE, "-o", "json").stdout)["items"]
         return max(_time(condition(d.get("status"), "Available")["lastTransitionTime"]) for d in items) - sent
-
-    def operator_metric(self, sample: str) -> float:
-        """One sample of the operator's /metrics, e.g. 'name{label="v"}' (0 when absent)."""
-        assert self.operator is not None
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.operator.metrics_port}/metrics", timeout=5) as answer:
-            scraped = answer.read().decode()
-        line = next((x for x in scraped.splitlines() if x.startswith(sample + " ")), "x 0")
-        return float(line.split()[-1])
 
     def registered_after(self) -> list[float]:
         """Seconds from each MLBackend's creation to its Registered condition's transition (1 s resolution, both)."""

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import requests
 import yaml
 
 from prelabel_backend import synthetic
@@ -73,7 +72,7 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     assert [(m.url, m.state) for m in ls_client.ml.list(project=second.id)] == [(status["url"], "CO")]
     assert {p["id"]: p["state"] for p in status["projects"]} == {project.id: "Connected", second.id: "Connected"}
 
-    scraped = requests.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+    scraped = operator.metrics()
     created = [line for line in scraped.splitlines() if line.startswith("prelabel_operator_registration_changes_total")]
     assert created == ['prelabel_operator_registration_changes_total{action="create"} 2.0'], created
     assert f'prelabel_operator_ready_backends{{name="shapes",namespace="{ns}"}} 1.0' in scraped

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import requests
 import yaml
 
 from prelabel_backend import synthetic
@@ -99,7 +98,7 @@ def test_prelabel_a_whole_project_and_keep_it_prelabeled(env, label_studio, ls_c
     assert row[0].split()[4] == "PRELABELED" and row[1].split()[4] == "200/200"
     events = cluster.kubectl("get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}").stdout.split()
     assert "PrelabelStarted" in events and "PrelabelComplete" in events
-    scraped = requests.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+    scraped = operator.metrics()
     assert 'prelabel_operator_prelabel_tasks_total{outcome="predicted"} 200.0' in scraped
     assert f'prelabel_operator_prelabel_pending_tasks{{name="shapes",namespace="{ns}"}} 0.0' in scraped
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from prelabel_local import chart
+from prelabel_local.operator_process import OperatorProcess
 from prelabel_operator import drift
 from prelabel_operator.reconcile import condition
 from prelabel_operator.registration import ours
@@ -32,8 +33,13 @@ def scale(cluster, label_studio, tmp_path_factory) -> Iterator[Scale]:  # noqa: 
     print("operator log tail:\n", (stack.workdir / "operator.log").read_text()[-3000:])
 
 
+def operator(scale: Scale) -> OperatorProcess:
+    assert scale.operator is not None
+    return scale.operator
+
+
 def registration_creates(scale: Scale) -> float:
-    return scale.operator_metric('prelabel_operator_registration_changes_total{action="create"}')
+    return operator(scale).metric('prelabel_operator_registration_changes_total{action="create"}')
 
 
 def test_ten_backends_ready_once_each_quiet_and_repaired(scale: Scale, ls_client) -> None:  # noqa: ANN001
@@ -87,8 +93,6 @@ def scale_registrations(ls_client, project: int) -> list:  # noqa: ANN001
             for m in ls_client.ml.list(project=project)]
 
 
-
-
 def test_a_backend_deployment_wakes_its_mlbackend_both_ways(scale: Scale) -> None:
     """With the resync timer 10 minutes away and no retry pending (the operator waits for a Deployment
     without one), only the backend Deployment's watch events can move the MLBackend: Ready when its
@@ -110,17 +114,17 @@ def test_a_backend_deployment_wakes_its_mlbackend_both_ways(scale: Scale) -> Non
         scale.apply(scale.projects(1, f"late-{uuid.uuid4().hex[:6]}"), "late")
         wait_for("waiting for its Deployment", lambda: available().get("reason") == "DeploymentNotAvailable", 60)
         time.sleep(2)  # the operator's handling of the change is over: nothing is pending but the watch
-        assert scale.operator_metric(wakeups) == 0
+        assert operator(scale).metric(wakeups) == 0
         cluster.kubectl("uncordon", "-l", "type=kwok")
         wait_for("Ready, woken by the Deployment becoming Available", ready, 60)
-        assert scale.operator_metric(wakeups) == 1
+        assert operator(scale).metric(wakeups) == 1
 
         cluster.kubectl("cordon", "-l", "type=kwok")
         cluster.kubectl("delete", "pod", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={name}", "--wait=false")
         wait_for("not Available, from the Deployment's event", lambda: available().get("status") == "False", 60)
         cluster.kubectl("uncordon", "-l", "type=kwok")
         wait_for("Ready again", ready, 60)
-        assert scale.operator_metric(wakeups) == 3
+        assert operator(scale).metric(wakeups) == 3
     finally:
         cluster.kubectl("uncordon", "-l", "type=kwok", check=False)
         cluster.kubectl("delete", "mlb", name, "-n", NAMESPACE, "--timeout=60s", check=False)
@@ -129,7 +133,7 @@ def test_a_backend_deployment_wakes_its_mlbackend_both_ways(scale: Scale) -> Non
 
 def _scraped(scale: Scale) -> bool:
     try:
-        scale.operator_metric("x")
+        operator(scale).metrics()
         return True
     except OSError:  # not listening yet
         return False

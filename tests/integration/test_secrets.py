@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import requests
 import yaml
 
 from prelabel_backend import synthetic
@@ -71,7 +70,7 @@ def test_no_secret_in_logs_events_status_or_manifests(env, label_studio, ls_clie
 
     def made() -> None:
         read("get", "deployments,services,configmaps,horizontalpodautoscalers,endpointslices", "-n", ns, "-o", "yaml")
-        seen.append(requests.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text)
+        seen.append(operator.metrics())
 
     resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": ns},
                 "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": project.id}]},
