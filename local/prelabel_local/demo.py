@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from prelabel_operator.reconcile import condition
+from prelabel_operator.status import condition
 
 if TYPE_CHECKING:
     from .cluster import LocalCluster

@@ -25,7 +25,7 @@ from prelabel_local.cluster import LocalCluster
 from prelabel_local.fake_backends import FakeBackends
 from prelabel_local.labelstudio import LabelStudio
 from prelabel_local.operator_process import OperatorProcess
-from prelabel_operator.reconcile import condition
+from prelabel_operator.status import condition
 from tests.conftest import SEED_CONFIG
 
 NAMESPACE = "scale"
