@@ -92,7 +92,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="session")
 def store(settings: Settings):  # noqa: ANN201
-    from prelabel_backend.models import ModelStore
+    from prelabel_backend.model_store import ModelStore
 
     return ModelStore(settings)
 
