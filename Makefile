@@ -39,7 +39,7 @@ argocd:  ## build (or reuse) Argo CD for the GitOps test; install Debian's redis
 	@tests/cluster/build-argocd.sh >/dev/null
 
 label-studio: env  ## install (or reuse) Label Studio in its own virtualenv (with gunicorn), and Debian's postgresql for it
-	@$(PY) -c "from prelabel_local import labelstudio; labelstudio.ensure_gunicorn()"
+	@$(PY) -c "from prelabel_local import label_studio_server; label_studio_server.ensure_gunicorn()"
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || $(APT) install -y -qq --no-install-recommends postgresql >/dev/null \
 	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends postgresql >/dev/null; }
 
