@@ -166,7 +166,7 @@ class ModelStore:
     def _plan(self, own: str, sha256: str) -> tuple[str, int, dict[str, float], bool]:
         """(runtime, batch, timings, final) to open the model with: runtime_choice.plan, among the
         runtimes the model may serve on, with what was measured or remembered for its weights."""
-        return runtime_choice.plan(self._wanted(own), runtime_choice.batches(self.settings.batch_size), self._choices.known(sha256),
+        return runtime_choice.plan(self._wanted(own), runtime_choice.batch_sizes(self.settings.batch_size), self._choices.known(sha256),
                                    lambda runtime: runtimes.cached(sha256, runtime, self._export_dirs) is not None)
 
     def _load(self, path: Path) -> LoadedModel:
@@ -216,7 +216,7 @@ class ModelStore:
         switches the model to the fastest (seconds per image), between two of its calls."""
         started = time.monotonic()
         known = self._choices.measured(loaded.sha256)
-        batches = runtime_choice.batches(self.settings.batch_size)
+        batches = runtime_choice.batch_sizes(self.settings.batch_size)
         candidates: dict[str, Any] = {}
         if known is None:
             for runtime in self._wanted(runtimes.runtime_of(loaded.path)):

@@ -74,7 +74,7 @@ class Provisional(Protocol):
 T = TypeVar("T", bound=Provisional)
 
 
-def batches(batch_size: int) -> tuple[int, ...]:
+def batch_sizes(batch_size: int) -> tuple[int, ...]:
     """The batch sizes a model may serve at: BATCH_SIZE's alone when set, else BATCHES."""
     return (batch_size,) if batch_size else BATCHES
 
