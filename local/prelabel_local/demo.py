@@ -93,7 +93,7 @@ def run(images: int, keep: bool) -> int:
     from . import chart, processes
     from . import images as built
     from .cluster import build
-    from .labelstudio import LabelStudio
+    from .label_studio_server import LabelStudio
     from .node import GATEWAY, Node
 
     step = Progress()

@@ -1,4 +1,4 @@
-"""GitOps for real: a real Argo CD (its repo server and application controller, tests/cluster/
+"""GitOps for real: a real Argo CD (its repo server and application controller, local/build/
 build-argocd.sh) syncs examples/argocd/ from a local Git repository onto the real control plane,
 with a real Label Studio:
 

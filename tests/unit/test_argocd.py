@@ -17,7 +17,7 @@ from prelabel_operator import reconcile
 ARGOCD = Path(__file__).resolve().parents[2] / "examples" / "argocd"
 CUSTOMIZATIONS = ARGOCD / "resource_customizations"
 MLBACKEND = CUSTOMIZATIONS / "prelabel.dev" / "MLBackend"
-KUBE_VERSION = "1.36.3"  # the local control plane's (tests/cluster/versions.env); Argo CD passes the cluster's
+KUBE_VERSION = "1.36.3"  # the local control plane's (local/build/versions.env); Argo CD passes the cluster's
 
 
 def health(script: Path, obj: dict[str, Any]) -> dict[str, str]:
