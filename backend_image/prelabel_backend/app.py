@@ -27,6 +27,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from . import memory
 from .label_config import ConfigError, LabelConfig, UnsupportedConfig, parse
 from .media import MediaFetcher
 from .metrics import Metrics
@@ -200,6 +201,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     @app.get("/health")
     def health() -> tuple[Response, int]:
         body: dict[str, Any] = {"status": backend.state, "model_class": MODEL_CLASS}
+        if kills := memory.oom_kills():  # a process of this container killed for memory (the operator's diagnosis reads it)
+            body["oom_kills"] = kills
         if backend.state != "UP":
             body["reason"] = backend.reason
             return jsonify(body), 503

@@ -55,3 +55,22 @@ def trim() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def oom_kills(root: str = CGROUP_ROOT) -> int | None:
+    """How many processes of this container the kernel killed for memory (its cgroup's `oom_kill`
+    count: cgroup v2 `memory.events`, v1 `memory/memory.oom_control`), or None where unreadable.
+    A model worker killed while gunicorn's master lives on shows nowhere else: /health reports it."""
+    for path in (f"{root}/memory.events", f"{root}/memory/memory.oom_control"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None

@@ -1,7 +1,8 @@
-"""The backend's POST /setup: the one way the operator asks a backend whether it serves a project's
+"""The backend's HTTP endpoints as the operator calls them. POST /setup: the one way the operator asks a backend whether it serves a project's
 labeling config and with which model version, for the reconcile (sync) and the pre-labeling driver
 (async). The answer is read by `configcheck.interpret`, so both see the same thing.
-Label Studio's ML-backend protocol: `{"project": "<id>.<created_ts>", "schema": "<View>...</View>"}`."""
+Label Studio's ML-backend protocol: `{"project": "<id>.<created_ts>", "schema": "<View>...</View>"}`.
+GET of a pod's readiness endpoint: what a backend that is not ready says about itself (diagnosis)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .configcheck import ConfigCheck, interpret
 from .errors import BackendUnreachable
 
 SETUP_TIMEOUT = httpx.Timeout(30, connect=10)  # seconds; a model loading for the first time may take a while
+HEALTH_TIMEOUT = httpx.Timeout(3, connect=2)  # seconds; a diagnosis, not a probe: never hold a reconcile long
 
 
 def setup_body(project_id: int, label_config: str) -> dict[str, Any]:
@@ -37,6 +39,15 @@ class Backend:
         except httpx.HTTPError as exc:
             raise BackendUnreachable(f"backend unreachable for the config check: {type(exc).__name__}") from None
         return _read(answer)
+
+    def health(self, url: str) -> dict[str, Any] | None:
+        """A pod's own readiness endpoint (the full URL, diagnosis.health_endpoint), parsed; None when it
+        does not answer JSON within HEALTH_TIMEOUT. Asked only of running pods that are not ready."""
+        try:
+            body = httpx.get(url, timeout=HEALTH_TIMEOUT).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
 
 
 async def check_config(http: httpx.AsyncClient, project_id: int, label_config: str) -> ConfigCheck:

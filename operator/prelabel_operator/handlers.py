@@ -10,6 +10,7 @@ deleted.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import os
 import time
@@ -21,7 +22,7 @@ from . import drift, kube, manifests, prelabel_driver, startup
 from .backend_client import Backend
 from .labelstudio import Client
 from .memory import Memory
-from .reconciler import Outcome, Reconciler, Resource
+from .reconciler import DEREGISTER_TIMEOUT, Outcome, Reconciler, Resource
 from .status import Event
 
 GROUP, VERSION, PLURAL = "prelabel.dev", "v1alpha1", "mlbackends"
@@ -33,13 +34,16 @@ DRIFT = drift.Schedule(rate=float(os.environ.get("PRELABEL_DRIFT_REQUESTS_PER_SE
 # One Label Studio client (one pool of kept-alive connections) per Label Studio and key, shared by all
 # resources: a new one per reconcile opened a connection per pass.
 RECONCILER = Reconciler(kube=kube.API(), label_studio=functools.lru_cache(maxsize=64)(Client), backend=Backend(),
-                        memory=Memory(DRIFT), adopt=lambda obj, owner: kopf.adopt(obj, owner=cast(kopf.Body, owner)))
+                        memory=Memory(DRIFT), adopt=lambda obj, owner: kopf.adopt(obj, owner=cast(kopf.Body, owner)),
+                        deregister_timeout=float(os.environ.get("PRELABEL_DEREGISTER_TIMEOUT_SECONDS", DEREGISTER_TIMEOUT)))
 
 
 def _resource(body: kopf.Body) -> Resource:
     meta = body.meta
+    deleted = meta.get("deletionTimestamp")
     return Resource(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], generation=int(meta.get("generation") or 0),
-                    spec=body.spec, status=body.status, body=body, deleting=bool(meta.get("deletionTimestamp")))
+                    spec=body.spec, status=body.status, body=body, deleting=bool(deleted),
+                    deleted_at=dt.datetime.fromisoformat(deleted.replace("Z", "+00:00")).timestamp() if deleted else None)
 
 
 def _emit(body: kopf.Body, events: list[Event]) -> None:
@@ -109,8 +113,8 @@ def deployment_event(body: kopf.Body, **kwargs: Any) -> None:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def deregister(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:
-    """Removes this resource's registrations (and their webhooks) unless deletionPolicy is Orphan.
-    To let go while Label Studio is unreachable: set spec.deletionPolicy to Orphan."""
+    """Removes this resource's registrations (and their webhooks) unless deletionPolicy is Orphan; lets
+    go within PRELABEL_DEREGISTER_TIMEOUT_SECONDS when it cannot, saying what is left (reconciler.deregister)."""
     _hand_to_kopf(body, patch, RECONCILER.deregister(_resource(body), retry))
 
 

@@ -4,6 +4,7 @@ read referenced Secrets. The use cases (reconciler) reach it as ports.Kube; this
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -200,6 +201,24 @@ def secret_data(namespace: str, name: str) -> dict[str, str]:
     return {key: value.decode() if isinstance(value, bytes) else value for key, value in (secret.data or {}).items()}
 
 
+def pods(namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+    """The pods matching a label selector, as Kubernetes JSON."""
+    with calling("list", "pods", namespace):
+        found = client.CoreV1Api(api_client()).list_namespaced_pod(
+            namespace, label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())), _preload_content=False)
+    items: list[dict[str, Any]] = json.loads(cast(urllib3.BaseHTTPResponse, found).data).get("items") or []
+    return items
+
+
+def pod_events(namespace: str) -> list[dict[str, Any]]:
+    """The events about pods in a namespace, as Kubernetes JSON (the kubelet's probe failures, the
+    scheduler's and the image puller's messages)."""
+    with calling("list", "events", namespace):
+        found = client.CoreV1Api(api_client()).list_namespaced_event(namespace, field_selector="involvedObject.kind=Pod", _preload_content=False)
+    items: list[dict[str, Any]] = json.loads(cast(urllib3.BaseHTTPResponse, found).data).get("items") or []
+    return items
+
+
 class API:
     """This module's calls as one object: the Kubernetes client the use cases take (ports.Kube)."""
 
@@ -207,3 +226,5 @@ class API:
     apply = staticmethod(apply)
     delete = staticmethod(delete)
     patch_status = staticmethod(patch_status)
+    pods = staticmethod(pods)
+    pod_events = staticmethod(pod_events)

@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import drift, keys, manifests, metrics, prelabel
+from . import diagnosis, drift, keys, manifests, metrics, prelabel
 from .configcheck import ConfigCheck
-from .errors import BackendUnreachable, KubeError, LabelStudioError
+from .errors import BackendUnreachable, KubeError, LabelStudioError, SecretMissing
 from .memory import Memory, Remembered
 from .ports import Backend, Kube, LabelStudioFor
-from .registration import Desired, marker, ours, unchanged
+from .registration import Desired, marker, ours, unchanged, webhook_url
 from .spec import MLBackendSpec, SpecError
 from .status import Event, Observed, ProjectStatus, condition, deployment_available
 from .status import status as status_body
@@ -27,6 +27,17 @@ from .status import status as status_body
 log = logging.getLogger(__name__)
 FATAL = {"Unauthorized", "LabelStudioUnreachable"}  # stop trying the other projects this round
 ORPHAN_HINT = "; to let go without deregistering, set spec.deletionPolicy: Orphan"
+DEREGISTER_TIMEOUT = 120.0  # seconds a deletion retries while Label Studio or the API cannot be reached
+RETRY_WHILE_DELETING = 15.0  # at most this many seconds between two tries during a deletion
+
+
+def leftovers(status: Mapping[str, Any]) -> str:
+    """What the registrations listed in a status would leave in Label Studio: each project's ML
+    backend and the webhook Label Studio made for it ("" when status lists none)."""
+    url = status.get("url")
+    hook = f", webhook {webhook_url(str(url))}" if url else ""
+    return "; ".join(f"project {p['id']}: ML backend {p['mlBackendId']}{hook}" for p in status.get("projects") or []
+                     if p.get("id") is not None and p.get("mlBackendId") is not None)
 
 
 def backoff(retry: int) -> float:
@@ -46,6 +57,7 @@ class Resource:
     status: Mapping[str, Any]
     body: Mapping[str, Any] = field(default_factory=dict)  # the whole object: the owner of what it makes
     deleting: bool = False
+    deleted_at: float | None = None  # metadata.deletionTimestamp, epoch seconds
 
 
 @dataclass
@@ -69,12 +81,14 @@ def _changed(before: Mapping[str, Any], after: dict[str, Any]) -> dict[str, Any]
 
 class Reconciler:
     """The use cases, over the clients it is given; `memory` holds what they remember per resource.
-    `adopt(obj, owner)` makes a child object owned by its MLBackend (kopf.adopt)."""
+    `adopt(obj, owner)` makes a child object owned by its MLBackend (kopf.adopt); `clock` is monotonic
+    (drift checks), `wall` epoch seconds (how long a deletion has waited)."""
 
     def __init__(self, kube: Kube, label_studio: LabelStudioFor, backend: Backend, memory: Memory,
-                 adopt: Callable[[dict[str, Any], Mapping[str, Any]], None], clock: Callable[[], float] = time.monotonic) -> None:
+                 adopt: Callable[[dict[str, Any], Mapping[str, Any]], None], clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, deregister_timeout: float = DEREGISTER_TIMEOUT) -> None:
         self.kube, self.label_studio, self.backend, self.memory = kube, label_studio, backend, memory
-        self.adopt, self.clock = adopt, clock
+        self.adopt, self.clock, self.wall, self.deregister_timeout = adopt, clock, wall, deregister_timeout
 
     # -- reconcile -------------------------------------------------------------------------------
     def reconcile(self, resource: Resource, retry: int = 0, timer: bool = False, light: bool = False) -> Outcome:
@@ -109,15 +123,16 @@ class Reconciler:
             metrics.ERRORS.labels(exc.reason).inc()
             return Outcome(_changed(resource.status, status_body(observed, previous)), retry_in=backoff(retry), error=exc.message)
         observed.available, observed.available_message = deployment_available(deployment)
+        outcome = Outcome()
         if observed.available:
             self.memory.waiting.discard(uid)
         else:
             self.memory.waiting.add(uid)
+            outcome.events += self._diagnose(observed, resource, deployment)
         cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
         observed.url = manifests.backend_url(name, namespace, parsed, cluster_ip)
-        outcome = Outcome()
         if observed.available and observed.url:
-            outcome.events = self._register(observed, parsed, found, resource, (observed.generation, found.digest, observed.url), light)
+            outcome.events += self._register(observed, parsed, found, resource, (observed.generation, found.digest, observed.url), light)
         if not light:
             self.memory.drift.track(uid, len(parsed.label_studio.projects), self.clock())
         if parsed.prelabel is not None:
@@ -158,6 +173,27 @@ class Reconciler:
         if not hpa:
             self.kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", manifests.object_name(name), namespace)
         return applied.get("Deployment"), applied.get("Service")
+
+    def _diagnose(self, observed: Observed, resource: Resource, deployment: dict[str, Any] | None) -> list[Event]:
+        """Why the Deployment is not available, from its pods (diagnosis), into `observed`; an Event
+        when the cause changed since status last said. Reading the pods may fail (the chart's RBAC
+        not upgraded): then the Deployment's own message stands, and it says so."""
+        try:
+            pods = self.kube.pods(resource.namespace, manifests.selector(resource.name))
+            events = self.kube.pod_events(resource.namespace) if pods else []
+        except KubeError as exc:
+            observed.available_message += f" (the pods could not be read: {exc.message})"
+            return []
+        health = {str(p["metadata"]["name"]): self.backend.health(url) for p in pods
+                  if diagnosis.running_unready(p) and (url := diagnosis.health_endpoint(p))}
+        found = diagnosis.diagnose(deployment, pods, events, health)
+        if found is None:
+            return []
+        observed.available_reason, observed.available_message = found.reason, found.message
+        said = condition(dict(resource.status), "Available")
+        if said.get("reason") == found.reason and said.get("status") == "False":
+            return []  # the same cause: one Event when it starts, not one per resync
+        return [Event(found.reason, found.message, warning=found.reason != "BackendStarting")]
 
     def _check_config(self, url: str, project_id: int, label_config: str, auth: tuple[str, str] | None) -> ConfigCheck:
         try:
@@ -250,8 +286,12 @@ class Reconciler:
     # -- deletion -------------------------------------------------------------------------------
     def deregister(self, resource: Resource, retry: int = 0) -> Outcome:
         """Removes the resource's registrations (and their webhooks) unless deletionPolicy is Orphan.
-        Not done (retry_in) while a Secret or Label Studio cannot be read: set spec.deletionPolicy
-        to Orphan to let go."""
+
+        Never holds the deletion hostage: when it cannot deregister, it says what may be left in Label
+        Studio (an Event, a log line) and lets go: at once when the API key cannot be had (the Secret
+        or its key missing, a namespace being torn down) or is refused; after `deregister_timeout`
+        seconds since the deletion began while Label Studio or the Kubernetes API cannot be reached
+        (retried meanwhile every RETRY_WHILE_DELETING s at most)."""
         self.memory.forget(resource.uid)  # the timer checks no deleted resource
         try:
             parsed = MLBackendSpec.parse(dict(resource.spec))
@@ -261,34 +301,62 @@ class Reconciler:
             return Outcome(events=[Event("Orphaned", "left the Label Studio registrations in place (deletionPolicy: Orphan)")])
         try:
             api_key = keys.read(self.kube.secret_data, resource.namespace, parsed).api_key
-            client = self.label_studio(parsed.label_studio.url, api_key)
-            removed = 0
-            for ref in parsed.label_studio.projects:
-                try:
-                    project_id = client.resolve(ref).id
-                except LabelStudioError as exc:
-                    if exc.reason == "ProjectNotFound":
-                        continue
-                    raise
-                existing = client.registrations(project_id)
-                mine = ours(existing, resource.uid)
-                for registration_id in mine:
-                    client.remove(project_id, registration_id)
-                    metrics.REGISTRATIONS.labels("delete").inc()
-                    removed += 1
-                if not mine:
-                    # An earlier pass died between deleting the registration and its webhook (a killed
-                    # operator): the webhook is still ours, by its owner header or its address.
-                    url = resource.status.get("url")
-                    client.tidy_webhooks(project_id, resource.uid, {r.url for r in existing}, {str(url)} if url else set(), None)
-        except KubeError as exc:
-            return Outcome(retry_in=backoff(retry), error=exc.message + ORPHAN_HINT)
+            removed = self._deregister(resource, parsed, api_key)
+        except SecretMissing as exc:
+            return self._let_go(resource, "SecretMissing", exc.message)
         except LabelStudioError as exc:
-            deregistering = {"type": "Ready", "status": "False", "reason": "Deregistering", "message": exc.message + ORPHAN_HINT}
-            return Outcome({"conditions": [deregistering]}, retry_in=backoff(retry), error=exc.message + ORPHAN_HINT)
+            if not exc.retryable:  # the key refused, a project gone: trying again changes nothing
+                return self._let_go(resource, exc.reason, exc.message)
+            return self._retry_or_let_go(resource, retry, exc.reason, exc.message, condition=True)
+        except KubeError as exc:
+            return self._retry_or_let_go(resource, retry, exc.reason, exc.message, condition=False)
         with contextlib.suppress(KeyError):  # never reconciled by this process
             metrics.READY.remove(resource.namespace, resource.name)
         return Outcome(events=[Event("Deregistered", f"removed {removed} registration(s) from Label Studio")])
+
+    def _deregister(self, resource: Resource, spec: MLBackendSpec, api_key: str) -> int:
+        client = self.label_studio(spec.label_studio.url, api_key)
+        removed = 0
+        for ref in spec.label_studio.projects:
+            try:
+                project_id = client.resolve(ref).id
+            except LabelStudioError as exc:
+                if exc.reason == "ProjectNotFound":
+                    continue
+                raise
+            existing = client.registrations(project_id)
+            mine = ours(existing, resource.uid)
+            for registration_id in mine:
+                client.remove(project_id, registration_id)
+                metrics.REGISTRATIONS.labels("delete").inc()
+                removed += 1
+            if not mine:
+                # An earlier pass died between deleting the registration and its webhook (a killed
+                # operator): the webhook is still ours, by its owner header or its address.
+                url = resource.status.get("url")
+                client.tidy_webhooks(project_id, resource.uid, {r.url for r in existing}, {str(url)} if url else set(), None)
+        return removed
+
+    def _retry_or_let_go(self, resource: Resource, retry: int, reason: str, message: str, condition: bool) -> Outcome:
+        waited = self.wall() - resource.deleted_at if resource.deleted_at is not None else 0.0
+        if waited >= self.deregister_timeout:
+            return self._let_go(resource, reason, f"{message} (still failing {waited:.0f} s after the deletion began)")
+        left = self.deregister_timeout - waited
+        why = f"{message}; retrying for {left:.0f} s more, then letting go{ORPHAN_HINT}"
+        deregistering = {"type": "Ready", "status": "False", "reason": "Deregistering", "message": why}
+        return Outcome({"conditions": [deregistering]} if condition else {}, retry_in=min(backoff(retry), RETRY_WHILE_DELETING, max(1.0, left)),
+                       error=why)
+
+    def _let_go(self, resource: Resource, reason: str, message: str) -> Outcome:
+        """Deletion goes on without deregistering: what may be left, said where a person looks."""
+        left = leftovers(resource.status)
+        what = f"may be left in Label Studio: {left}; remove it there by hand" if left else "nothing was registered, per its status"
+        text = f"deregistration skipped ({reason}: {message}); {what}"
+        log.warning("%s/%s: %s", resource.namespace, resource.name, text)
+        with contextlib.suppress(KeyError):
+            metrics.READY.remove(resource.namespace, resource.name)
+        metrics.ERRORS.labels("DeregistrationSkipped").inc()
+        return Outcome(events=[Event("DeregistrationSkipped", text, warning=bool(left))])
 
     # -- pre-labeling ------------------------------------------------------------------------------
     def prelabel_keys(self, namespace: str, spec: MLBackendSpec) -> keys.Keys:

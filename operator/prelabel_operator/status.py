@@ -51,6 +51,7 @@ class Observed:
     kube_error: tuple[str, str] | None = None  # (reason, message): a missing Secret, a denied or failed API call
     available: bool = False
     available_message: str = "waiting for the Deployment"
+    available_reason: str = "DeploymentNotAvailable"  # or what diagnosis found in its pods
     url: str | None = None
     model_version: str | None = None
     projects: list[ProjectStatus] = field(default_factory=list)
@@ -79,7 +80,7 @@ def conditions(observed: Observed) -> list[Condition]:
         reason, message = observed.kube_error
         return [Condition(t, "False", reason, message) for t in CONDITION_TYPES]
     available = Condition("Available", "True" if observed.available else "False",
-                          "DeploymentAvailable" if observed.available else "DeploymentNotAvailable", observed.available_message)
+                          "DeploymentAvailable" if observed.available else observed.available_reason, observed.available_message)
     projects = observed.projects
     if observed.label_studio_error:
         reason, message = observed.label_studio_error

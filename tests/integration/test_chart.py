@@ -81,6 +81,8 @@ def test_the_service_account_can_do_what_the_operator_does_and_no_more(cluster, 
     assert can_i(cluster, "create", "deployments.apps", "default") and not can_i(cluster, "delete", "deployments.apps", "default")
     assert can_i(cluster, "watch", "deployments.apps") and not can_i(cluster, "get", "deployments.apps", "default")
     assert not can_i(cluster, "create", "pods", "default") and not can_i(cluster, "list", "namespaces")
+    assert can_i(cluster, "list", "pods", "default") and not can_i(cluster, "get", "pods", "default")
+    assert can_i(cluster, "list", "events", "default") and not can_i(cluster, "delete", "events", "default")
     assert not can_i(cluster, "delete", "mlbackends.prelabel.dev", "default")
 
 

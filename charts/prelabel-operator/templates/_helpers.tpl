@@ -74,10 +74,16 @@ them with the API server's audit log of a full scenario). Used by the ClusterRol
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Events on MLBackends (Registered, Deregistered, errors).
+# Events on MLBackends (Registered, Deregistered, errors); listed to read why a backend pod is not
+# ready (the scheduler's, the image puller's and the kubelet's probe messages).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
+# A backend Deployment that is not available: its pods' states say why (image pull, crash, OOM kill,
+# unschedulable). Listed only, never read one by one, changed, exec'd into or logged.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 {{- if .Values.peering.enabled }}
 # kopf's peering: each replica keeps its record in the peering object (made at startup if absent)
 # and watches the others'; only the one of highest priority works.

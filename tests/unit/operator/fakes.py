@@ -31,6 +31,8 @@ class FakeKube:
         self.applied: list[dict[str, Any]] = []
         self.deleted: list[tuple[str, str, str]] = []
         self.patched: list[dict[str, Any]] = []
+        self.pod_list: list[dict[str, Any]] = []
+        self.event_list: list[dict[str, Any]] = []
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         if (namespace, name) not in self.secrets:
@@ -54,6 +56,12 @@ class FakeKube:
 
     def patch_status(self, group: str, version: str, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.patched.append(status)
+
+    def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        return [p for p in self.pod_list if selector.items() <= p["metadata"].get("labels", {}).items()]
+
+    def pod_events(self, namespace: str) -> list[dict[str, Any]]:
+        return self.event_list
 
     def kinds(self) -> list[str]:
         return [o["kind"] for o in self.applied]
@@ -129,11 +137,16 @@ class FakeLabelStudio:
 
 @dataclass
 class FakeBackend:
-    """The backend's /setup: `check` for every config, or unreachable."""
+    """The backend's /setup: `check` for every config, or unreachable; a pod's /health: `health_answer`."""
 
     check: ConfigCheck = field(default_factory=lambda: ConfigCheck(True, "", "prelabel-0123456789ab"))
     unreachable: bool = False
+    health_answer: dict[str, Any] | None = None
     asked: list[tuple[str, int]] = field(default_factory=list)
+
+    def health(self, url: str) -> dict[str, Any] | None:
+        self.asked.append((url, 0))
+        return self.health_answer
 
     def check_config(self, url: str, project_id: int, label_config: str, auth: tuple[str, str] | None) -> ConfigCheck:
         self.asked.append((url, project_id))

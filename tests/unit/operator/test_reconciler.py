@@ -12,9 +12,9 @@ import pytest
 
 from prelabel_operator import drift
 from prelabel_operator.configcheck import ConfigCheck
-from prelabel_operator.errors import LabelStudioError
+from prelabel_operator.errors import KubeError, LabelStudioError
 from prelabel_operator.memory import Memory
-from prelabel_operator.reconciler import Outcome, Reconciler, Resource, backoff
+from prelabel_operator.reconciler import DEREGISTER_TIMEOUT, Outcome, Reconciler, Resource, backoff
 from prelabel_operator.registration import Registration, marker
 from prelabel_operator.status import condition
 from tests.unit.operator.fakes import FakeBackend, FakeKube, FakeLabelStudio, b64
@@ -249,24 +249,106 @@ def test_deregister_with_orphan_policy_touches_nothing() -> None:
     assert world.ls.calls == [] and [e.reason for e in outcome.events] == ["Orphaned"] and world.ours(1)
 
 
-def test_deregister_while_label_studio_is_down_retries_and_says_how_to_let_go() -> None:
+def test_deregister_while_label_studio_is_down_retries_then_lets_go_within_the_bound_saying_what_is_left() -> None:
     world = World()
     world.reconcile()
     world.ls.fail = LabelStudioError("LabelStudioUnreachable", "could not reach Label Studio")
-    outcome = world.reconciler.deregister(world.resource(deleting=True), retry=3)
-    assert outcome.retry_in == backoff(3) and "spec.deletionPolicy: Orphan" in outcome.error
+    deleting = world.resource(deleting=True)
+    deleting = Resource(**{**deleting.__dict__, "deleted_at": 5000.0})
+    world.reconciler.wall = lambda: 5030.0  # 30 s into the deletion: retried
+    outcome = world.reconciler.deregister(deleting, retry=3)
+    assert outcome.retry_in == 15 and "spec.deletionPolicy: Orphan" in outcome.error and "retrying for 90 s more" in outcome.error
     assert outcome.status["conditions"][0]["reason"] == "Deregistering"
+    world.reconciler.wall = lambda: 5000.0 + DEREGISTER_TIMEOUT  # the bound: let go
+    outcome = world.reconciler.deregister(deleting, retry=9)
+    assert outcome.retry_in is None and not outcome.permanent
+    (event,) = outcome.events
+    assert event.reason == "DeregistrationSkipped" and event.warning
+    for project in world.status["projects"]:  # each leftover named, so a person can remove it
+        assert f"project {project['id']}: ML backend {project['mlBackendId']}, webhook {URL}/webhook" in event.message
 
 
-def test_deregister_with_its_secret_gone_retries_and_says_how_to_let_go() -> None:
+def test_deregister_with_its_secret_gone_lets_go_at_once_naming_what_is_left() -> None:
     world = World()
     world.reconcile()
     world.kube.secrets.clear()
     outcome = world.reconciler.deregister(world.resource(deleting=True))
-    assert outcome.retry_in == backoff(0) and "does not exist" in outcome.error and "Orphan" in outcome.error
+    assert outcome.retry_in is None
+    (event,) = outcome.events
+    assert event.reason == "DeregistrationSkipped" and "SecretMissing" in event.message and f"ML backend {world.ours(1)[0].id}" in event.message
     assert world.ours(1)  # nothing removed without the key
+
+
+def test_deregister_with_its_secret_missing_from_the_start_lets_go_with_nothing_left() -> None:
+    world = World(secrets={})
+    world.reconcile()
+    outcome = world.reconciler.deregister(world.resource(deleting=True))
+    assert outcome.retry_in is None and "nothing was registered" in outcome.events[0].message and not outcome.events[0].warning
+
+
+def test_deregister_with_the_key_refused_lets_go_at_once() -> None:
+    world = World()
+    world.reconcile()
+    world.ls.fail = LabelStudioError("Unauthorized", "Label Studio refused the API key", retryable=False)
+    outcome = world.reconciler.deregister(world.resource(deleting=True))
+    assert outcome.retry_in is None and "Unauthorized" in outcome.events[0].message
+
+
+def test_deregister_while_the_api_fails_retries_within_the_bound() -> None:
+    world = World()
+    world.reconcile()
+    world.kube.secrets = FailingSecrets()
+    world.reconciler.wall = lambda: 0.0
+    deleting = Resource(**{**world.resource(deleting=True).__dict__, "deleted_at": 0.0})
+    outcome = world.reconciler.deregister(deleting)
+    assert outcome.retry_in == backoff(0) and "HTTP 500" in outcome.error and outcome.status == {}
+
+
+class FailingSecrets(dict):  # type: ignore[type-arg]
+    def __contains__(self, key: object) -> bool:
+        raise KubeError("KubernetesAPIError", "get secrets in namespace team: HTTP 500 Internal Server Error")
 
 
 def test_deregister_of_an_invalid_spec_lets_go_at_once() -> None:
     world = World(spec={"labelStudio": {}})
     assert world.reconciler.deregister(world.resource(deleting=True)) == Outcome()
+
+
+def test_a_deployment_not_available_says_why_from_its_pods_once_per_cause_and_clears_when_available() -> None:
+    from tests.unit.operator.test_diagnosis import CRASHING, PULL
+
+    world = World(available=False)
+    labelled = {"app.kubernetes.io/name": "prelabel-backend", "app.kubernetes.io/instance": "shapes"}
+    world.kube.pod_list = [{**PULL, "metadata": {**PULL["metadata"], "labels": labelled}}]
+    first = world.reconcile()
+    available = condition(world.status, "Available")
+    assert (available["reason"], condition(world.status, "Ready")["reason"]) == ("ImagePullFailed", "ImagePullFailed")
+    assert "registry.invalid/backend:1" in available["message"]
+    assert [(e.reason, e.warning) for e in first.events] == [("ImagePullFailed", True)]
+    assert world.reconcile(timer=True).events == []  # the same cause: no second Event at the next resync
+    world.kube.pod_list = [{**CRASHING, "metadata": {**CRASHING["metadata"], "labels": labelled}}]
+    assert [e.reason for e in world.reconcile(timer=True).events] == ["CrashLoopBackOff"]  # a new cause: said
+    world.kube.available = True
+    world.reconcile()
+    assert condition(world.status, "Available")["reason"] == "DeploymentAvailable"
+    assert condition(world.status, "Ready")["status"] == "True"
+
+
+def test_pods_that_cannot_be_read_leave_the_deployments_own_message() -> None:
+    world = World(available=False)
+
+    def forbidden(namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        raise KubeError("Forbidden", "the operator may not list pods in namespace team")
+
+    world.kube.pods = forbidden  # type: ignore[method-assign]
+    outcome = world.reconcile()
+    available = condition(world.status, "Available")
+    assert available["reason"] == "DeploymentNotAvailable" and "may not list pods" in available["message"] and outcome.events == []
+
+
+def test_a_secret_deleted_while_the_backend_runs_is_seen_at_the_next_check() -> None:
+    world = World()
+    world.reconcile()
+    world.kube.secrets.clear()
+    outcome = world.reconcile(timer=True, light=True)  # a drift check: the Secret is read each time
+    assert condition(world.status, "Ready")["reason"] == "SecretMissing" and outcome.retry_in is not None
