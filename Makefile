@@ -29,7 +29,7 @@ $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyp
 	@rm -f .venv/.installed-*; touch $@
 
 cluster:  ## build (or reuse) the local Kubernetes control plane binaries
-	@tests/cluster/build.sh >/dev/null
+	@local/build/build.sh >/dev/null
 
 # A real node (local/prelabel_local/node.py): containerd, runc, the CNI plugins, iptables, and gcc with
 # a static libc for the pause image, from Debian (containerd is installed, not started: the node runs its own).
@@ -42,10 +42,10 @@ node: cluster  ## the Debian packages a real node runs on (the kubelet and kube-
 argocd:  ## build (or reuse) Argo CD for the GitOps test; install Debian's redis-server, which it runs with
 	@command -v redis-server >/dev/null || $(APT) install -y -qq --no-install-recommends redis-server >/dev/null \
 	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends redis-server >/dev/null; }
-	@tests/cluster/build-argocd.sh >/dev/null
+	@local/build/build-argocd.sh >/dev/null
 
 label-studio: env  ## install (or reuse) Label Studio in its own virtualenv (with gunicorn), and Debian's postgresql for it
-	@$(PY) -c "from prelabel_local import labelstudio; labelstudio.ensure_gunicorn()"
+	@$(PY) -c "from prelabel_local import label_studio_server; label_studio_server.ensure_gunicorn()"
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || $(APT) install -y -qq --no-install-recommends postgresql >/dev/null \
 	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends postgresql >/dev/null; }
 

@@ -42,7 +42,7 @@ def main() -> None:
     from prelabel_local import chart
     from prelabel_local.cluster import LocalCluster, build
     from prelabel_local.fake_backends import FakeBackends
-    from prelabel_local.labelstudio import LabelStudio
+    from prelabel_local.label_studio_server import LabelStudio
     from tests.integration.chaos import Chaos
 
     work = Path(tempfile.mkdtemp(prefix="prelabel-chaos-"))

@@ -244,7 +244,7 @@ def main() -> None:
         for name, backend in backends.items():
             wait_measured(backend, 0)
             health = requests.get(f"{backend.url}/health", timeout=10).json()
-            loads = [re.sub(r", classes \[.*?\]", "", line.split("prelabel_backend.models: ", 1)[-1])
+            loads = [re.sub(r", classes \[.*?\]", "", line.split("prelabel_backend.model_store: ", 1)[-1])
                      for line in backend.log.read_text().splitlines()
                      if "loaded model yolov8n" in line or "measured model yolov8n" in line]
             print(f"backend {name}: models {health.get('models')}; " + " | ".join(loads))

@@ -13,7 +13,7 @@
    registered as its ML backend, one action per batch, --concurrency actions at once (threads);
    the stored predictions are counted afterwards with the predictions API.
 
-Everything is real and on loopback: Label Studio (prelabel_local.labelstudio, SQLite, its own
+Everything is real and on loopback: Label Studio (prelabel_local.label_studio_server, SQLite, its own
 data dir) and one backend process (`python -m prelabel_backend`, fetching the uploaded images from
 Label Studio with the API key). Each repeat uploads the same images into three fresh projects
 (untimed; distinct uploads, so the backend's media cache never helps one path over another) and runs
@@ -359,7 +359,7 @@ def main() -> None:
     from prelabel_backend import offline
     from prelabel_local.backend import BackendProcess
     from prelabel_local.demo import SEED_LABEL_CONFIG
-    from prelabel_local.labelstudio import LabelStudio
+    from prelabel_local.label_studio_server import LabelStudio
 
     work = Path(tempfile.mkdtemp(prefix="prelabel-bench-"))
     t0 = time.perf_counter()

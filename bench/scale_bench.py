@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from prelabel_local import chart  # noqa: E402
 from prelabel_local.cluster import LocalCluster, build, free_port  # noqa: E402
-from prelabel_local.labelstudio import LabelStudio  # noqa: E402
+from prelabel_local.label_studio_server import LabelStudio  # noqa: E402
 from prelabel_operator import drift  # noqa: E402
 from tests.integration.scale import Scale, api_requests, ls_requests, new_projects, percentile, usage  # noqa: E402
 

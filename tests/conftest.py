@@ -92,7 +92,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="session")
 def store(settings: Settings):  # noqa: ANN201
-    from prelabel_backend.models import ModelStore
+    from prelabel_backend.model_store import ModelStore
 
     return ModelStore(settings)
 
@@ -120,7 +120,7 @@ def start_backend(tmp_path: Path) -> Iterator:
 @pytest.fixture(scope="session")
 def label_studio() -> Iterator:
     """One real Label Studio for the session (first start ~70 s: migrations on a fresh SQLite)."""
-    from prelabel_local.labelstudio import LabelStudio
+    from prelabel_local.label_studio_server import LabelStudio
 
     server = LabelStudio().start()
     yield server

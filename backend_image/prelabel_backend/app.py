@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException
 from .label_config import ConfigError, LabelConfig, UnsupportedConfig, parse
 from .media import MediaFetcher
 from .metrics import Metrics
-from .models import ModelStore
+from .model_store import ModelStore
 from .predictor import Predictor
 from .settings import Settings
 
@@ -63,7 +63,7 @@ class Backend:
 
     def load_defaults(self) -> None:
         """Loads every default model that exists, so the first request pays no load time. /health is UP
-        once they serve; the runtime measurements wait until then (models.ModelStore.measurements_held)."""
+        once they serve; the runtime measurements wait until then (model_store.ModelStore.measurements_held)."""
         with self.store.measurements_held():
             self._load_defaults()
 

@@ -24,7 +24,7 @@ from .label_config import ConfigError, Control, Coverage, LabelConfig, coverage
 from .media import MediaError, MediaFetcher
 from .media_urls import media_value
 from .metrics import Metrics
-from .models import LoadedModel, ModelStore
+from .model_store import LoadedModel, ModelStore
 from .settings import Settings
 
 T = TypeVar("T")

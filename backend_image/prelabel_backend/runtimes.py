@@ -70,7 +70,7 @@ def no_telemetry() -> None:
     """OpenVINO's model converter sends usage telemetry (a forked process posting to Google Analytics)
     unless a consent file in $HOME says no; with `openvino_telemetry` unimportable it uses its own no-op
     stub. `import openvino` imports the converter, so this must come first: it runs when this module
-    is imported (models.py imports it before any runtime). The backend calls no one."""
+    is imported (model_store.py imports it before any runtime). The backend calls no one."""
     sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: "cannot import"
 
 

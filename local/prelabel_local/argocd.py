@@ -1,5 +1,5 @@
 """A real Argo CD against a LocalCluster, for the GitOps test: its repo server and application
-controller as local processes (the all-in-one binary from tests/cluster/build-argocd.sh, picked by
+controller as local processes (the all-in-one binary from local/build/build-argocd.sh, picked by
 ARGOCD_BINARY_NAME), with a Redis from Debian. No API server, UI, Dex or ApplicationSet controller:
 Applications are applied with kubectl, as `kubectl apply -f root.yaml` does.
 
@@ -45,9 +45,9 @@ class ArgoCDError(RuntimeError):
 
 
 def build(quiet: bool = False) -> Path:
-    """Runs tests/cluster/build-argocd.sh (seconds on a warm cache) and returns its output folder
+    """Runs local/build/build-argocd.sh (seconds on a warm cache) and returns its output folder
     (bin/argocd, bin/git-verify-wrapper.sh, crds/)."""
-    script = REPO / "tests" / "cluster" / "build-argocd.sh"
+    script = REPO / "local" / "build" / "build-argocd.sh"
     done = subprocess.run(["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True,
                           stderr=subprocess.DEVNULL if quiet else None)
     return Path(done.stdout.strip().splitlines()[-1])

@@ -18,7 +18,7 @@ the loopback ClusterIPs of kwok clusters running beside it), keeps the `kubernet
 endpoint (pods reach the API through it), authorizes the kubelet with the Node authorizer, and
 starts no kwok (`kwok=False`).
 
-The binaries come from tests/cluster/build.sh (cached under ~/.cache/prelabel/).
+The binaries come from local/build/build.sh (cached under ~/.cache/prelabel/).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def stop_group(popen: subprocess.Popen[bytes], grace: float = 20) -> None:
 
 def build(quiet: bool = False) -> Path:
     """Runs the build script (seconds on a warm cache) and returns the bin folder."""
-    script = REPO / "tests" / "cluster" / "build.sh"
+    script = REPO / "local" / "build" / "build.sh"
     done = subprocess.run(["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True,
                           stderr=subprocess.DEVNULL if quiet else None)
     return Path(done.stdout.strip().splitlines()[-1])

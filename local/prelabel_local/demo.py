@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from prelabel_operator.reconcile import condition
+from prelabel_operator.status import condition
 
 if TYPE_CHECKING:
     from .cluster import LocalCluster
@@ -93,7 +93,7 @@ def run(images: int, keep: bool) -> int:
     from . import chart, processes
     from . import images as built
     from .cluster import build
-    from .labelstudio import LabelStudio
+    from .label_studio_server import LabelStudio
     from .node import GATEWAY, Node
 
     step = Progress()

@@ -5,7 +5,7 @@ backend for that project (it connects a backend only when /setup answers 200).
 The backend answers 200 with `"compatible": false` and the reason in `error` for a config with
 nothing to serve yet (a new project's `<View></View>`, text-only controls), so Label Studio can
 connect it before the config is set; 422 for a config it can never serve as written (a bad
-`model_path`, ...); and 200 with `warnings` (labels no model class maps to, controls not served)
+`model_path`, ...) and 400 for a request it cannot read; and 200 with `warnings` (labels no model class maps to, controls not served)
 for a config it serves.
 """
 
@@ -23,15 +23,19 @@ class ConfigCheck:
     registrable: bool = True  # Label Studio's own /setup call will succeed, so registering makes sense
 
 
-def interpret(status_code: int, body: Any) -> ConfigCheck:
-    """The /setup answer (HTTP status, parsed JSON body or None) as a ConfigCheck."""
+def interpret(status_code: int, body: Any, text: str = "") -> ConfigCheck:
+    """The /setup answer (HTTP status, parsed JSON body or None, the raw text for an answer that is not
+    JSON) as a ConfigCheck. 400 and 422 are the backend's refusal of the config, as Label Studio reads
+    them (it connects a backend only on 200)."""
     body = body if isinstance(body, dict) else {}
     if status_code == 200:
         if body.get("compatible") is False:
             return ConfigCheck(False, str(body.get("error") or "the labeling config has no control the backend serves"), None, True)
         warnings = body.get("warnings") or []
         message = "; ".join(str(w) for w in warnings) if isinstance(warnings, list) else str(warnings)
-        return ConfigCheck(True, message, body.get("model_version"), True)
-    if status_code == 422:
+        version = body.get("model_version")
+        return ConfigCheck(True, message, str(version) if version not in (None, "") else None, True)
+    if status_code in (400, 422):
         return ConfigCheck(False, str(body.get("error") or "labeling config not supported"), None, False)
-    return ConfigCheck(None, f"backend answered HTTP {status_code} to /setup", None, True)
+    detail = str(body.get("error") or text).strip()
+    return ConfigCheck(None, f"backend answered HTTP {status_code} to /setup" + (f": {detail[:300]}" if detail else ""), None, True)

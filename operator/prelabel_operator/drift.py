@@ -56,7 +56,7 @@ def due(uid: str, last_checked: float | None, now: float, every: float) -> bool:
 def repair_bound(every: float, tick: float) -> float:
     """Seconds within which a drift is found (and then repaired, in the same pass): a slot comes
     every `every` s, the resource's timer, ticking every `tick` s, sees it within a tick, and, should
-    the budget be spent at that moment (colliding phases), at the next (tests/unit/test_drift.py)."""
+    the budget be spent at that moment (colliding phases), at the next (tests/unit/operator/test_drift.py)."""
     return every + 2 * tick
 
 

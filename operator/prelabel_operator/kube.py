@@ -1,9 +1,8 @@
 """The Kubernetes side of the operator's I/O: apply objects server-side, read what they became,
-read referenced Secrets. Decisions live in `reconcile`; this module only talks to the API."""
+read referenced Secrets. The use cases (reconciler) reach it as ports.Kube; this module only talks to the API."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import threading
@@ -15,6 +14,11 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
+
+from .errors import KubeError, SecretMissing
+from .keys import decode
+
+__all__ = ["KubeError", "SecretMissing", "decode"]  # re-exported: what this module raises, and the Secret value reader
 
 FIELD_MANAGER = "prelabel-operator"
 # (connect, read) seconds for every call. The client's own default is no timeout at all: a call on a
@@ -56,14 +60,6 @@ def api_client() -> client.ApiClient:
 
 def dynamic() -> DynamicClient:
     return _connected()[1]
-
-
-class KubeError(Exception):
-    """An API call that failed; `reason` is a status condition reason, `message` says what to fix."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
 
 
 @contextlib.contextmanager
@@ -191,11 +187,6 @@ def patch_status(group: str, version: str, plural: str, namespace: str, name: st
             group, version, namespace, plural, name, {"status": status}, _content_type="application/merge-patch+json")
 
 
-class SecretMissing(KubeError):
-    def __init__(self, message: str) -> None:
-        super().__init__("SecretMissing", message)
-
-
 def secret_data(namespace: str, name: str) -> dict[str, str]:
     """A Secret's data, base64 as stored (decode with `decode`); raises SecretMissing with what to fix."""
     try:
@@ -209,7 +200,10 @@ def secret_data(namespace: str, name: str) -> dict[str, str]:
     return {key: value.decode() if isinstance(value, bytes) else value for key, value in (secret.data or {}).items()}
 
 
-def decode(data: dict[str, str], key: str, secret: str) -> str:
-    if key not in data:
-        raise SecretMissing(f"Secret {secret} has no key {key!r}: add it or point the secret ref's key at the right one")
-    return base64.b64decode(data[key]).decode().strip()
+class API:
+    """This module's calls as one object: the Kubernetes client the use cases take (ports.Kube)."""
+
+    secret_data = staticmethod(secret_data)
+    apply = staticmethod(apply)
+    delete = staticmethod(delete)
+    patch_status = staticmethod(patch_status)

@@ -16,6 +16,7 @@ from label_studio_sdk._extensions.pager_ext import SyncPagerExt
 from label_studio_sdk.base_client import LabelStudioBase
 from label_studio_sdk.core.api_error import ApiError
 
+from .errors import LabelStudioError
 from .registration import OWNER_HEADER, Desired, Plan, Registration, Webhook, owner_of, plan, plan_webhooks, same_url
 from .spec import ProjectRef
 
@@ -24,12 +25,7 @@ from .spec import ProjectRef
 # retry made a second registration (bench/scale_bench.py, 10 backends at once). Creates go once; the
 # next reconcile lists before it creates again.
 ONCE = {"max_retries": 0}
-
-
-class LabelStudioError(Exception):
-    def __init__(self, reason: str, message: str, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.reason, self.message, self.retryable = reason, message, retryable
+__all__ = ["Client", "LabelStudioError", "Project"]  # LabelStudioError: what this module raises (errors.py)
 
 
 def _detail(body: Any) -> str:

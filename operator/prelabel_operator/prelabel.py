@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .spec import PrelabelSpec
+from .status import Condition, Event, with_condition
+from .status import condition as condition_of
 
 CONDITION = "Prelabeled"
 MAX_LISTED_FAILURES = 20  # failures shown in status; the count covers all of them
@@ -210,3 +212,41 @@ def condition(prelabel_status: dict[str, Any] | None, paused: bool) -> tuple[str
         return "False", "Failed", f"{prelabel_status.get('failed', 0)} task(s) failed, the others are pre-labeled ({summary}): {listed}"
     extra = prelabel_status.get("message") or f"{prelabel_status.get('pending', '?')} pending, {prelabel_status.get('tasksPerSecond', 0)} tasks/s"
     return "False", "Progressing", f"{summary} pre-labeled with {version or 'the backend'}: {extra}"
+
+
+def status_patch(progress: Progress, now_mono: float, conditions: list[dict[str, Any]], generation: int) -> dict[str, Any]:
+    """What the driver writes as it goes (a merge patch of the resource's status): status.prelabel
+    whole, a None for each key that no longer applies, and `conditions` with Prelabeled set."""
+    body_status = status(progress, now_mono)
+    cond = condition(body_status, paused=False)
+    assert cond is not None
+    return {"prelabel": {key: body_status.get(key) for key in STATUS_KEYS},
+            "conditions": with_condition(conditions, Condition(CONDITION, *cond), generation)}
+
+
+def phase_event(patch: dict[str, Any], last_phase: str | None) -> Event | None:
+    """The Event a status patch from `status_patch` calls for when its phase differs from the last."""
+    prelabel_status = patch["prelabel"]
+    phase = prelabel_status["phase"]
+    if phase == last_phase:
+        return None
+    message = condition_of(patch, CONDITION).get("message", "")
+    if phase == "Progressing" and last_phase != "Progressing":
+        return Event("PrelabelStarted", f"pre-labeling {prelabel_status['pending']} task(s) with {prelabel_status['modelVersion'] or ''}")
+    if phase == "Complete":
+        return Event("PrelabelComplete", message)
+    if phase == "Failed":
+        return Event("PrelabelFailed", message, warning=True)
+    return None
+
+
+def target(status: dict[str, Any]) -> tuple[str | None, tuple[int, ...], str]:
+    """Where to pre-label, from the resource's status: (the registered backend URL, the ids of the
+    projects it is connected in, ""), or (None, (), why not yet) while the backend is not there."""
+    url = status.get("url")
+    projects = tuple(int(p["id"]) for p in status.get("projects") or [] if p.get("state") == "Connected" and p.get("id") is not None)
+    if not url or not projects:
+        ready = condition_of(status, "Ready")
+        why = f" ({ready.get('reason')}: {ready.get('message')})" if ready.get("status") == "False" else ""
+        return None, (), f"waiting for the backend to be available and registered{why}; retrying in 5s"
+    return str(url), projects, ""

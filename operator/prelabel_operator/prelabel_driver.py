@@ -18,12 +18,13 @@ retried blindly: the next pass reads back from Label Studio which tasks still la
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # The SDK's generated client, as in labelstudio.py (label_studio_sdk.AsyncLabelStudio's extensions
 # would bring pandas into the image); tasks are listed with fields="all" as that extension does.
@@ -31,9 +32,12 @@ import httpx
 from label_studio_sdk import PredictionRequest
 from label_studio_sdk.base_client import AsyncLabelStudioBase as AsyncLabelStudio
 
-from . import metrics
+from . import backend_client, metrics, prelabel
+from .errors import BackendUnreachable, KubeError
+from .keys import Keys
 from .prelabel import Attempts, Progress, Sorted, done_query, pending_query, scope_query, sort_results
-from .spec import PrelabelSpec
+from .spec import MLBackendSpec, PrelabelSpec, SpecError
+from .status import Event
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 200  # task ids per Data Manager page: small enough for a quick query, large enough to pipeline
@@ -110,18 +114,21 @@ class Driver:
 
     # -- Label Studio and backend calls --------------------------------------------------------
     async def _version(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int) -> tuple[str, str]:
-        """(the backend's model version for this project's labeling config, "") from its /setup answer,
-        or ("", why) when the config has nothing the backend predicts (e.g. not set yet)."""
+        """(the backend's model version for this project's labeling config, "") from its /setup answer
+        (read as the reconcile reads it: backend_client), or ("", why) when the config has nothing the
+        backend predicts (e.g. not set yet)."""
         project = await _ls(ls.projects.get(project_id), f"read project {project_id}")
-        answer = await _backend(backend.post("/setup", json={"project": f"{project_id}.0", "schema": project.label_config or ""}), "/setup")
-        if answer.status_code in (400, 422) or (answer.status_code == 200 and answer.json().get("compatible") is False):
-            return "", f"the backend serves no control of its labeling config: {_error_text(answer)}"
-        if answer.status_code != 200:
-            raise Outage(f"the backend answered HTTP {answer.status_code} to /setup: {_error_text(answer)}")
-        version = str(answer.json().get("model_version") or "")
-        if not version:
+        try:
+            check = await backend_client.check_config(backend, project_id, project.label_config or "")
+        except BackendUnreachable as exc:
+            raise Outage(str(exc)) from None
+        if check.compatible is False:
+            return "", f"the backend serves no control of its labeling config: {check.message}"
+        if check.compatible is None:
+            raise Outage(f"the {check.message}")
+        if not check.model_version:
             raise Outage("the backend's /setup answered no model_version")
-        return version, ""
+        return check.model_version, ""
 
     async def _count(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec, version: str) -> tuple[int, int]:
         """(tasks in scope, of which done) in one project, from Label Studio's Data Manager."""
@@ -293,3 +300,79 @@ def _error_text(response: httpx.Response) -> str:
         return str(response.json().get("error") or response.text)[:300]
     except ValueError:
         return response.text[:300]
+
+
+# -- the daemon's loop -------------------------------------------------------------------------------
+class Stopped(Protocol):
+    """kopf.DaemonStopped as the loop uses it: true once stopped; wait() returns early when it is."""
+
+    def __bool__(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> Awaitable[Any]: ...
+
+
+@dataclass
+class Resource:
+    """The MLBackend a daemon pre-labels for: `spec`, `status` and `meta` are kopf's live views (they
+    follow the resource); `keys` reads its Secrets (sync: run in a thread); `patch_status` writes a
+    status merge patch; `emit` posts an Event."""
+
+    namespace: str
+    name: str
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    meta: Mapping[str, Any]
+    keys: Callable[[MLBackendSpec], Keys]
+    patch_status: Callable[[dict[str, Any]], Awaitable[None]]
+    emit: Callable[[Event], None]
+
+
+def backoff(outages: int) -> float:
+    """Seconds to wait after the `outages`-th outage in a row: 2.5, 5, 10, ... capped at 60."""
+    return min(60.0, float(min(300, 5 * 2 ** min(outages - 1, 6))) / 2)
+
+
+async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, str, Report], Driver] = Driver) -> None:
+    """Drives every task of the declared projects toward a prediction of the current model version,
+    pass after pass, until `stopped`: a pass reads from Label Studio what is left, so it resumes after
+    any restart. An outage (Label Studio, the backend, the Kubernetes API) is shown in status and
+    retried with backoff; no task counts as failed for it."""
+    last_phase: list[str | None] = [None]
+
+    async def report(progress: Progress) -> None:
+        if stopped:  # paused or removed: the reconcile now owns what status says
+            return
+        conditions = list(resource.status.get("conditions") or [])
+        patch = prelabel.status_patch(progress, time.monotonic(), conditions, int(resource.meta.get("generation") or 0))
+        await resource.patch_status(patch)
+        event = prelabel.phase_event(patch, last_phase[0])
+        if event is not None:
+            resource.emit(event)
+        last_phase[0] = patch["prelabel"]["phase"]
+
+    driver = make_driver(resource.namespace, resource.name, report)
+    outages = 0
+    while not stopped:
+        try:
+            parsed = MLBackendSpec.parse(dict(resource.spec))
+            section = parsed.prelabel or PrelabelSpec()
+            url, projects, waiting = prelabel.target(dict(resource.status))
+            if url is None:
+                driver.progress.message = waiting
+                await report(driver.progress)
+                await stopped.wait(5)
+                continue
+            found = await asyncio.to_thread(resource.keys, parsed)
+            target = Target(parsed.label_studio.url, found.api_key, url, found.auth, projects)
+            delay = await driver.run_pass(target, section, stopped)
+            outages = 0
+        except (Outage, KubeError, SpecError) as exc:
+            outages += 1
+            delay = backoff(outages)
+            message = exc.message if isinstance(exc, KubeError) else str(exc)
+            driver.progress.message = f"{message}; retrying in {delay:.0f}s"
+            metrics.ERRORS.labels("PrelabelOutage").inc()
+            with contextlib.suppress(KubeError):
+                await report(driver.progress)
+            await stopped.wait(delay)
+            continue
+        await stopped.wait(section.poll_seconds if delay is None else delay)

@@ -30,7 +30,7 @@ import yaml
 from prelabel_local.cluster import LocalCluster
 from prelabel_local.operator_process import OperatorProcess
 from prelabel_operator import manifests
-from prelabel_operator.reconcile import condition
+from prelabel_operator.status import condition
 from tests.conftest import SEED_CONFIG
 
 PHASES = ("create", "update", "rotate", "delete")

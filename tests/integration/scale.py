@@ -23,9 +23,9 @@ import yaml
 from prelabel_local import chart
 from prelabel_local.cluster import LocalCluster
 from prelabel_local.fake_backends import FakeBackends
-from prelabel_local.labelstudio import LabelStudio
+from prelabel_local.label_studio_server import LabelStudio
 from prelabel_local.operator_process import OperatorProcess
-from prelabel_operator.reconcile import condition
+from prelabel_operator.status import condition
 from tests.conftest import SEED_CONFIG
 
 NAMESPACE = "scale"

@@ -1,4 +1,4 @@
-"""GitOps for real: a real Argo CD (its repo server and application controller, tests/cluster/
+"""GitOps for real: a real Argo CD (its repo server and application controller, local/build/
 build-argocd.sh) syncs examples/argocd/ from a local Git repository onto the real control plane,
 with a real Label Studio:
 
@@ -37,7 +37,7 @@ from prelabel_local.cluster import REPO
 from prelabel_local.kubelet import BackendKubelet
 from prelabel_local.operator_process import ChartOperator
 from prelabel_local.poller import Poller
-from prelabel_operator.reconcile import condition
+from prelabel_operator.status import condition
 from tests.conftest import SEED_CONFIG, wait_for
 from tests.unit.test_argocd import APPLICATION, MLBACKEND, health
 

@@ -127,7 +127,7 @@ def test_label_studio_connects_before_the_config_is_set_and_predicts_once_it_is(
 def public_label_studio(tmp_path_factory):  # noqa: ANN001, ANN201
     """A Label Studio whose LABEL_STUDIO_HOST is a public name this machine cannot reach, serving
     local files: it writes `https://labelstudio.example.com/data/local-files/?d=<quoted path>`."""
-    from prelabel_local.labelstudio import LabelStudio
+    from prelabel_local.label_studio_server import LabelStudio
 
     root = tmp_path_factory.mktemp("local-files")
     server = LabelStudio(extra_env={"LABEL_STUDIO_HOST": "https://labelstudio.example.com",

@@ -16,7 +16,7 @@ import yaml
 
 from prelabel_local import chart
 from prelabel_local.operator_process import OperatorProcess
-from prelabel_operator.reconcile import condition
+from prelabel_operator.status import condition
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.cluster

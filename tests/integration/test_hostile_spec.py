@@ -24,7 +24,7 @@ import yaml
 from prelabel_local import chart
 from prelabel_local.fake_backends import FakeBackends
 from prelabel_local.operator_process import OperatorProcess
-from prelabel_operator.reconcile import condition
+from prelabel_operator.status import condition
 from tests.conftest import SEED_CONFIG, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from prelabel_local import processes
-from prelabel_local.labelstudio import LabelStudio
+from prelabel_local.label_studio_server import LabelStudio
 from prelabel_local.postgres import USER, bin_dir
 from prelabel_operator.labelstudio import Client
 from prelabel_operator.registration import Desired, marker

@@ -28,8 +28,8 @@ import yaml
 
 from prelabel_backend import synthetic
 from prelabel_local import chart, images, node
-from prelabel_local.labelstudio import LabelStudio
-from prelabel_operator.reconcile import condition
+from prelabel_local.label_studio_server import LabelStudio
+from prelabel_operator.status import condition
 from tests.conftest import SEED_CONFIG, scenes, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]

@@ -82,7 +82,7 @@ def test_label_studio_guarding_private_ranges_is_reported_as_such(backend) -> No
     ClusterIP): the error names the setting to change instead of a bare 403."""
     from label_studio_sdk import LabelStudio as SdkClient
 
-    from prelabel_local.labelstudio import LabelStudio
+    from prelabel_local.label_studio_server import LabelStudio
 
     guarded = LabelStudio(extra_env={"LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS": "true"}).start()
     try:

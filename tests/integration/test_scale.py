@@ -15,8 +15,8 @@ import pytest
 from prelabel_local import chart
 from prelabel_local.operator_process import OperatorProcess
 from prelabel_operator import drift
-from prelabel_operator.reconcile import condition
 from prelabel_operator.registration import ours
+from prelabel_operator.status import condition
 from tests.conftest import wait_for
 from tests.integration.scale import NAMESPACE, Scale, api_requests, ls_requests
 

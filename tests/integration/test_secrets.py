@@ -21,7 +21,7 @@ from prelabel_backend import synthetic
 from prelabel_local import chart
 from prelabel_local.kubelet import BackendKubelet
 from prelabel_local.operator_process import OperatorProcess
-from prelabel_operator.reconcile import condition
+from prelabel_operator.status import condition
 from tests.conftest import SEED_CONFIG, scenes, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]

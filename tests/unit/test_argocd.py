@@ -12,12 +12,12 @@ import pytest
 import yaml
 from lupa import lua51
 
-from prelabel_operator import reconcile
+from prelabel_operator import status as status_module
 
 ARGOCD = Path(__file__).resolve().parents[2] / "examples" / "argocd"
 CUSTOMIZATIONS = ARGOCD / "resource_customizations"
 MLBACKEND = CUSTOMIZATIONS / "prelabel.dev" / "MLBackend"
-KUBE_VERSION = "1.36.3"  # the local control plane's (tests/cluster/versions.env); Argo CD passes the cluster's
+KUBE_VERSION = "1.36.3"  # the local control plane's (local/build/versions.env); Argo CD passes the cluster's
 
 
 def health(script: Path, obj: dict[str, Any]) -> dict[str, str]:
@@ -56,33 +56,33 @@ def test_the_cases_cover_each_state_argocd_shows() -> None:
     assert {"no-status", "never-synced", "syncing", "retrying", "sync-failed", "healthy", "stale-after-sync"} <= covered
 
 
-def resource_with(observed: reconcile.Observed, generation: int = 1) -> dict[str, Any]:
+def resource_with(observed: status_module.Observed, generation: int = 1) -> dict[str, Any]:
     return {"metadata": {"name": "yolo", "namespace": "labeling", "generation": generation},
-            "status": reconcile.status(observed, previous=None)}
+            "status": status_module.status(observed, previous=None)}
 
 
 @pytest.mark.parametrize(("observed", "expected"), [
-    (reconcile.Observed(1, available=True, url="http://10.0.0.1:9090",
-                        projects=[reconcile.ProjectStatus(1, "p", 5, "Connected", compatible=True)]), "Healthy"),
-    (reconcile.Observed(1), "Progressing"),  # pods still starting
-    (reconcile.Observed(1, available=True, url="http://10.0.0.1:9090", label_studio_error=("LabelStudioUnreachable", "down")), "Degraded"),
-    (reconcile.Observed(1, available=True, url="http://10.0.0.1:9090", label_studio_error=("Unauthorized", "bad key")), "Degraded"),
-    (reconcile.Observed(1, kube_error=("SecretMissing", "no Secret")), "Degraded"),
-    (reconcile.Observed(1, kube_error=("Forbidden", "may not apply services")), "Degraded"),
-    (reconcile.Observed(1, spec_error="bad spec"), "Degraded"),
-    (reconcile.Observed(1, available=True, url="http://10.0.0.1:9090",
-                        projects=[reconcile.ProjectStatus(2, "t", state="Error", message="found Labels", compatible=False)]), "Degraded"),
+    (status_module.Observed(1, available=True, url="http://10.0.0.1:9090",
+                        projects=[status_module.ProjectStatus(1, "p", 5, "Connected", compatible=True)]), "Healthy"),
+    (status_module.Observed(1), "Progressing"),  # pods still starting
+    (status_module.Observed(1, available=True, url="http://10.0.0.1:9090", label_studio_error=("LabelStudioUnreachable", "down")), "Degraded"),
+    (status_module.Observed(1, available=True, url="http://10.0.0.1:9090", label_studio_error=("Unauthorized", "bad key")), "Degraded"),
+    (status_module.Observed(1, kube_error=("SecretMissing", "no Secret")), "Degraded"),
+    (status_module.Observed(1, kube_error=("Forbidden", "may not apply services")), "Degraded"),
+    (status_module.Observed(1, spec_error="bad spec"), "Degraded"),
+    (status_module.Observed(1, available=True, url="http://10.0.0.1:9090",
+                        projects=[status_module.ProjectStatus(2, "t", state="Error", message="found Labels", compatible=False)]), "Degraded"),
 ])
-def test_statuses_the_operator_writes_are_judged(observed: reconcile.Observed, expected: str) -> None:
+def test_statuses_the_operator_writes_are_judged(observed: status_module.Observed, expected: str) -> None:
     judged = health(MLBACKEND / "health.lua", resource_with(observed))
     assert judged["status"] == expected, judged
-    ready = reconcile.ready(reconcile.conditions(observed))
+    ready = status_module.ready(status_module.conditions(observed))
     assert ready.reason in judged["message"] or expected == "Healthy"
 
 
 def test_a_new_generation_is_progressing_until_the_operator_reports_it() -> None:
-    observed = reconcile.Observed(1, available=True, url="http://10.0.0.1:9090",
-                                  projects=[reconcile.ProjectStatus(1, "p", 5, "Connected", compatible=True)])
+    observed = status_module.Observed(1, available=True, url="http://10.0.0.1:9090",
+                                  projects=[status_module.ProjectStatus(1, "p", 5, "Connected", compatible=True)])
     stale = resource_with(observed, generation=2)
     assert health(MLBACKEND / "health.lua", stale) == {"status": "Progressing", "message": "Waiting for the operator to apply generation 2"}
 
@@ -207,8 +207,8 @@ def test_prelabeling_never_changes_the_health_only_the_message(phase: str) -> No
 
     progress = prelabel.Progress(model_version="prelabel-0123456789ab", total=200, counted=True,
                                  predicted={"Progressing": 180, "Failed": 199, "Complete": 200}[phase], failed=int(phase == "Failed"))
-    observed = reconcile.Observed(1, available=True, url="http://10.0.0.1:9090",
-                                  projects=[reconcile.ProjectStatus(1, "p", 5, "Connected", compatible=True)])
+    observed = status_module.Observed(1, available=True, url="http://10.0.0.1:9090",
+                                  projects=[status_module.ProjectStatus(1, "p", 5, "Connected", compatible=True)])
     observed.prelabel = prelabel.condition(prelabel.status(progress, 0.0), paused=False)
     resource = resource_with(observed)
     resource["status"]["prelabel"] = prelabel.status(progress, 0.0)

@@ -19,23 +19,6 @@ OPERATOR = ROOT / "operator" / "prelabel_operator"
 TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
 
-# Names the docs already use that land with work merged beside this branch (issue 24): the lead's
-# operator layout, and the other helper's renames. Accepted while missing; once one exists,
-# test_pending_names_have_not_landed_yet asks for it to be taken off this list.
-PENDING = {
-    # the operator's application layer and its split modules (the lead)
-    "startup.py", "reconciler.py", "ports.py", "backend_client.py", "status.py", "keys.py", "errors.py",
-    "operator/prelabel_operator/status.py",
-    # the other helper's renames
-    "label_studio_server.py", "local/prelabel_local/label_studio_server.py", "model_store.py", "runtime_choice.py",
-    "local/build/", "local/build/build.sh", "local/build/build-argocd.sh", "local/build/versions.env",
-    "tests/unit/operator/", "tests/unit/backend/",
-    "tests/unit/backend/test_media_urls.py", "tests/unit/backend/test_label_config.py", "tests/unit/backend/test_results.py",
-    "tests/unit/backend/test_backend_limits.py", "tests/unit/operator/test_drift.py", "tests/unit/operator/test_argocd.py",
-    "tests/unit/operator/test_labelstudio_retries.py", "tests/unit/operator/test_packaging.py",
-}
-
-
 # -- the generated pages --------------------------------------------------------------------------------
 def _copy(tmp_path: Path) -> Path:
     """The sources and pages of the generator in a repository of their own."""
@@ -146,7 +129,8 @@ def _name(func: ast.expr) -> str:
 def reasons_written(package: Path) -> dict[str, str]:
     """Every reason the operator's code writes, with where: a condition's reason (Condition(type,
     status, reason, ...), a (status, reason, message) tuple, a {"reason": ...} body), an error's reason
-    (KubeError/LabelStudioError(...) and the subclasses' __init__), an Event's (reason=...), and the
+    (KubeError/LabelStudioError(...) and the subclasses' __init__), an Event's (Event(reason, ...) or
+    reason=...), and the
     reasons it counts in prelabel_operator_errors_total (ERRORS.labels(...))."""
     found: dict[str, str] = {}
     for path in sorted(package.rglob("*.py")):
@@ -155,7 +139,7 @@ def reasons_written(package: Path) -> dict[str, str]:
             if isinstance(node, ast.Call):
                 name = _name(node.func)
                 candidates += [c for k in node.keywords if k.arg == "reason" for c in _constants(k.value)]
-                if (name.endswith("Error") or name == "__init__") and node.args:
+                if (name.endswith("Error") or name in ("__init__", "Event")) and node.args:
                     candidates += _constants(node.args[0])
                 if name == "Condition" and len(node.args) > 2 and not any(isinstance(a, ast.Starred) for a in node.args[:3]):
                     candidates += _constants(node.args[2])
@@ -205,14 +189,13 @@ def _links_and_paths(page: Path) -> tuple[list[str], list[str]]:
     links += [link for link in re.findall(r"\[`[^`]*`\]\(([^)\s]+)\)", prose) if not re.match(r"[a-z]+:", link)]
     paths = []
     for span in spans:
-        span = span.split("::")[0].rstrip(".,;:")
-        if any(c in span for c in "*<>$=") or span.startswith(("/", "~", ".venv")):
+        path = span.split("::")[0].rstrip(".,;:")
+        if any(c in path for c in "*<>$=") or path.startswith(("/", "~", ".venv")):
             continue
-        first = span.split("/")[0]
-        if "/" in span and (first in TOP or first in PACKAGES):
-            paths.append(span)
-        elif "/" not in span and (span.endswith(EXTENSIONS) or span in TOP):
-            paths.append(span)
+        first = path.split("/")[0]
+        in_repo = first in TOP or first in PACKAGES if "/" in path else path.endswith(EXTENSIONS) or path in TOP
+        if in_repo:
+            paths.append(path)
     return links, paths
 
 
@@ -230,8 +213,6 @@ def test_links_and_repository_paths_exist(page: Path) -> None:
     for link in links:
         target, _, anchor = link.partition("#")
         path = (page.parent / target) if target else page
-        if target in PENDING:
-            continue
         if not path.exists() or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
             broken.append(link)
     assert broken == [], f"{page.name}: links to nothing"
@@ -240,15 +221,9 @@ def test_links_and_repository_paths_exist(page: Path) -> None:
         first = path.split("/")[0]
         full = ROOT / (path.replace(first, PACKAGES[first], 1) if first in PACKAGES else path)
         exists = full.exists() if "/" in path else (path in files or (ROOT / path).exists())
-        if not exists and path not in PENDING:
+        if not exists:
             missing.append(path)
     assert missing == [], f"{page.name}: paths that do not exist"
-
-
-def test_pending_names_have_not_landed_yet() -> None:
-    files = _files()
-    landed = sorted(n for n in PENDING if (ROOT / n).exists() or ("/" not in n and n in files))
-    assert landed == [], f"these exist now: take them off PENDING in {Path(__file__).name}"
 
 
 def test_readme_is_short_and_starts_with_the_two_commands() -> None:

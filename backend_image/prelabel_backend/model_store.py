@@ -5,61 +5,35 @@ two threads at once: a call takes an idle one (LoadedModel.idle). Its runtime ge
 process has (cpus.usable_cpus: affinity and cgroup quota); on OpenVINO, split into streams that run
 a batch's images at once (cpus.inference_streams), with a twin model object per extra stream on the
 same compiled network, so that two calls keep the streams busy through each other's pre- and
-post-processing. A `.pt` is exported to ONNX and OpenVINO (runtimes.py,
-cached by the weights' sha256) and the runtime and batch size that serve it are chosen by timing
-each on the model's own input size: "by measurement, not assumption" (issue 13).
-
-For a fast start a model first serves on a provisional runtime (its cached ONNX export, opened
-without the .pt; else the .pt on torch) at batch 1 and is measured in the background, one model at
-a time, after the default models are loaded; it then switches between two calls. The choice is
-kept in MODEL_DIR: a restart opens the chosen runtime alone and measures nothing.
+post-processing. A `.pt` is exported to ONNX and OpenVINO (runtimes.py, cached by the weights'
+sha256); the runtime and batch size that serve it are chosen by timing each on the model's own
+input size (runtime_choice.py). Until measured, a model serves on a provisional runtime; the store
+opens the candidates, lets runtime_choice time them, and switches the model between two calls.
 The identity of a model (sha256, hence model_version) is always its weight file's, whatever runs it.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import functools
 import gc
-import json
 import logging
 import queue
-import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import memory, offline, runtimes
+from . import memory, offline, runtime_choice, runtimes
 from .cpus import inference_streams, usable_cpus
 from .label_config import ConfigError, model_path
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-# At exit a measurement is stopped between two timed calls and awaited: a thread still inside ONNX
-# Runtime or OpenVINO when the interpreter tears their pools down aborts the process.
-_stopping = threading.Event()
-_busy: set[threading.Thread] = set()
-
-
-class _Stopped(Exception):
-    pass
-
-
-@atexit.register
-def _finish_measurements() -> None:
-    _stopping.set()
-    for thread in list(_busy):
-        thread.join(timeout=60)
-
-
-BATCHES = (1, 4)  # batch sizes tried at load: on CPU a large batch is slower per image than a few
-MEASURE_RUNS = 5  # timed calls per (runtime, batch), round-robin; the median counts
 
 
 @dataclass
@@ -96,32 +70,23 @@ class LoadedModel:
         return self.lock.locked() or self.idle.qsize() < len(self.instances)
 
 
-def _probe_image(imgsz: int | tuple[int, int] | list[int] | None) -> np.ndarray:
-    """A 4:3 image at the model's input size (640x480 for 640): the shape of a typical photo."""
-    side = max(imgsz) if isinstance(imgsz, (tuple, list)) else (imgsz or 640)
-    return np.random.default_rng(0).integers(0, 255, (side * 3 // 4, side, 3), dtype=np.uint8)
-
-
 class ModelStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._models: dict[tuple[Path, str], LoadedModel] = {}
         self._lock = threading.Lock()
         self._loading: dict[tuple[Path, str], threading.Lock] = {}
-        self._choices: dict[str, tuple[str, int, dict[str, float]]] = {}  # sha256 -> runtime, batch, timings
         self.threads = settings.torch_threads or usable_cpus()
         # Images of a batch run at once, up to the largest batch a model may serve (OpenVINO's streams).
-        self.streams = inference_streams(self.threads, settings.batch_size or max(BATCHES))
+        self.streams = inference_streams(self.threads, settings.batch_size or max(runtime_choice.BATCHES))
         # Exports of mounted weights (and the runtime choices) are written here at first load; looked up
         # after the read-only caches (RUNTIME_CACHE: the packaged models' exports).
         self._export_dir = settings.model_dir / "runtimes"
         self._export_dirs = [*settings.runtime_caches, self._export_dir]
+        self._choices = runtime_choice.Choices(self._export_dir, self.threads, self.streams, settings.runtime, settings.batch_size)
         offline.configure(str(settings.model_dir / "ultralytics"))
         # Models that serve on a provisional runtime until measured, one at a time, in the background.
-        self._measure_queue: queue.Queue[LoadedModel] = queue.Queue()
-        self._measure_allowed = threading.Event()
-        self._measure_allowed.set()
-        threading.Thread(target=self._measure_loop, name="measure-runtimes", daemon=True).start()
+        self._measurements = runtime_choice.Measurements(self._measure)
         if settings.model_idle_unload > 0:
             threading.Thread(target=self._unload_idle_loop, name="unload-idle", daemon=True).start()
 
@@ -143,7 +108,7 @@ class ModelStore:
                     with self._lock:
                         self._models[key] = loaded
                     if not loaded.measured:
-                        self._measure_queue.put(loaded)
+                        self._measurements.put(loaded)
         loaded.last_used = time.monotonic()
         return loaded
 
@@ -199,20 +164,10 @@ class ModelStore:
                                    runtimes.trained_imgsz(path)))
 
     def _plan(self, own: str, sha256: str) -> tuple[str, int, dict[str, float], bool]:
-        """(runtime, batch, timings, final) to open the model with. Final when measured before (this
-        process, or an earlier start: MODEL_DIR) or when RUNTIME and BATCH_SIZE leave nothing to
-        choose. Otherwise provisional, for a fast start: a cached ONNX export (opening it needs no
-        torch model and no export), else the .pt on torch, at batch 1; the measurement follows."""
-        wanted = self._wanted(own)
-        batches = (self.settings.batch_size,) if self.settings.batch_size else BATCHES
-        known = self._choices.get(sha256) or self._remembered(sha256)
-        if known is not None and known[0] in wanted and known[1] in batches:
-            return known[0], known[1], dict(known[2]), True
-        final = len(wanted) == 1 and len(batches) == 1
-        if len(wanted) == 1:
-            return wanted[0], batches[0] if final else 1, {}, final
-        ready = [r for r in ("onnx", "openvino") if r in wanted and runtimes.cached(sha256, r, self._export_dirs) is not None]
-        return (ready[0] if ready else "torch"), (batches[0] if len(batches) == 1 else 1), {}, False
+        """(runtime, batch, timings, final) to open the model with: runtime_choice.plan, among the
+        runtimes the model may serve on, with what was measured or remembered for its weights."""
+        return runtime_choice.plan(self._wanted(own), runtime_choice.batch_sizes(self.settings.batch_size), self._choices.known(sha256),
+                                   lambda runtime: runtimes.cached(sha256, runtime, self._export_dirs) is not None)
 
     def _load(self, path: Path) -> LoadedModel:
         started = time.monotonic()
@@ -248,68 +203,24 @@ class ModelStore:
                  self.threads, self.streams, loaded.load_seconds, {k: round(v, 4) for k, v in loaded.timings.items()})
         return loaded
 
-    def _choice_file(self, sha256: str) -> Path:
-        # Keyed by what the measurement depends on: this CPU's threads and streams, the runtime and batch settings.
-        tag = f"{self.threads}x{self.streams}-{self.settings.runtime}-{self.settings.batch_size}"
-        return self._export_dir / sha256 / f"choice-{tag}.json"
-
-    def _remembered(self, sha256: str) -> tuple[str, int, dict[str, float]] | None:
-        try:
-            found = json.loads(self._choice_file(sha256).read_text())
-            return str(found["runtime"]), int(found["batch"]), {str(k): float(v) for k, v in found["timings"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-    def _remember(self, loaded: LoadedModel) -> None:
-        """The measured choice, for the next start in this pod (MODEL_DIR is its emptyDir)."""
-        path = self._choice_file(loaded.sha256)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"runtime": loaded.runtime, "batch": loaded.batch, "timings": loaded.timings}))
-        except OSError as exc:
-            log.warning("could not keep the runtime choice of %s: %s", loaded.path.name, exc)
-
-    @contextlib.contextmanager
-    def measurements_held(self) -> Iterator[None]:
+    def measurements_held(self) -> contextlib.AbstractContextManager[None]:
         """Measurements wait while this is held (the default models load first: /health is UP sooner)."""
-        self._measure_allowed.clear()
-        try:
-            yield
-        finally:
-            self._measure_allowed.set()
+        return self._measurements.held()
 
     def settle(self) -> None:
         """Waits until every queued measurement is done (tests, the bench)."""
-        self._measure_allowed.wait()
-        self._measure_queue.join()
-
-    def _measure_loop(self) -> None:
-        while True:
-            loaded = self._measure_queue.get()
-            _busy.add(threading.current_thread())
-            try:
-                self._measure_allowed.wait()
-                self._measure(loaded)
-            except _Stopped:
-                return
-            except Exception:
-                log.exception("measuring the runtimes of %s failed; it stays on %s, batch %d",
-                              loaded.path.name, loaded.runtime, loaded.batch)
-            finally:
-                _busy.discard(threading.current_thread())
-                self._measure_queue.task_done()
+        self._measurements.settle()
 
     def _measure(self, loaded: LoadedModel) -> None:
         """Times each runtime the model may serve on at each batch size on a photo-shaped probe and
         switches the model to the fastest (seconds per image), between two of its calls."""
         started = time.monotonic()
-        known = self._choices.get(loaded.sha256)
-        batches = (self.settings.batch_size,) if self.settings.batch_size else BATCHES
+        known = self._choices.measured(loaded.sha256)
+        batches = runtime_choice.batch_sizes(self.settings.batch_size)
         candidates: dict[str, Any] = {}
         if known is None:
             for runtime in self._wanted(runtimes.runtime_of(loaded.path)):
-                if _stopping.is_set():
-                    raise _Stopped
+                runtime_choice.stop_point()
                 try:
                     source = self._source(loaded.path, loaded.sha256, runtime)
                     candidates[runtime] = self._open(source, runtime, loaded.task, loaded.imgsz)
@@ -319,10 +230,8 @@ class ModelStore:
             if not candidates:
                 log.warning("model %s: nothing to measure; it stays on %s", loaded.path.name, loaded.runtime)
                 return
-            timings = self._time(loaded, candidates, batches)
-            best = min(timings, key=timings.__getitem__)
-            known = (best.split("/")[0], int(best.split("/")[1]), timings)
-            self._choices[loaded.sha256] = known
+            known = runtime_choice.fastest(self._time(loaded, candidates, batches))
+            self._choices.add(loaded.sha256, known)
         runtime, batch, timings = known
         chosen = candidates.pop(runtime, None)
         candidates.clear()  # the others are dropped here
@@ -332,48 +241,22 @@ class ModelStore:
             runtimes.set_threads(chosen or loaded.model, runtime, self.threads, self.streams)  # torch's count is process-wide
             loaded.serve_on(chosen or loaded.model, runtime, self.streams)
             loaded.batch, loaded.timings, loaded.measured = batch, dict(timings), True
-        self._remember(loaded)
+        self._choices.remember(loaded.sha256, (loaded.runtime, loaded.batch, loaded.timings), loaded.path.name)
         gc.collect()
         memory.trim()
         log.info("measured model %s: serves on %s, batch %d (measured in %.2fs); s/image: %s", loaded.path.name,
                  loaded.runtime, loaded.batch, time.monotonic() - started, {k: round(v, 4) for k, v in timings.items()})
 
     def _time(self, loaded: LoadedModel, candidates: dict[str, Any], batches: tuple[int, ...]) -> dict[str, float]:
-        """Seconds per image of each candidate runtime at each batch size when the model is busy (each of
-        its instances running a call, as under concurrent requests: one for most, a twin per extra
-        OpenVINO stream), medians of MEASURE_RUNS."""
-        probe = _probe_image(loaded.imgsz)
-        trials = {}
+        """runtime_choice.time_runtimes on each candidate runtime's instances (its model and, with
+        OpenVINO's streams, its twins), each running calls as a request would."""
+        calls: dict[str, list[Callable[[list[np.ndarray]], object]]] = {}
         for runtime, model in candidates.items():
-            trials[runtime] = LoadedModel(path=loaded.path, task=loaded.task, names=loaded.names, sha256=loaded.sha256,
-                                          imgsz=loaded.imgsz, model=model, runtime=runtime)
-            trials[runtime].serve_on(model, runtime, self.streams)
-
-        def busy(trial: LoadedModel, batch: int) -> float:
-            """Seconds per image of one call on each instance at once: the first here, the others on
-            threads of their own (plain threads: at exit concurrent.futures refuses new work before
-            atexit stops the measurement, which would log a failure)."""
-            started = time.perf_counter()
-            others = [threading.Thread(target=self._predict, args=(trial, [probe] * batch, 0.25, instance), daemon=True)
-                      for instance in trial.instances[1:]]
-            for thread in others:
-                thread.start()
-            self._predict(trial, [probe] * batch, 0.25, trial.instances[0])
-            for thread in others:
-                thread.join()
-            return (time.perf_counter() - started) / (batch * len(trial.instances))
-
-        runs: dict[str, list[float]] = {f"{r}/{b}": [] for r in trials for b in batches}
-        for key in runs:  # the first call at a new shape pays set-up
-            runtime, batch = key.split("/")
-            busy(trials[runtime], int(batch))
-        for _ in range(MEASURE_RUNS):  # round-robin, so that a burst of load elsewhere hits all alike
-            for key, times in runs.items():
-                if _stopping.is_set():
-                    raise _Stopped
-                runtime, batch = key.split("/")
-                times.append(busy(trials[runtime], int(batch)))
-        return {key: statistics.median(times) for key, times in runs.items()}
+            trial = LoadedModel(path=loaded.path, task=loaded.task, names=loaded.names, sha256=loaded.sha256,
+                                imgsz=loaded.imgsz, model=model, runtime=runtime)
+            trial.serve_on(model, runtime, self.streams)
+            calls[runtime] = [functools.partial(self._predict, trial, conf=0.25, model=instance) for instance in trial.instances]
+        return runtime_choice.time_runtimes(calls, batches, loaded.imgsz)
 
     def predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float) -> list[Any]:
         """Runs the model on BGR images, in batches, each on an idle instance (waiting for one); returns

@@ -22,7 +22,7 @@ from prelabel_backend import cpus, memory, results, runtimes
 from prelabel_backend.label_config import parse
 from prelabel_backend.media import MediaFetcher
 from prelabel_backend.metrics import Metrics
-from prelabel_backend.models import ModelStore
+from prelabel_backend.model_store import ModelStore
 from prelabel_backend.predictor import Predictor
 from prelabel_backend.settings import PACKAGED_WEIGHTS, Settings
 from tests.conftest import scenes

@@ -7,7 +7,7 @@ import copy
 
 import kopf
 
-from prelabel_operator.handlers import DigestDiffBaseStorage
+from prelabel_operator.startup import DigestDiffBaseStorage
 
 BODY = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend",
         "metadata": {"name": "huge", "namespace": "ml", "uid": "u1", "resourceVersion": "1", "labels": {"team": "a"},

@@ -1,4 +1,5 @@
-"""What the resource's status says, as plain functions of what the operator observed.
+"""What the resource's status says, as plain functions of what the operator observed (and the Event
+type the operator says things with).
 
 Conditions: Available (the Deployment), Registered (Label Studio), ConfigCompatible (every
 project's labeling config has a control the backend serves), and Ready (all three True). With
@@ -22,6 +23,15 @@ class Condition:
     status: str  # "True", "False", "Unknown"
     reason: str
     message: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event about the resource: Normal, or Warning."""
+
+    reason: str
+    message: str
+    warning: bool = False
 
 
 @dataclass(frozen=True)

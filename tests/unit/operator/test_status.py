@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from prelabel_operator import reconcile
-from prelabel_operator.reconcile import Observed, ProjectStatus
+from prelabel_operator import status as status_module
+from prelabel_operator.status import Observed, ProjectStatus
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 T1 = T0 + dt.timedelta(minutes=5)
@@ -20,7 +20,7 @@ def connected(i: int) -> ProjectStatus:
 
 
 def test_all_true_is_ready() -> None:
-    status = reconcile.status(Observed(3, available=True, url="http://127.99.0.5:9090", model_version="prelabel-x",
+    status = status_module.status(Observed(3, available=True, url="http://127.99.0.5:9090", model_version="prelabel-x",
                                        projects=[connected(1), connected(2)]), None, T0)
     conds = by_type(status)
     assert [c["status"] for c in status["conditions"]] == ["True"] * 4 and conds["Ready"]["reason"] == "Ready"
@@ -31,45 +31,45 @@ def test_all_true_is_ready() -> None:
 def test_invalid_spec_and_missing_secret_mark_every_condition() -> None:
     for observed, reason in ((Observed(1, spec_error="bad"), "InvalidSpec"), (Observed(1, kube_error=("SecretMissing", "no Secret")), "SecretMissing"),
                              (Observed(1, kube_error=("Forbidden", "may not apply")), "Forbidden")):
-        conds = by_type(reconcile.status(observed, None, T0))
+        conds = by_type(status_module.status(observed, None, T0))
         assert {c["reason"] for c in conds.values()} == {reason} and conds["Ready"]["status"] == "False"
 
 
 def test_waiting_for_the_deployment_is_unknown_registration() -> None:
-    conds = by_type(reconcile.status(Observed(1, available=False, available_message="0/1 backend pods ready"), None, T0))
+    conds = by_type(status_module.status(Observed(1, available=False, available_message="0/1 backend pods ready"), None, T0))
     assert conds["Available"]["message"] == "0/1 backend pods ready"
     assert conds["Registered"]["status"] == "Unknown" and conds["Ready"]["reason"] == "DeploymentNotAvailable"
 
 
 def test_label_studio_errors_and_failing_projects_are_named() -> None:
     outage = Observed(1, available=True, url="http://x", label_studio_error=("LabelStudioUnreachable", "could not reach Label Studio"))
-    assert by_type(reconcile.status(outage, None, T0))["Registered"]["reason"] == "LabelStudioUnreachable"
+    assert by_type(status_module.status(outage, None, T0))["Registered"]["reason"] == "LabelStudioUnreachable"
     partial = Observed(1, available=True, url="http://x",
                        projects=[connected(1), ProjectStatus(None, "Cars", state="Error", message="no project titled 'Cars'")])
-    registered = by_type(reconcile.status(partial, None, T0))["Registered"]
+    registered = by_type(status_module.status(partial, None, T0))["Registered"]
     assert registered["status"] == "False" and "project Cars: no project titled 'Cars'" in registered["message"]
 
 
 def test_an_incompatible_config_is_its_own_condition() -> None:
     observed = Observed(1, available=True, url="http://x", projects=[ProjectStatus(4, "text", state="Error", message="found Labels", compatible=False)])
-    compat = by_type(reconcile.status(observed, None, T0))["ConfigCompatible"]
+    compat = by_type(status_module.status(observed, None, T0))["ConfigCompatible"]
     assert (compat["status"], compat["reason"]) == ("False", "IncompatibleLabelConfig") and "project 4: found Labels" in compat["message"]
 
 
 def test_transition_time_moves_only_when_the_status_changes() -> None:
-    first = reconcile.status(Observed(1, available=False), None, T0)
-    same = reconcile.status(Observed(2, available=False), first["conditions"], T1)
+    first = status_module.status(Observed(1, available=False), None, T0)
+    same = status_module.status(Observed(2, available=False), first["conditions"], T1)
     assert by_type(same)["Available"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
-    flipped = reconcile.status(Observed(2, available=True, url="http://x", projects=[connected(1)]), first["conditions"], T1)
+    flipped = status_module.status(Observed(2, available=True, url="http://x", projects=[connected(1)]), first["conditions"], T1)
     assert by_type(flipped)["Available"]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
 
 
 def test_deployment_availability_needs_a_ready_pod() -> None:
-    assert reconcile.deployment_available(None) == (False, "the Deployment does not exist yet")
+    assert status_module.deployment_available(None) == (False, "the Deployment does not exist yet")
     up = {"spec": {"replicas": 2}, "status": {"readyReplicas": 1, "conditions": [{"type": "Available", "status": "True"}]}}
-    assert reconcile.deployment_available(up) == (True, "1/2 backend pods ready")
+    assert status_module.deployment_available(up) == (True, "1/2 backend pods ready")
     down = {"spec": {"replicas": 1}, "status": {"conditions": [{"type": "Available", "status": "False", "message": "minimum not met"}]}}
-    assert reconcile.deployment_available(down) == (False, "minimum not met")
+    assert status_module.deployment_available(down) == (False, "minimum not met")
 
 
 def test_config_compatible_names_unmapped_labels_without_failing_and_unconfigured_projects_fail_it() -> None:
@@ -77,11 +77,11 @@ def test_config_compatible_names_unmapped_labels_without_failing_and_unconfigure
     config has nothing to serve yet makes it False while Registered stays True."""
     warned = ProjectStatus(1, "p1", 11, "Connected", compatible=True,
                            message='<RectangleLabels name="label"> with yolov8n.pt: labels no model class maps to: Coach; mapped: Car<-truck')
-    conds = by_type(reconcile.status(Observed(1, available=True, url="http://u", projects=[warned, connected(2)]), None, T0))
+    conds = by_type(status_module.status(Observed(1, available=True, url="http://u", projects=[warned, connected(2)]), None, T0))
     assert conds["ConfigCompatible"]["status"] == "True" and "project 1: <RectangleLabels" in conds["ConfigCompatible"]["message"]
     assert "Car<-truck" in conds["ConfigCompatible"]["message"] and conds["Ready"]["status"] == "True"
     empty = ProjectStatus(3, "new", 13, "Connected", message="no control in the labeling config can be served: it has no control tags yet", compatible=False)
-    conds = by_type(reconcile.status(Observed(1, available=True, url="http://u", projects=[empty]), None, T0))
+    conds = by_type(status_module.status(Observed(1, available=True, url="http://u", projects=[empty]), None, T0))
     assert conds["Registered"]["status"] == "True"
     assert (conds["ConfigCompatible"]["status"], conds["ConfigCompatible"]["reason"]) == ("False", "IncompatibleLabelConfig")
     assert "project 3: no control" in conds["ConfigCompatible"]["message"]

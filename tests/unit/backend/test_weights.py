@@ -11,7 +11,7 @@ import pytest
 from prelabel_backend.app import Backend
 from prelabel_backend.fetch_weights import fetch
 from prelabel_backend.label_config import parse
-from prelabel_backend.models import ModelStore
+from prelabel_backend.model_store import ModelStore
 from prelabel_backend.settings import PACKAGED_WEIGHTS, Settings
 from tests.conftest import SEED_CONFIG, serve_files
 

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from prelabel_operator import prelabel, reconcile
+from prelabel_operator import prelabel
+from prelabel_operator import status as status_module
 from prelabel_operator.prelabel import Attempts, Progress, sort_results
 from prelabel_operator.spec import MLBackendSpec, PrelabelSpec
 
@@ -106,17 +107,17 @@ def test_status_and_condition_follow_the_counts() -> None:
 
 def test_the_condition_is_carried_by_reconciles_and_set_in_place_by_the_driver() -> None:
     now = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
-    observed = reconcile.Observed(generation=3, prelabel=("False", "Progressing", "10/20"))
-    conditions = reconcile.status(observed, [], now)["conditions"]
+    observed = status_module.Observed(generation=3, prelabel=("False", "Progressing", "10/20"))
+    conditions = status_module.status(observed, [], now)["conditions"]
     assert [c["type"] for c in conditions] == ["Ready", "Available", "Registered", "ConfigCompatible", "Prelabeled"]
-    assert all(c["type"] != "Prelabeled" for c in reconcile.status(reconcile.Observed(generation=3), [], now)["conditions"])
+    assert all(c["type"] != "Prelabeled" for c in status_module.status(status_module.Observed(generation=3), [], now)["conditions"])
     later = now + dt.timedelta(minutes=5)
-    updated = reconcile.with_condition(conditions, reconcile.Condition("Prelabeled", "False", "Progressing", "15/20"), 3, later)
+    updated = status_module.with_condition(conditions, status_module.Condition("Prelabeled", "False", "Progressing", "15/20"), 3, later)
     assert updated[:4] == conditions[:4] and updated[4]["message"] == "15/20"
     assert updated[4]["lastTransitionTime"] == conditions[4]["lastTransitionTime"]  # same status: no transition
-    done = reconcile.with_condition(updated, reconcile.Condition("Prelabeled", "True", "Complete", "20/20"), 3, later)
+    done = status_module.with_condition(updated, status_module.Condition("Prelabeled", "True", "Complete", "20/20"), 3, later)
     assert done[4]["lastTransitionTime"] == "2026-11-29T00:05:00Z"
-    assert reconcile.with_condition([], reconcile.Condition("Prelabeled", "True", "Complete", ""), 1, now)[0]["type"] == "Prelabeled"
+    assert status_module.with_condition([], status_module.Condition("Prelabeled", "True", "Complete", ""), 1, now)[0]["type"] == "Prelabeled"
 
 
 def test_spec_prelabel_defaults_and_absence() -> None:

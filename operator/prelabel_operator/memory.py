@@ -1,0 +1,52 @@
+"""What the operator remembers about each MLBackend between handler calls, in one place with one
+way to forget a resource (`Memory.forget`). Lost on restart by design: everything here is found
+again from Kubernetes and Label Studio by the next full reconcile."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .drift import Schedule
+from .status import ProjectStatus
+
+
+@dataclass
+class Remembered:
+    """What the last full reconcile of a resource found in Label Studio, for the light checks that
+    follow: valid while the resource's generation, Secrets digest and backend URL (the fingerprint)
+    stay the same."""
+
+    fingerprint: tuple[int, str, str]
+    model_version: str | None = None
+    projects: dict[Any, ProjectStatus] = field(default_factory=dict)  # spec.ProjectRef -> its status
+
+
+class Memory:
+    """Per resource UID: its last findings, its reconcile lock, whether it waits for its Deployment,
+    and its drift-check schedule. Thread-safe (kopf runs sync handlers in a pool)."""
+
+    def __init__(self, drift: Schedule) -> None:
+        self.drift = drift
+        self.remembered: dict[str, Remembered] = {}
+        # Resources whose last reconcile found all in order but their Deployment not yet Available:
+        # the Deployment's watch event wakes them instead of a retry backoff.
+        self.waiting: set[str] = set()
+        self._locks: dict[str, threading.RLock] = {}
+        self._guard = threading.Lock()
+
+    def lock(self, uid: str) -> threading.RLock:
+        """One reconcile at a time per resource: kopf runs a resource's timer beside its change
+        handlers, and two passes could both create a registration. Reentrant: a Deployment's event
+        holds it while it decides, then reconciles."""
+        with self._guard:
+            return self._locks.setdefault(uid, threading.RLock())
+
+    def forget(self, uid: str) -> None:
+        """Everything about a deleted resource: its findings, lock, wait and drift schedule."""
+        self.drift.forget(uid)
+        self.remembered.pop(uid, None)
+        self.waiting.discard(uid)
+        with self._guard:
+            self._locks.pop(uid, None)

@@ -1,0 +1,297 @@
+"""The operator's use cases over injected clients (ports.py): reconcile an MLBackend (apply its
+objects, register it in its projects, say so in status), wake it when its Deployment changes,
+deregister it, and find where its pre-labeling goes. kopf-free: each returns an Outcome (the status
+keys that changed, Events, and whether to retry) that the handlers hand to kopf, so unit tests run
+them with fakes in milliseconds (tests/unit/operator/test_reconciler.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import drift, keys, manifests, metrics, prelabel
+from .configcheck import ConfigCheck
+from .errors import BackendUnreachable, KubeError, LabelStudioError
+from .memory import Memory, Remembered
+from .ports import Backend, Kube, LabelStudioFor
+from .registration import Desired, marker, ours, unchanged
+from .spec import MLBackendSpec, SpecError
+from .status import Event, Observed, ProjectStatus, condition, deployment_available
+from .status import status as status_body
+
+log = logging.getLogger(__name__)
+FATAL = {"Unauthorized", "LabelStudioUnreachable"}  # stop trying the other projects this round
+ORPHAN_HINT = "; to let go without deregistering, set spec.deletionPolicy: Orphan"
+
+
+def backoff(retry: int) -> float:
+    """Seconds before retry number `retry` + 1: 5, 10, 20, ... capped at 300."""
+    return float(min(300, 5 * 2 ** min(retry, 6)))
+
+
+@dataclass(frozen=True)
+class Resource:
+    """An MLBackend as a handler received it."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    body: Mapping[str, Any] = field(default_factory=dict)  # the whole object: the owner of what it makes
+    deleting: bool = False
+
+
+@dataclass
+class Outcome:
+    """What a use case wants said and done: `status`, the status keys that changed (a merge patch;
+    a None value removes a key); `events`; `retry_in` seconds, when it is not done (kopf's
+    TemporaryError, with `error`); `permanent`: it cannot be done as declared (kopf's PermanentError)."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    retry_in: float | None = None
+    error: str = ""
+    permanent: bool = False
+    ready: bool = False
+
+
+def _changed(before: Mapping[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Only what changed: a resync that finds everything as it was writes nothing."""
+    return drift.changed(dict(before), after)
+
+
+class Reconciler:
+    """The use cases, over the clients it is given; `memory` holds what they remember per resource.
+    `adopt(obj, owner)` makes a child object owned by its MLBackend (kopf.adopt)."""
+
+    def __init__(self, kube: Kube, label_studio: LabelStudioFor, backend: Backend, memory: Memory,
+                 adopt: Callable[[dict[str, Any], Mapping[str, Any]], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.kube, self.label_studio, self.backend, self.memory = kube, label_studio, backend, memory
+        self.adopt, self.clock = adopt, clock
+
+    # -- reconcile -------------------------------------------------------------------------------
+    def reconcile(self, resource: Resource, retry: int = 0, timer: bool = False, light: bool = False) -> Outcome:
+        """Brings the backend's objects and registrations to the spec and says so in status.
+        timer: a resync or a wake-up (not Ready is rechecked at the next tick rather than retried);
+        light: a drift check that trusts what the last full pass found while nothing changed."""
+        with self.memory.lock(resource.uid), metrics.RECONCILE_SECONDS.time():
+            try:
+                outcome = self._reconcile(resource, retry, timer, light)
+            except Exception:
+                metrics.RECONCILES.labels("error").inc()
+                raise
+            metrics.RECONCILES.labels("ready" if outcome.ready else "not-ready").inc()
+            return outcome
+
+    def _reconcile(self, resource: Resource, retry: int, timer: bool, light: bool) -> Outcome:
+        name, namespace, uid = resource.name, resource.namespace, resource.uid
+        observed = Observed(generation=resource.generation)
+        previous = list(resource.status.get("conditions") or [])
+        try:
+            if problem := manifests.name_problem(name):
+                raise SpecError(problem)
+            parsed = MLBackendSpec.parse(dict(resource.spec))
+        except SpecError as exc:
+            observed.spec_error = str(exc)
+            return Outcome(_changed(resource.status, status_body(observed, previous)), retry_in=None, error=str(exc), permanent=True)
+        try:
+            found = keys.read(self.kube.secret_data, namespace, parsed)
+            deployment, service = self._apply_objects(resource, parsed, found.digest)
+        except KubeError as exc:  # a missing Secret, a denied or failed API call: shown, retried with backoff
+            observed.kube_error = (exc.reason, exc.message)
+            metrics.ERRORS.labels(exc.reason).inc()
+            return Outcome(_changed(resource.status, status_body(observed, previous)), retry_in=backoff(retry), error=exc.message)
+        observed.available, observed.available_message = deployment_available(deployment)
+        if observed.available:
+            self.memory.waiting.discard(uid)
+        else:
+            self.memory.waiting.add(uid)
+        cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
+        observed.url = manifests.backend_url(name, namespace, parsed, cluster_ip)
+        outcome = Outcome()
+        if observed.available and observed.url:
+            outcome.events = self._register(observed, parsed, found, resource, (observed.generation, found.digest, observed.url), light)
+        if not light:
+            self.memory.drift.track(uid, len(parsed.label_studio.projects), self.clock())
+        if parsed.prelabel is not None:
+            current = resource.status.get("prelabel")
+            observed.prelabel = prelabel.condition(current, parsed.prelabel.paused)
+            if parsed.prelabel.paused and current and current.get("phase") != "Paused":
+                outcome.status["prelabel"] = {"phase": "Paused"}
+        elif resource.status.get("prelabel"):
+            outcome.status["prelabel"] = None  # the section was removed: pre-labeling is off
+        body = status_body(observed, previous)
+        outcome.status.update(_changed(resource.status, body))
+        ready = condition(body, "Ready")
+        outcome.ready = ready["status"] == "True"
+        metrics.READY.labels(namespace, name).set(1 if outcome.ready else 0)
+        for cond in body["conditions"]:
+            if cond["status"] == "False" and cond["type"] != "Ready":
+                metrics.ERRORS.labels(cond["reason"]).inc()
+        if not outcome.ready:
+            if timer or not observed.available:  # checked again at the timer's next tick, not a drift period later
+                self.memory.drift.recheck(uid)  # (and a Deployment becoming Available wakes it at once)
+            else:  # retried with backoff; the resync timer keeps checking afterwards too
+                outcome.retry_in = min(backoff(retry), 30)
+                outcome.error = f"not ready: {ready['reason']}: {ready['message']}"
+        return outcome
+
+    def _apply_objects(self, resource: Resource, spec: MLBackendSpec, digest: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Applies the Deployment, Service and (when enabled) autoscaler; returns the Deployment and
+        Service as the API server answered them, status included (no get after the apply)."""
+        name, namespace = resource.name, resource.namespace
+        objects = [manifests.deployment(name, spec, digest), manifests.service(name, spec)]
+        hpa = manifests.autoscaler(name, spec)
+        if hpa:
+            objects.append(hpa)
+        applied = {}
+        for obj in objects:
+            self.adopt(obj, resource.body)
+            applied[obj["kind"]] = self.kube.apply(obj, namespace)
+        if not hpa:
+            self.kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", manifests.object_name(name), namespace)
+        return applied.get("Deployment"), applied.get("Service")
+
+    def _check_config(self, url: str, project_id: int, label_config: str, auth: tuple[str, str] | None) -> ConfigCheck:
+        try:
+            return self.backend.check_config(url, project_id, label_config, auth)
+        except BackendUnreachable as exc:
+            return ConfigCheck(None, str(exc))
+
+    def _register(self, observed: Observed, spec: MLBackendSpec, found: keys.Keys, resource: Resource,
+                  fingerprint: tuple[int, str, str], light: bool) -> list[Event]:
+        """Registers in every declared project; returns the Events of what changed. `light`: where the
+        last full pass found a project Connected under the same fingerprint, only list its
+        registrations (one request) and keep what that pass found when ours is there as desired; a
+        full pass for that project otherwise."""
+        assert observed.url
+        uid, auth = resource.uid, found.auth
+        client = self.label_studio(spec.label_studio.url, found.api_key)
+        desired = Desired(url=observed.url, title=spec.label_studio.title, description=marker(resource.namespace, resource.name, uid),
+                          is_interactive=spec.label_studio.interactive, timeout=spec.label_studio.timeout_seconds,
+                          auth_user=auth[0] if auth else None)
+        before = self.memory.remembered.get(uid)
+        known = before.projects if before is not None and before.fingerprint == fingerprint and light else {}
+        remembered = Remembered(fingerprint, observed.model_version)
+        events: list[Event] = []
+        for ref in spec.label_studio.projects:
+            try:
+                last = known.get(ref)
+                if last is not None and last.state == "Connected" and last.id is not None and last.ml_backend_id is not None:
+                    if unchanged(client.registrations(last.id), desired, uid, last.ml_backend_id):
+                        observed.projects.append(last)
+                        remembered.projects[ref] = last
+                        observed.model_version = (before.model_version if before else None) or observed.model_version
+                        continue
+                    metrics.ERRORS.labels("RegistrationDrift").inc()
+                project = client.resolve(ref)
+                check = self._check_config(observed.url, project.id, project.label_config, auth)
+                if not check.registrable:
+                    observed.projects.append(ProjectStatus(project.id, project.title, state="Error", message=check.message, compatible=False))
+                    continue
+                # A config with nothing to serve yet is still registered (Label Studio connects the
+                # backend, as HumanSignal's example); ConfigCompatible says why it predicts nothing.
+                observed.model_version = check.model_version or observed.model_version
+                registration_id, decided = client.ensure(project.id, desired, uid, auth[1] if auth else None)
+                client.set_model_version(project, spec.label_studio.title)
+                for action, happened in (("create", decided.create), ("update", bool(decided.update_id)), ("delete", bool(decided.delete_ids))):
+                    if happened:
+                        metrics.REGISTRATIONS.labels(action).inc()
+                if decided.create or decided.update_id or decided.delete_ids:
+                    what = "registered" if decided.create else "updated the registration"
+                    events.append(Event("Registered", f"{what} {observed.url} in project {project.id} (ML backend {registration_id})"))
+                connected = ProjectStatus(project.id, project.title, registration_id, "Connected", message=check.message, compatible=check.compatible)
+                observed.projects.append(connected)
+                remembered.projects[ref] = connected
+            except LabelStudioError as exc:
+                if exc.reason in FATAL:
+                    observed.label_studio_error = (exc.reason, exc.message)
+                    self.memory.remembered.pop(uid, None)
+                    return events
+                observed.projects.append(ProjectStatus(ref.id, ref.title, state="Error", message=exc.message))
+        remembered.model_version = observed.model_version
+        self.memory.remembered[uid] = remembered
+        return events
+
+    # -- a backend Deployment changed ---------------------------------------------------------------
+    def wakes(self, owner_uid: str, deployment: dict[str, Any], backend: Resource) -> bool:
+        """Whether a change of `backend`'s Deployment calls for a reconcile now: it became Available
+        while the MLBackend waited for it (then it registers), or stopped being Available while the
+        MLBackend says it is (then its status says so). Call with memory.lock(owner_uid) held."""
+        if backend.deleting:
+            return False  # being deregistered: nothing to bring up
+        available = deployment_available(deployment)[0]
+        said = condition(dict(backend.status), "Available").get("status") == "True"
+        waiting = owner_uid in self.memory.waiting
+        return (available and waiting) or (not available and said and not waiting)
+
+    def wake(self, backend: Resource, patch_status: Callable[[dict[str, Any]], None]) -> Outcome:
+        """A reconcile outside kopf's handling of the MLBackend: its status written with `patch_status`
+        (errors.KubeError, e.g. deleted meanwhile: rechecked at the timer's next tick)."""
+        metrics.WAKEUPS.inc()
+        outcome = self.reconcile(backend, timer=True)
+        if outcome.retry_in is not None or outcome.permanent:
+            self.memory.drift.recheck(backend.uid)  # the status says why; the timer tries again
+        if outcome.status:
+            try:
+                patch_status(outcome.status)
+            except KubeError as exc:  # the timer or kopf's own handlers take it from here
+                log.warning("status of %s/%s not written: %s", backend.namespace, backend.name, exc.message)
+                self.memory.drift.recheck(backend.uid)
+        return outcome
+
+    # -- deletion -------------------------------------------------------------------------------
+    def deregister(self, resource: Resource, retry: int = 0) -> Outcome:
+        """Removes the resource's registrations (and their webhooks) unless deletionPolicy is Orphan.
+        Not done (retry_in) while a Secret or Label Studio cannot be read: set spec.deletionPolicy
+        to Orphan to let go."""
+        self.memory.forget(resource.uid)  # the timer checks no deleted resource
+        try:
+            parsed = MLBackendSpec.parse(dict(resource.spec))
+        except SpecError:
+            return Outcome()  # never registered anything
+        if parsed.deletion_policy == "Orphan":
+            return Outcome(events=[Event("Orphaned", "left the Label Studio registrations in place (deletionPolicy: Orphan)")])
+        try:
+            api_key = keys.read(self.kube.secret_data, resource.namespace, parsed).api_key
+            client = self.label_studio(parsed.label_studio.url, api_key)
+            removed = 0
+            for ref in parsed.label_studio.projects:
+                try:
+                    project_id = client.resolve(ref).id
+                except LabelStudioError as exc:
+                    if exc.reason == "ProjectNotFound":
+                        continue
+                    raise
+                existing = client.registrations(project_id)
+                mine = ours(existing, resource.uid)
+                for registration_id in mine:
+                    client.remove(project_id, registration_id)
+                    metrics.REGISTRATIONS.labels("delete").inc()
+                    removed += 1
+                if not mine:
+                    # An earlier pass died between deleting the registration and its webhook (a killed
+                    # operator): the webhook is still ours, by its owner header or its address.
+                    url = resource.status.get("url")
+                    client.tidy_webhooks(project_id, resource.uid, {r.url for r in existing}, {str(url)} if url else set(), None)
+        except KubeError as exc:
+            return Outcome(retry_in=backoff(retry), error=exc.message + ORPHAN_HINT)
+        except LabelStudioError as exc:
+            deregistering = {"type": "Ready", "status": "False", "reason": "Deregistering", "message": exc.message + ORPHAN_HINT}
+            return Outcome({"conditions": [deregistering]}, retry_in=backoff(retry), error=exc.message + ORPHAN_HINT)
+        with contextlib.suppress(KeyError):  # never reconciled by this process
+            metrics.READY.remove(resource.namespace, resource.name)
+        return Outcome(events=[Event("Deregistered", f"removed {removed} registration(s) from Label Studio")])
+
+    # -- pre-labeling ------------------------------------------------------------------------------
+    def prelabel_keys(self, namespace: str, spec: MLBackendSpec) -> keys.Keys:
+        """The keys the pre-labeling driver calls Label Studio and the backend with."""
+        return keys.read(self.kube.secret_data, namespace, spec)
+

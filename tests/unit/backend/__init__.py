@@ -1,0 +1,1 @@
+"""The backend's unit tests (prelabel_backend)."""

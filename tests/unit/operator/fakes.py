@@ -1,0 +1,142 @@
+"""Fake clients for the operator's use cases (ports.Kube, ports.LabelStudio, ports.Backend): in-memory
+stores that record every call, so a test sees what a reconcile asked of each, and can make any of them
+fail as the real one does (errors.KubeError, errors.LabelStudioError, errors.BackendUnreachable)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from prelabel_operator.configcheck import ConfigCheck
+from prelabel_operator.errors import BackendUnreachable, LabelStudioError, SecretMissing
+from prelabel_operator.registration import Desired, Plan, Registration, plan
+from prelabel_operator.spec import ProjectRef
+
+VIEW = '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image"><Label value="circle"/></RectangleLabels></View>'
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class FakeKube:
+    """Secrets by (namespace, name); apply answers the object with the status a test sets per kind."""
+
+    def __init__(self, secrets: dict[tuple[str, str], dict[str, str]] | None = None, available: bool = True) -> None:
+        self.secrets = secrets if secrets is not None else {("team", "ls-key"): {"api-key": b64("token-1")}}
+        self.available = available
+        self.cluster_ip = "10.96.0.7"
+        self.applied: list[dict[str, Any]] = []
+        self.deleted: list[tuple[str, str, str]] = []
+        self.patched: list[dict[str, Any]] = []
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        if (namespace, name) not in self.secrets:
+            raise SecretMissing(f"Secret {namespace}/{name} does not exist: create it (see spec.labelStudio.apiKeySecretRef)")
+        return self.secrets[(namespace, name)]
+
+    def apply(self, body: dict[str, Any], namespace: str) -> dict[str, Any]:
+        self.applied.append(copy.deepcopy(body))
+        answer = copy.deepcopy(body)
+        if body["kind"] == "Deployment":
+            replicas = body["spec"].get("replicas", 1)
+            ready = replicas if self.available else 0
+            answer["status"] = {"readyReplicas": ready, "conditions": [
+                {"type": "Available", "status": "True" if self.available else "False", "message": "Deployment does not have minimum availability."}]}
+        if body["kind"] == "Service":
+            answer["spec"]["clusterIP"] = self.cluster_ip
+        return answer
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+        self.deleted.append((kind, name, namespace))
+
+    def patch_status(self, group: str, version: str, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.patched.append(status)
+
+    def kinds(self) -> list[str]:
+        return [o["kind"] for o in self.applied]
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    title: str
+    label_config: str = VIEW
+    model_version: str = ""
+
+
+@dataclass
+class FakeLabelStudio:
+    """One Label Studio: projects, their registrations and webhooks. `fail`: every call raises it."""
+
+    projects: dict[int, Project] = field(default_factory=lambda: {1: Project(1, "Shapes"), 2: Project(2, "Cars")})
+    registered: dict[int, list[Registration]] = field(default_factory=dict)
+    keys_seen: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    fail: LabelStudioError | None = None
+    next_id: int = 100
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if self.fail is not None:
+            raise self.fail
+
+    def resolve(self, ref: ProjectRef) -> Project:
+        self._call("resolve")
+        found = [p for p in self.projects.values() if (ref.id is not None and p.id == ref.id) or (ref.title is not None and p.title == ref.title)]
+        if len(found) != 1:
+            raise LabelStudioError("ProjectNotFound", f"no {ref.describe()} in Label Studio", False)
+        return found[0]
+
+    def registrations(self, project_id: int) -> list[Registration]:
+        self._call("registrations")
+        return list(self.registered.get(project_id, []))
+
+    def ensure(self, project_id: int, desired: Desired, uid: str, auth_password: str | None = None) -> tuple[int, Plan]:
+        self._call("ensure")
+        existing = self.registered.setdefault(project_id, [])
+        decided = plan(existing, desired, uid)
+        wanted = Registration(0, desired.url, desired.title, desired.description, desired.is_interactive, desired.timeout, desired.auth_user)
+        if decided.create:
+            self.next_id += 1
+            existing.append(replace(wanted, id=self.next_id))
+            registration_id = self.next_id
+        else:
+            registration_id = int(decided.registration_id or 0)
+            if decided.update_id is not None:
+                existing[:] = [replace(wanted, id=r.id) if r.id == decided.update_id else r for r in existing]
+        existing[:] = [r for r in existing if r.id not in decided.delete_ids]
+        return registration_id, decided
+
+    def set_model_version(self, project: Any, model_version: str) -> None:
+        self._call("set_model_version")
+        self.projects[project.id] = replace(self.projects[project.id], model_version=model_version)
+
+    def remove(self, project_id: int, registration_id: int) -> None:
+        self._call("remove")
+        self.registered[project_id] = [r for r in self.registered.get(project_id, []) if r.id != registration_id]
+
+    def tidy_webhooks(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None) -> None:
+        self._call("tidy_webhooks")
+
+    def client(self, url: str, api_key: str) -> FakeLabelStudio:
+        """As ports.LabelStudioFor: the same store for any URL, recording the key it was given."""
+        self.keys_seen.append(api_key)
+        return self
+
+
+@dataclass
+class FakeBackend:
+    """The backend's /setup: `check` for every config, or unreachable."""
+
+    check: ConfigCheck = field(default_factory=lambda: ConfigCheck(True, "", "prelabel-0123456789ab"))
+    unreachable: bool = False
+    asked: list[tuple[str, int]] = field(default_factory=list)
+
+    def check_config(self, url: str, project_id: int, label_config: str, auth: tuple[str, str] | None) -> ConfigCheck:
+        self.asked.append((url, project_id))
+        if self.unreachable:
+            raise BackendUnreachable("backend unreachable for the config check: ConnectError")
+        return self.check

@@ -1,0 +1,272 @@
+"""The operator's use cases (reconciler.Reconciler) over fake clients: what a reconcile applies,
+registers, remembers and reports, how it waits and retries, how a Deployment's change wakes it,
+and what deregistration removes. No cluster, no Label Studio: milliseconds each."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+import pytest
+
+from prelabel_operator import drift
+from prelabel_operator.configcheck import ConfigCheck
+from prelabel_operator.errors import LabelStudioError
+from prelabel_operator.memory import Memory
+from prelabel_operator.reconciler import Outcome, Reconciler, Resource, backoff
+from prelabel_operator.registration import Registration, marker
+from prelabel_operator.status import condition
+from tests.unit.operator.fakes import FakeBackend, FakeKube, FakeLabelStudio, b64
+
+UID = "0b5e7c1a-uid"
+SPEC = {"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 1}, {"title": "Cars"}]}}
+URL = "http://10.96.0.7:9090"
+
+
+class World:
+    """A Reconciler over fakes, and a resource whose status follows what each Outcome patches (as kopf does)."""
+
+    def __init__(self, spec: dict[str, Any] | None = None, **kube: Any) -> None:
+        self.kube, self.ls, self.backend = FakeKube(**kube), FakeLabelStudio(), FakeBackend()
+        self.memory = Memory(drift.Schedule(rate=0.8, interval=30))
+        self.clock = 1000.0
+        self.reconciler = Reconciler(self.kube, self.ls.client, self.backend, self.memory,
+                                     adopt=lambda obj, owner: kopf.adopt(obj, owner=owner), clock=lambda: self.clock)
+        self.spec = copy.deepcopy(spec if spec is not None else SPEC)
+        self.status: dict[str, Any] = {}
+        self.generation = 1
+
+    def resource(self, deleting: bool = False) -> Resource:
+        meta = {"name": "shapes", "namespace": "team", "uid": UID, "generation": self.generation}
+        body = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {**meta, "labels": {"team": "vision"}}, "spec": self.spec}
+        return Resource("shapes", "team", UID, self.generation, self.spec, copy.deepcopy(self.status), body, deleting)
+
+    def follow(self, outcome: Outcome) -> Outcome:
+        for key, value in outcome.status.items():
+            if value is None:
+                self.status.pop(key, None)
+            else:
+                self.status[key] = value
+        return outcome
+
+    def reconcile(self, **kwargs: Any) -> Outcome:
+        return self.follow(self.reconciler.reconcile(self.resource(), **kwargs))
+
+    def ours(self, project_id: int) -> list[Registration]:
+        return [r for r in self.ls.registered.get(project_id, []) if UID in r.description]
+
+
+def test_a_new_resource_is_applied_owned_registered_once_per_project_and_ready() -> None:
+    world = World()
+    outcome = world.reconcile()
+    assert world.kube.kinds() == ["Deployment", "Service"]
+    assert ("HorizontalPodAutoscaler", "shapes-backend", "team") in world.kube.deleted  # autoscaling off: none left
+    for obj in world.kube.applied:  # owned by the MLBackend, so Kubernetes collects them with it
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == UID and obj["metadata"]["namespace"] == "team"
+    assert world.ls.keys_seen == ["token-1"]  # the key from its Secret
+    for project_id in (1, 2):
+        (registration,) = world.ours(project_id)
+        assert registration.url == URL and registration.description == marker("team", "shapes", UID) and registration.title == "prelabel"
+        assert world.ls.projects[project_id].model_version == "prelabel"  # the project's predictions view follows the backend
+    assert [e.reason for e in outcome.events] == ["Registered", "Registered"]
+    assert outcome.ready and outcome.retry_in is None and not outcome.permanent
+    assert condition(world.status, "Ready")["status"] == "True"
+    assert world.status["url"] == URL and world.status["modelVersion"] == "prelabel-0123456789ab"
+    assert world.status["projectsSummary"] == "2/2"
+    assert [p["mlBackendId"] for p in world.status["projects"]] == [world.ours(1)[0].id, world.ours(2)[0].id]
+
+
+def test_a_second_reconcile_changes_nothing_and_writes_nothing() -> None:
+    world = World()
+    world.reconcile()
+    registrations = copy.deepcopy(world.ls.registered)
+    again = world.reconcile()
+    assert again.status == {} and again.events == [] and again.ready  # a quiet resource costs the API server no write
+    assert world.ls.registered == registrations
+
+
+def test_a_deployment_not_available_waits_for_its_event_and_registers_nothing() -> None:
+    world = World(available=False)
+    outcome = world.reconcile()
+    assert world.ls.calls == [] and not world.ls.registered
+    assert UID in world.memory.waiting
+    assert outcome.retry_in is None  # not a retry backoff: the Deployment's event wakes it
+    assert condition(world.status, "Available")["reason"] == "DeploymentNotAvailable"
+    assert condition(world.status, "Registered")["reason"] == "WaitingForBackend"
+    assert condition(world.status, "Ready")["status"] == "False"
+    # The Deployment becomes Available: its event wakes the resource, which registers.
+    world.kube.available = True
+    deployment = world.kube.apply(world.kube.applied[0], "team")
+    assert world.reconciler.wakes(UID, deployment, world.resource())
+    woken = world.reconciler.wake(world.resource(), world.kube.patched.append)
+    assert woken.ready and UID not in world.memory.waiting
+    assert condition(world.kube.patched[-1], "Ready")["status"] == "True" and world.ours(1)
+
+
+def test_wakes_only_when_availability_changed_against_what_status_says() -> None:
+    world = World()
+    world.reconcile()
+    up = world.kube.apply(world.kube.applied[0], "team")
+    world.kube.available = False
+    down = world.kube.apply(world.kube.applied[0], "team")
+    assert not world.reconciler.wakes(UID, up, world.resource())  # Available, and status says so
+    assert world.reconciler.wakes(UID, down, world.resource())  # it stopped: status must say so now
+    assert not world.reconciler.wakes(UID, down, world.resource(deleting=True))  # being deregistered
+
+
+def test_a_missing_secret_is_shown_and_retried_with_backoff_without_calling_label_studio() -> None:
+    world = World(secrets={})
+    outcome = world.reconcile(retry=2)
+    assert outcome.retry_in == backoff(2) == 20 and "Secret team/ls-key does not exist" in outcome.error
+    assert condition(world.status, "Ready")["reason"] == "SecretMissing"
+    assert world.kube.applied == [] and world.ls.calls == []
+
+
+def test_a_key_missing_from_its_secret_names_the_key() -> None:
+    world = World(secrets={("team", "ls-key"): {"token": b64("x")}})
+    outcome = world.reconcile()
+    assert "has no key 'api-key'" in outcome.error and condition(world.status, "Ready")["reason"] == "SecretMissing"
+
+
+def test_an_invalid_spec_is_permanent_and_says_which_field() -> None:
+    world = World(spec={"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "ls-key"}, "projects": []}})
+    outcome = world.reconcile()
+    assert outcome.permanent and "spec.labelStudio.projects" in outcome.error
+    assert condition(world.status, "Ready")["reason"] == "InvalidSpec" and world.kube.applied == []
+
+
+@pytest.mark.parametrize("reason", ["Unauthorized", "LabelStudioUnreachable"])
+def test_a_fatal_label_studio_error_stops_the_round_and_forgets_what_was_found(reason: str) -> None:
+    world = World()
+    world.reconcile()
+    assert UID in world.memory.remembered
+    world.ls.fail = LabelStudioError(reason, f"{reason}: fix it")
+    world.ls.calls.clear()
+    outcome = world.reconcile(retry=1)
+    assert world.ls.calls == ["resolve"]  # the second project is not tried this round
+    assert condition(world.status, "Registered")["reason"] == reason
+    assert outcome.retry_in == min(backoff(1), 30) and outcome.error.startswith(f"not ready: {reason}")
+    assert UID not in world.memory.remembered
+
+
+def test_a_project_error_fails_that_project_only() -> None:
+    world = World(spec={**SPEC, "labelStudio": {**SPEC["labelStudio"], "projects": [{"id": 1}, {"title": "Nope"}]}})
+    world.reconcile()
+    assert world.ours(1)
+    assert condition(world.status, "Registered")["reason"] == "RegistrationFailed"
+    assert "no project titled 'Nope'" in condition(world.status, "Registered")["message"]
+    assert world.status["projectsSummary"] == "1/2"
+
+
+def test_a_config_the_backend_refuses_is_not_registered() -> None:
+    world = World()
+    world.backend.check = ConfigCheck(False, "model_path 'x.pt' does not exist", None, registrable=False)
+    world.reconcile()
+    assert not world.ls.registered.get(1) and not world.ls.registered.get(2)
+    assert condition(world.status, "ConfigCompatible")["reason"] == "IncompatibleLabelConfig"
+    assert "model_path 'x.pt'" in condition(world.status, "Registered")["message"]
+
+
+def test_an_unreachable_backend_config_check_still_registers_and_says_not_checked() -> None:
+    world = World()
+    world.backend.unreachable = True
+    world.reconcile()
+    assert world.ours(1) and world.ours(2)
+    assert condition(world.status, "ConfigCompatible")["reason"] == "NotChecked"
+
+
+def test_a_light_drift_check_lists_only_and_a_deleted_registration_is_made_again() -> None:
+    world = World()
+    world.reconcile()
+    world.ls.calls.clear()
+    quiet = world.reconcile(timer=True, light=True)
+    assert world.ls.calls == ["registrations", "registrations"] and quiet.status == {}  # one request a project
+    world.ls.registered[2] = []  # someone deleted it in Label Studio
+    world.ls.calls.clear()
+    repaired = world.reconcile(timer=True, light=True)
+    assert "ensure" in world.ls.calls and len(world.ours(2)) == 1
+    assert [e.reason for e in repaired.events] == ["Registered"]
+
+
+def test_a_changed_spec_updates_the_registration_in_place() -> None:
+    world = World()
+    world.reconcile()
+    first = world.ours(1)[0].id
+    world.spec["labelStudio"]["title"] = "yolo"
+    world.generation = 2
+    outcome = world.reconcile()
+    assert [(r.id, r.title) for r in world.ours(1)] == [(first, "yolo")]
+    assert "updated the registration" in outcome.events[0].message
+
+
+def test_a_full_reconcile_tracks_its_drift_check_and_not_ready_is_rechecked_at_the_next_tick() -> None:
+    world = World()
+    world.reconcile()
+    assert world.memory.drift.costs[UID] == 2 and world.memory.drift.checked[UID] == world.clock
+    world.ls.fail = LabelStudioError("LabelStudioUnreachable", "down")
+    world.reconcile(timer=True)
+    assert UID not in world.memory.drift.checked  # due again at the timer's next tick
+
+
+def test_prelabel_section_carries_its_condition_and_pausing_says_so() -> None:
+    world = World(spec={**SPEC, "prelabel": {"paused": True}})
+    world.status["prelabel"] = {"phase": "Progressing", "summary": "3/10"}
+    outcome = world.reconcile()
+    assert outcome.status["prelabel"] == {"phase": "Paused"}
+    assert condition(world.status, "Prelabeled")["reason"] == "Paused"
+    world.spec.pop("prelabel")
+    assert world.reconcile().status["prelabel"] is None  # the section removed: status.prelabel goes
+
+
+def test_deregister_removes_only_this_resources_registrations_and_forgets_it() -> None:
+    world = World()
+    world.reconcile()
+    theirs = Registration(7, "http://elsewhere:9090", "other", "someone else's backend")
+    world.ls.registered[1].append(theirs)
+    outcome = world.reconciler.deregister(world.resource(deleting=True))
+    assert world.ls.registered[1] == [theirs] and world.ls.registered[2] == []
+    assert [e.reason for e in outcome.events] == ["Deregistered"] and "removed 2 registration(s)" in outcome.events[0].message
+    assert outcome.retry_in is None
+    assert UID not in world.memory.remembered and UID not in world.memory.drift.costs
+
+
+def test_deregister_removes_a_duplicate_a_crashed_create_left_too() -> None:
+    world = World()
+    world.reconcile()
+    (ours,) = world.ours(1)
+    world.ls.registered[1].append(Registration(55, ours.url, ours.title, ours.description))
+    outcome = world.reconciler.deregister(world.resource(deleting=True))
+    assert world.ours(1) == [] and "removed 3 registration(s)" in outcome.events[0].message
+
+
+def test_deregister_with_orphan_policy_touches_nothing() -> None:
+    world = World()
+    world.reconcile()
+    world.spec["deletionPolicy"] = "Orphan"
+    world.ls.calls.clear()
+    outcome = world.reconciler.deregister(world.resource(deleting=True))
+    assert world.ls.calls == [] and [e.reason for e in outcome.events] == ["Orphaned"] and world.ours(1)
+
+
+def test_deregister_while_label_studio_is_down_retries_and_says_how_to_let_go() -> None:
+    world = World()
+    world.reconcile()
+    world.ls.fail = LabelStudioError("LabelStudioUnreachable", "could not reach Label Studio")
+    outcome = world.reconciler.deregister(world.resource(deleting=True), retry=3)
+    assert outcome.retry_in == backoff(3) and "spec.deletionPolicy: Orphan" in outcome.error
+    assert outcome.status["conditions"][0]["reason"] == "Deregistering"
+
+
+def test_deregister_with_its_secret_gone_retries_and_says_how_to_let_go() -> None:
+    world = World()
+    world.reconcile()
+    world.kube.secrets.clear()
+    outcome = world.reconciler.deregister(world.resource(deleting=True))
+    assert outcome.retry_in == backoff(0) and "does not exist" in outcome.error and "Orphan" in outcome.error
+    assert world.ours(1)  # nothing removed without the key
+
+
+def test_deregister_of_an_invalid_spec_lets_go_at_once() -> None:
+    world = World(spec={"labelStudio": {}})
+    assert world.reconciler.deregister(world.resource(deleting=True)) == Outcome()

@@ -1,0 +1,68 @@
+"""The spec's defaults are stated once: the CRD's schema defaults (what the API server fills in) and
+MLBackendSpec.parse's (what a spec read from anywhere means) say the same thing."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from prelabel_operator.spec import MLBackendSpec
+from tests.conftest import REPO
+
+MINIMAL = {"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 1}]}}
+
+
+def spec_schema() -> dict[str, Any]:
+    crd = yaml.safe_load((REPO / "crds" / "mlbackend.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def defaulted(schema: dict[str, Any], value: Any) -> Any:
+    """`value` with the schema's defaults filled in, as the API server's structural defaulting does:
+    a missing property with a default gets it, then defaults apply inside what is there."""
+    if isinstance(value, dict) and "properties" in schema:
+        value = dict(value)
+        for name, sub in schema["properties"].items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = defaulted(sub, value[name])
+    elif isinstance(value, list) and "items" in schema:
+        value = [defaulted(schema["items"], item) for item in value]
+    return value
+
+
+def schema_defaults(schema: dict[str, Any], path: str = "spec") -> list[str]:
+    found = [path] if "default" in schema else []
+    for name, sub in (schema.get("properties") or {}).items():
+        found += schema_defaults(sub, f"{path}.{name}")
+    return found
+
+
+def test_the_parser_means_what_the_schema_defaults_to() -> None:
+    schema = spec_schema()
+    for raw in (MINIMAL, {**MINIMAL, "prelabel": {}}, {**MINIMAL, "basicAuthSecretRef": {"name": "auth"}},
+                {**MINIMAL, "model": {}, "service": {}, "autoscaling": {}}):
+        filled = defaulted(schema, raw)
+        assert filled != raw  # the schema did fill something in
+        assert MLBackendSpec.parse(copy.deepcopy(raw)) == MLBackendSpec.parse(filled), raw
+
+
+def test_every_schema_default_is_exercised() -> None:
+    """Each default of the schema lies on a path the test above fills in: a new default is compared too."""
+    schema = spec_schema()
+    filled = defaulted(schema, {**MINIMAL, "prelabel": {}, "basicAuthSecretRef": {"name": "auth"}, "model": {}, "service": {}, "autoscaling": {}})
+
+    def present(obj: Any, parts: list[str]) -> bool:
+        for part in parts:
+            if isinstance(obj, list):
+                obj = obj[0] if obj else {}
+            if not isinstance(obj, dict) or part not in obj:
+                return False
+            obj = obj[part]
+        return True
+
+    missing = [p for p in schema_defaults(schema) if p != "spec" and not present(filled, p.split(".")[1:])]
+    assert not missing, f"defaults the comparison never fills in: {missing}"
