@@ -17,7 +17,8 @@ from prelabel_local import docs
 ROOT = Path(__file__).resolve().parents[3]
 OPERATOR = ROOT / "operator" / "prelabel_operator"
 TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md",
+         ROOT / "bench" / "HISTORY.md"]
 
 # -- the generated pages --------------------------------------------------------------------------------
 def _copy(tmp_path: Path) -> Path:
