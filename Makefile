@@ -10,6 +10,12 @@ PY := .venv/bin/python
 APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 STAMP := .venv/.installed-$(shell cat VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
+# `make` alone lists the targets; a named target runs as before.
+.DEFAULT_GOAL := help
+.PHONY: help docs
+
+help:  ## this list: every target and what it does
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_-]+:[^#]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: env cluster node argocd label-studio images test test-unit demo bench bench-prelabel bench-ls-db bench-fuzz bench-chaos bench-scale lint format clean
 
@@ -78,9 +84,12 @@ lint: env  ## ruff (lint), mypy --strict on the three packages, the import contr
 	.venv/bin/mypy
 	.venv/bin/lint-imports --no-cache
 
+docs: env  ## rewrite the generated pages: docs/mlbackend.md (from crds/mlbackend.yaml) and docs/backend-env.md (from the backend's settings.py)
+	$(PY) -m prelabel_local.docs
+
 format: env  ## ruff format the files you name: make format FILES="path/a.py path/b.py" (not enforced; see pyproject.toml)
 	@[ -n "$(FILES)" ] || { echo 'name the files: make format FILES="..."'; exit 2; }
 	.venv/bin/ruff format $(FILES)
 
-clean:
+clean:  ## remove the virtualenv and the tools' caches (.venv, .pytest_cache, .mypy_cache, .ruff_cache)
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -64,8 +64,8 @@ class Settings:
     workers: int = 1  # WORKERS: gunicorn worker processes (each loads the models once)
     threads: int = 8  # THREADS: threads per worker; concurrent requests share one model lock
     log_level: str = "INFO"  # LOG_LEVEL: the Authorization header and keys are never logged, at any level
-    basic_auth_user: str | None = None  # BASIC_AUTH_USER: with BASIC_AUTH_PASS, basic auth on every route
-    basic_auth_pass: str | None = None  # BASIC_AUTH_PASS
+    basic_auth_user: str | None = None  # BASIC_AUTH_USER: with BASIC_AUTH_PASS, basic auth on every route (/webhook only with WEBHOOK_REQUIRE_AUTH)
+    basic_auth_pass: str | None = None  # BASIC_AUTH_PASS: the password of that basic auth
     # WEBHOOK_REQUIRE_AUTH (Prelabel): Label Studio's auto-created webhook sends no credentials, and
     # /webhook only acknowledges (this backend does not train), so by default it is open even with
     # basic auth on. Set true to require basic auth there too (then add the header to the webhook).
@@ -78,50 +78,61 @@ class Settings:
     # worker's THREADS (slow-loris). Idle kept-alive connections wait on gunicorn's poller, not a thread.
     request_read_timeout: float = 30.0
     # --- models ------------------------------------------------------------------------------
-    model_root: Path = PACKAGED_WEIGHTS  # MODEL_ROOT: folder of the weight files; model_path resolves under it
-    model_dir: Path = Path("/tmp/prelabel-backend")  # MODEL_DIR: writable folder (debug plots, ultralytics settings)
+    model_root: Path = PACKAGED_WEIGHTS  # MODEL_ROOT: folder of the weight files; model_path resolves under it, never outside
+    # MODEL_DIR: writable folder: ultralytics settings, debug plots, exports of mounted weights (runtimes/)
+    model_dir: Path = Path("/tmp/prelabel-backend")
+    # MODEL_<TASK> (MODEL_DETECT, MODEL_OBB, MODEL_SEGMENT, MODEL_CLASSIFY, MODEL_POSE): the weights of the controls of that
+    # task without model_path (settings.DEFAULT_MODEL_ENV), e.g. yolov8n.pt mounted in MODEL_ROOT
     default_models: dict[str, str] = field(default_factory=lambda: {k: v[1] for k, v in DEFAULT_MODEL_ENV.items()})
     # MODEL_WEIGHTS (Prelabel): one weight file under MODEL_ROOT that becomes the default for its own
     # task (read from the file), e.g. what an MLBackend's spec.model.weights names.
     model_weights: str | None = None
     allow_custom_model_path: bool = True  # ALLOW_CUSTOM_MODEL_PATH: honour a control's model_path attribute
     model_score_threshold: float = 0.5  # MODEL_SCORE_THRESHOLD: default for controls without model_score_threshold
-    device: str = "cpu"  # DEVICE (Prelabel): torch device, "cpu" or "cuda" / "cuda:0"
+    device: str = "cpu"  # DEVICE (Prelabel): torch device, "cpu" or "cuda" / "cuda:0" (then torch serves, nothing is exported)
     # TORCH_THREADS (Prelabel): intra-op threads of the model runtime; 0 = the CPUs this process gets
-    # (its affinity mask, capped by a cgroup CPU quota: see cpus.py)
+    # (its affinity mask, capped by a cgroup CPU quota, cpu.max or cpu.cfs_quota_us: see cpus.py)
     torch_threads: int = 0
-    # RUNTIME (Prelabel): how a .pt runs: "auto" (measured at load among torch, onnx and openvino;
-    # the fastest serves), or one of those. Exported files (.onnx, *_openvino_model/) run as they are.
+    # RUNTIME (Prelabel): how a .pt runs: "auto" (torch, onnx and openvino timed in the background
+    # after the start; the fastest serves), or one of those. Exported files (.onnx, *_openvino_model/) run as they are.
     runtime: str = "auto"
     batch_size: int = 0  # BATCH_SIZE (Prelabel): images per model call; 0 = measured at load (1 or 4)
-    # RUNTIME_CACHE (Prelabel): comma list of more read-only folders of ready exports, searched after
-    # the packaged models' (made at image build time); new exports go under MODEL_DIR/runtimes
+    # RUNTIME_CACHE (Prelabel): comma list of more read-only folders of ready exports (<sha256>/model.onnx,
+    # <sha256>/model_openvino_model/), searched after the packaged models' (made at image build time);
+    # new exports go under MODEL_DIR/runtimes
     runtime_caches: tuple[Path, ...] = (PACKAGED_RUNTIMES,)
     # MODEL_IDLE_UNLOAD (Prelabel): seconds after which a model no request has used is unloaded
     # (loaded again when asked for); 0 = never
     model_idle_unload: float = 0.0
     debug_plot: bool = False  # DEBUG_PLOT: write each prediction's plot as PNG under MODEL_DIR/debug (never a window)
     # --- media -------------------------------------------------------------------------------
-    label_studio_url: str | None = None  # LABEL_STUDIO_URL (or LABEL_STUDIO_HOST): base URL for relative media
+    # LABEL_STUDIO_URL (or LABEL_STUDIO_HOST): base URL for relative media (uploads); unset: the hostname /setup sent
+    label_studio_url: str | None = None
     # LABEL_STUDIO_PUBLIC_URLS (Prelabel): comma list of the addresses Label Studio writes into task
     # data when they differ from LABEL_STUDIO_URL (its own LABEL_STUDIO_HOST, e.g. https://ls.example.com
     # or https://example.com/ls; a bare host name matches any scheme and port). Label Studio's paths on
     # them are fetched through LABEL_STUDIO_URL, with the key; /setup's hostname is added on its own.
     label_studio_public_urls: tuple[str, ...] = ()
-    label_studio_api_key: str | None = None  # LABEL_STUDIO_API_KEY (or LABEL_STUDIO_ACCESS_TOKEN): legacy token or PAT
+    # LABEL_STUDIO_API_KEY (or LABEL_STUDIO_ACCESS_TOKEN): a legacy token (sent as `Token ...`) or a personal access
+    # token (exchanged for a `Bearer` access token); unset: /setup's access_token, used only with /setup's hostname
+    # (the env key is never sent to an address /setup named)
+    label_studio_api_key: str | None = None
     verify_ssl: bool = True  # VERIFY_SSL: check TLS certificates when fetching media
-    local_files_document_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT: read /data/local-files/ from disk
+    # LOCAL_FILES_DOCUMENT_ROOT: read /data/local-files/?d=... from this folder instead of over HTTP (docs/media-urls.md)
+    local_files_document_root: Path | None = None
     # MEDIA_ALLOWED_HOSTS (Prelabel): comma list of other hosts media may come from (and redirect to),
-    # fetched without Label Studio's key
+    # fetched without Label Studio's key; media from anywhere else is refused (no SSRF through task data)
     media_allowed_hosts: tuple[str, ...] = ()
     media_max_bytes: int = 50 * 1024 * 1024  # MEDIA_MAX_BYTES (Prelabel): larger downloads are refused
     # MEDIA_MAX_PIXELS (Prelabel): an image whose header claims more pixels (width x height) is refused
     # before it is decoded (decompression bombs: a 110 KB PNG can claim 30000x30000, 2.7 GB decoded).
-    # The default is Pillow's Image.MAX_IMAGE_PIXELS (89,478,485: e.g. 9459x9459, 256 MiB as BGR).
+    # The default is Pillow's Image.MAX_IMAGE_PIXELS (89,478,485: e.g. 9459x9459, 256 MiB as BGR); Pillow's
+    # own refusal, at twice its limit, caps a larger setting.
     media_max_pixels: int = 89_478_485
     media_timeout: float = 15.0  # MEDIA_TIMEOUT (Prelabel): seconds per media request
     media_cache_items: int = 64  # MEDIA_CACHE_ITEMS (Prelabel): recently fetched media kept in memory
-    # MEDIA_CACHE_BYTES (Prelabel): and their total size at most (without it, 64 x MEDIA_MAX_BYTES: 3.2 GiB)
+    # MEDIA_CACHE_BYTES (Prelabel): the total size of those cached media at most (without it, 64 x MEDIA_MAX_BYTES:
+    # 3.2 GiB); a larger download is not cached
     media_cache_bytes: int = 256 * 1024 * 1024
     media_fetch_threads: int = 8  # MEDIA_FETCH_THREADS (Prelabel): parallel downloads per request
     max_video_frames: int = 9000  # MAX_VIDEO_FRAMES (Prelabel): frames read from one video, at most

@@ -257,7 +257,7 @@ class LocalCluster:
             f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
             # Client-side rate limits as for a large cluster: at the defaults (20 requests/s, 5 syncs
             # at once) 500 Deployments applied at once took the controller-manager alone 122 s to make
-            # Available, 22 s at these (bench/README.md, scale).
+            # Available, 22 s at these (bench/HISTORY.md, scale).
             f"--kube-api-qps={self.controller_qps}", f"--kube-api-burst={2 * self.controller_qps}",
             "--concurrent-deployment-syncs=20", "--concurrent-replicaset-syncs=20", "--v=1",
         ])

@@ -1,5 +1,5 @@
 """The project's container images, built from its own Dockerfiles by podman and exported for
-containerd, with no Docker and no container registry (FACTS.md, "Real images and a real node").
+containerd, with no Docker and no container registry (docs/local-mode.md, "What this machine needs").
 
 - `ensure_tools()`: podman, buildah, debootstrap ... from Debian packages, and podman's configuration:
   the project's own containers.conf and storage.conf (env CONTAINERS_CONF, CONTAINERS_STORAGE_CONF),

@@ -1,6 +1,6 @@
 """A real Label Studio server on 127.0.0.1: installed once into its own virtualenv (its pins clash
 with ours), started with its own HOME and data dir, a known user and legacy token, and stopped by
-PID. What FACTS.md measured: ~2.5 min to install, 60-80 s for the first start.
+PID. Measured here: ~2.5 min to install, 60-80 s for the first start (docs/local-mode.md, "Label Studio").
 
 Its database is SQLite (what `label-studio start` uses) or a PostgreSQL of its own (postgres.py), as
 big installs run it; its server is `label-studio start` (Django's threaded runserver, one process)
@@ -96,7 +96,7 @@ class LabelStudio:
             "LABEL_STUDIO_USER_TOKEN": self.token,
             "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
             # Backends here live on loopback (and in-cluster on private ranges): lift the SSRF ban on
-            # those ranges, as a Label Studio inside a cluster must (see README).
+            # those ranges, as a Label Studio inside a cluster must (docs/operations.md, "Label Studio inside the cluster").
             "LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS": "false",
             "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
             "LABEL_STUDIO_COLLECT_ANALYTICS": "false",

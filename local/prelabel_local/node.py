@@ -6,7 +6,7 @@ for a LocalCluster that binds the bridge's gateway (cluster.py's `address`).
     ...                                  # pods run for real; node.import_image(archive)
     node.stop(); cluster.stop()
 
-What this machine needs (FACTS.md, "Real images and a real node"): containerd 1.6 with
+What this machine needs (docs/local-mode.md, "What this machine needs"): containerd 1.6 with
 `restrict_oom_score_adj` (the sandbox cannot lower oom_score_adj) and a local pause image (no
 registry: built from pause.c, packed FROM scratch); kubelet with cgroupfs, cgroup v1 allowed, no
 swap check, no resolv.conf; kube-proxy in iptables mode. The Debian packages come from `make node`.

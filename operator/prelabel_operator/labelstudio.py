@@ -120,7 +120,7 @@ class Client:
             registration_id = int(created.id)
             # Label Studio on SQLite can keep a registration from a create it answered with an error
             # ("database is locked" after the row was saved), beside the one this create made: look
-            # once more, and keep one (bench/README.md, scale).
+            # once more, and keep one (bench/HISTORY.md, scale).
             again = plan(self.registrations(project_id), desired, uid)
             if again.delete_ids:
                 registration_id = int(again.registration_id or registration_id)

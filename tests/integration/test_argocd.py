@@ -4,7 +4,7 @@ with a real Label Studio:
 
 1. examples/argocd/ and the chart are committed into a `file://` repository, with repoURL
    rewritten to it (and the MLBackend pointed at this Label Studio and one of its projects);
-2. the argocd-cm patch is applied exactly as the README says; 3. root.yaml is applied;
+2. the argocd-cm patch is applied exactly as docs/gitops.md says; 3. root.yaml is applied;
 4. the waves sync in order (the namespace, then the operator, once it is Healthy the MLBackends)
    with no failed or retried sync attempt in any Application's operation state; the operator comes
    up (the chart's pod cannot run here: ChartOperator runs the operator for it, with its
@@ -182,7 +182,7 @@ def test_argocd_syncs_the_examples_from_git(argocd, cluster, label_studio, ls_cl
     operator = ChartOperator(cluster, "prelabel-system", "prelabel-operator", work).start()
     kubelet = BackendKubelet(cluster.kubeconfig, work).start()
     try:
-        # 2. The argocd-cm patch, exactly as the README says (from the repository's checkout).
+        # 2. The argocd-cm patch, exactly as docs/gitops.md says (from the repository's checkout).
         patch = git.path / "examples/argocd/argocd-cm-patch.yaml"
         cluster.kubectl("-n", "argocd", "patch", "configmap", "argocd-cm", "--patch-file", str(patch))
         # 3. root.yaml. The key's Secret is not in Git: made by hand once wave -1 has made its namespace.

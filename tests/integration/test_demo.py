@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 
 
 def test_prelabel_demo_prelabels_every_task_and_a_sigterm_stops_all_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`prelabel demo --keep`, as the README says to look at the result; then SIGTERM (what a closed
+    """`prelabel demo --keep`, as docs/local-mode.md says to look at the result; then SIGTERM (what a closed
     terminal's SIGHUP does too: test_lifecycle.py) stops exactly what it started, the node's too."""
     run_dir = tmp_path / "run"
     monkeypatch.setenv("PRELABEL_RUN_DIR", str(run_dir))  # this run's records only
