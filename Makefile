@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 help:  ## this list: every target and what it does
 	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_-]+:[^#]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: env cluster node argocd label-studio images test test-unit demo bench bench-prelabel bench-ls-db bench-fuzz bench-chaos bench-scale lint format clean
+.PHONY: env cluster node argocd label-studio images s3 test test-unit demo bench bench-prelabel bench-ls-db bench-fuzz bench-chaos bench-scale lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
@@ -44,6 +44,9 @@ argocd:  ## build (or reuse) Argo CD for the GitOps test; install Debian's redis
 	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends redis-server >/dev/null; }
 	@local/build/build-argocd.sh >/dev/null
 
+s3:  ## build (or reuse) SeaweedFS's weed, the real S3 server the model store's tests start (Apache-2.0; never MinIO's AGPL server)
+	@local/build/build-seaweedfs.sh >/dev/null
+
 label-studio: env  ## install (or reuse) Label Studio in its own virtualenv (with gunicorn), and Debian's postgresql for it
 	@$(PY) -c "from prelabel_local import label_studio_server; label_studio_server.ensure_gunicorn()"
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || $(APT) install -y -qq --no-install-recommends postgresql >/dev/null \
@@ -52,7 +55,7 @@ label-studio: env  ## install (or reuse) Label Studio in its own virtualenv (wit
 images: env  ## build (or reuse) both images from their Dockerfiles with podman (Debian packages), layers cached under ~/.cache/prelabel/containers
 	$(PY) -m prelabel_local.images build operator backend
 
-test: env cluster node argocd label-studio images  ## every test: unit, then integration on real Label Studio, Kubernetes and Argo CD
+test: env cluster node argocd label-studio images s3  ## every test: unit, then integration on real Label Studio, Kubernetes, Argo CD and SeaweedFS (S3)
 	$(PY) -m pytest tests -n 3 --dist loadgroup $(PYTEST_ARGS)
 
 test-unit: env cluster  ## unit tests (helm renders the chart: the cluster build provides it)
