@@ -145,6 +145,9 @@ def deployment(name: str, spec: MLBackendSpec, secrets_digest: str) -> dict[str,
         "startupProbe": {**probe, "failureThreshold": 60},
         "livenessProbe": {**probe, "failureThreshold": 6},
         "securityContext": CONTAINER_SECURITY,
+        # A backend that dies at start leaves its last log lines (the traceback) as its termination
+        # message: the MLBackend's CrashLoopBackOff condition quotes them (diagnosis).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *weight_mounts],
     }
     pod_spec: dict[str, Any] = {

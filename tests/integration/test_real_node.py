@@ -9,7 +9,9 @@ registers the backend's ClusterIP; 5. predictions are stored, through both paths
 pre-labeling: pod -> Service -> pod; Label Studio's action: host -> ClusterIP -> pod); 6. a rotated
 key rolls the pods; 7. a backend pod deleted by hand is replaced and the registration stays true;
 8. restricted Pod Security admission and read-only root filesystems, with nothing in the logs
-saying otherwise; 9. no error line in either pod's log."""
+saying otherwise; 9. no error line in either pod's log. Then each kind of fault (issue 27): an image
+that cannot be pulled, a request no node fits, a container that exits at start, one killed for memory
+while it loads: the reason in `kubectl get mlb`, an Event, cleared by a patch."""
 
 from __future__ import annotations
 
@@ -169,6 +171,67 @@ def test_the_chart_and_the_backend_on_a_real_node(real: dict[str, Any]) -> None:
     # 9. ... and neither log has an error line, nor a refused write.
     assert {namespace: error_lines(cluster, namespace, pod["metadata"]["name"]) for namespace, pod in both} == {chart.NAMESPACE: [], ns: []}
     assert cluster.kubectl("logs", backend["metadata"]["name"], "-n", ns).stdout.strip()  # a log to read: the check can fail
+
+
+# Issue 27: each kind of fault, shown in `kubectl get mlb` within one resync, with an Event, and
+# cleared by a patch of the MLBackend. Nothing leaves the machine: the unpullable image names a
+# registry on 127.0.0.1 that refuses connections.
+SMALL = {"requests": {"cpu": "50m", "memory": "128Mi"}}
+FAULTS = {
+    "pull": ({"image": "127.0.0.1:1/prelabel/backend:none", "imagePullPolicy": "Always"}, "ImagePullFailed", "127.0.0.1:1/prelabel/backend:none",
+             {"image": "BACKEND", "imagePullPolicy": "Never"}),
+    "cpu": ({"resources": {"requests": {"cpu": "64", "memory": "128Mi"}}}, "Unschedulable", "Insufficient cpu", {"resources": SMALL}),
+    "exit": ({"model": {"env": [{"name": "WORKERS", "value": "abc"}]}}, "CrashLoopBackOff", "WORKERS must be an integer", {"model": {"env": None}}),
+    "oom": ({"resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "150Mi"}}}, "OOMKilled", "150Mi",
+            {"resources": {**SMALL, "limits": {"memory": "3Gi"}}}),
+}
+
+
+def test_each_kind_of_fault_says_why_in_kubectl_get_and_clears_when_fixed(real: dict[str, Any]) -> None:
+    cluster, label_studio = real["cluster"], real["label_studio"]
+    ensure_operator(real)
+    from label_studio_sdk import LabelStudio as Client
+
+    ls_client = Client(base_url=label_studio.url, api_key=label_studio.token)
+    made = {}
+    for kind, (fault, _, _, _) in FAULTS.items():  # all at once: their waits overlap
+        ns = f"fault-{kind}-{uuid.uuid4().hex[:4]}"
+        chart.restricted_namespace(cluster, ns)
+        cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
+        project = ls_client.projects.create(title=f"fault {ns}", label_config=SEED_CONFIG)
+        spec = {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": project.id}]},
+                "image": real["refs"]["backend"], "imagePullPolicy": "Never", "resources": SMALL, **fault}
+        resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": ns}, "spec": spec}
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
+        made[kind] = ns
+    for kind, (_, reason, words, _) in FAULTS.items():
+        ns = made[kind]
+        # Within one resync (the chart's default, 30 s) of the cause showing on the pod; a crash loop
+        # and an OOM kill show after the container's first exits.
+        shown = wait_for(f"{kind}: {reason}", lambda ns=ns, reason=reason: (c := condition(cluster.status("mlb", ns, "shapes"), "Ready"))
+                         .get("reason") == reason and c, 240)
+        assert shown["status"] == "False" and words in shown["message"], shown
+        row = cluster.kubectl("get", "mlb", "shapes", "-n", ns).stdout.splitlines()
+        assert row[0].split()[5] == "REASON" and row[1].split()[5] == reason, row
+        assert reason in events(cluster, ns, "shapes"), kind
+        print(f"{kind}: {reason}: {shown['message']}")
+    for kind, (_, _, _, fix) in FAULTS.items():
+        patch = json.dumps({"spec": fix}).replace('"BACKEND"', json.dumps(real["refs"]["backend"]))
+        cluster.kubectl("patch", "mlb", "shapes", "-n", made[kind], "--type=merge", "-p", patch)
+    for kind, ns in made.items():
+        wait_for(f"{kind}: Ready once fixed", lambda ns=ns: condition(cluster.status("mlb", ns, "shapes"), "Ready").get("status") == "True", 300)
+        assert condition(cluster.status("mlb", ns, "shapes"), "Available")["reason"] == "DeploymentAvailable"
+        cluster.kubectl("delete", "mlb", "shapes", "-n", ns, "--timeout=120s")
+
+
+def ensure_operator(real: dict[str, Any]) -> None:
+    """The chart installed with the operator image (the first test installs it; alone, this one does)."""
+    cluster = real["cluster"]
+    selector = f"app.kubernetes.io/instance={chart.RELEASE}"
+    if not ready_pods(cluster, chart.NAMESPACE, selector):
+        repository, tag = real["refs"]["operator"].rsplit(":", 1)
+        chart.install(cluster, {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"}})
+        wait_for("the operator pod Ready", lambda: one_ready(cluster, chart.NAMESPACE, selector), 120)
 
 
 def answers(url: str) -> bool:
