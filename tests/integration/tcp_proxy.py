@@ -44,7 +44,12 @@ class TcpProxy:
         return len(live)
 
     def close(self) -> None:
+        """Stops listening (connections to its port are refused from now on) and drops every pair.
+        The listener is shut down, not only closed: a close leaves an accept() blocked in another
+        thread listening, and the next connection would still be forwarded."""
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
         with self._lock:
             socks = [self._server, *self._held] + [s for p in self._pairs for s in (p.client, p.upstream)]
         for sock in socks:
