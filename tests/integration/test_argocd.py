@@ -13,7 +13,8 @@ with a real Label Studio:
 6. Argo CD's health for it is what its status says, Healthy and Degraded (with the Lua's message);
 7. a spec change committed to Git is synced and applied;
 8. the apps removed from Git are pruned in reverse order: the MLBackend is deregistered and gone
-   before the operator's Deployment goes; the CRD stays.
+   before the operator's Deployment goes, and one whose key's Secret never existed lets go at once
+   (an Event says nothing was registered); the CRD stays.
 """
 
 from __future__ import annotations
@@ -247,7 +248,12 @@ def test_argocd_syncs_the_examples_from_git(argocd, cluster, label_studio, ls_cl
         mlbackend = yaml.safe_load((git.path / MLBACKEND_PATH).read_text())
         mlbackend["spec"]["model"]["scoreThreshold"] = 0.4
         (git.path / MLBACKEND_PATH).write_text(yaml.safe_dump(mlbackend, sort_keys=False))
-        revision = git.commit("yolo: score threshold 0.4")
+        # ... with a second MLBackend whose key's Secret never exists (issue 27): pruned later, it must
+        # not hold the prune hostage.
+        no_key = {**mlbackend, "metadata": {**mlbackend["metadata"], "name": "no-key"},
+                  "spec": {**mlbackend["spec"], "labelStudio": {**mlbackend["spec"]["labelStudio"], "apiKeySecretRef": {"name": "missing-key"}}}}
+        (git.path / MLBACKEND_PATH).with_name("no-key.yaml").write_text(yaml.safe_dump(no_key, sort_keys=False))
+        revision = git.commit("yolo: score threshold 0.4; no-key, whose Secret is missing")
         changed = time.monotonic()
 
         def threshold() -> str:
@@ -262,6 +268,7 @@ def test_argocd_syncs_the_examples_from_git(argocd, cluster, label_studio, ls_cl
         wait_for("generation 2 Ready", lambda: (s := cluster.status("mlb", "labeling", "yolo")).get("observedGeneration") == 2
                  and condition(s, "Ready").get("status") == "True", 120)
         wait_for("Healthy at generation 2", lambda: mlbackend_health_in_argocd(argocd.application("prelabel-mlbackends")).get("status") == "Healthy", 60)
+        wait_for("no-key: SecretMissing", lambda: condition(cluster.status("mlb", "labeling", "no-key"), "Ready").get("reason") == "SecretMissing", 60)
 
         # 8. The apps removed from Git: pruned in reverse wave order, MLBackends deregistered first.
         (git.path / "examples/argocd/apps/mlbackends.yaml").unlink()
@@ -276,6 +283,10 @@ def test_argocd_syncs_the_examples_from_git(argocd, cluster, label_studio, ls_cl
         assert recorder.gone["app/prelabel-mlbackends"] <= operator_app_deleted, (recorder.gone, recorder.deleting)
         assert recorder.gone["mlbackend/yolo"] < stopped, (recorder.gone, operator.events)
         assert list(ls_client.ml.list(project=project.id)) == []
+        assert cluster.kubectl("get", "mlb", "-n", "labeling", "-o", "name").stdout.strip() == ""  # no-key too: never held hostage
+        skipped = json.loads(cluster.kubectl("get", "events", "-n", "labeling", "--field-selector", "reason=DeregistrationSkipped",
+                                             "-o", "json").stdout)["items"]
+        assert [e["involvedObject"]["name"] for e in skipped] == ["no-key"] and "nothing was registered" in skipped[0]["message"]
         assert not [h for h in ls_client.webhooks.list(project=str(project.id)) if h.url.startswith(status["url"])]
         assert cluster.kubectl("get", "deployment", "prelabel-operator", "-n", "prelabel-system", check=False).returncode != 0
         assert cluster.kubectl("get", "crd", "mlbackends.prelabel.dev", check=False).returncode == 0  # Argo CD never deletes CRDs
