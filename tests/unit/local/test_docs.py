@@ -110,7 +110,7 @@ def test_env_page_names_every_variable_settings_reads() -> None:
 
 
 # -- troubleshooting.md: every reason the operator writes ---------------------------------------------
-REASON = re.compile(r"[A-Z][a-z]+(?:[A-Z][a-zA-Z]*)*")
+REASON = re.compile(r"[A-Z][a-zA-Z]*[a-z][a-zA-Z]*")  # CamelCase, acronyms included (OOMKilled)
 STATUSES = {"True", "False", "Unknown"}
 
 
@@ -132,7 +132,8 @@ def reasons_written(package: Path) -> dict[str, str]:
     status, reason, ...), a (status, reason, message) tuple, a {"reason": ...} body), an error's reason
     (KubeError/LabelStudioError(...) and the subclasses' __init__), an Event's (Event(reason, ...) or
     reason=...), and the
-    reasons it counts in prelabel_operator_errors_total (ERRORS.labels(...))."""
+    reasons it counts in prelabel_operator_errors_total (ERRORS.labels(...)), a diagnosis's
+    (Diagnosis(reason, ...)) and a reason field's default."""
     found: dict[str, str] = {}
     for path in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -140,7 +141,7 @@ def reasons_written(package: Path) -> dict[str, str]:
             if isinstance(node, ast.Call):
                 name = _name(node.func)
                 candidates += [c for k in node.keywords if k.arg == "reason" for c in _constants(k.value)]
-                if (name.endswith("Error") or name in ("__init__", "Event")) and node.args:
+                if (name.endswith("Error") or name in ("__init__", "Event", "Diagnosis")) and node.args:
                     candidates += _constants(node.args[0])
                 if name == "Condition" and len(node.args) > 2 and not any(isinstance(a, ast.Starred) for a in node.args[:3]):
                     candidates += _constants(node.args[2])
@@ -148,6 +149,8 @@ def reasons_written(package: Path) -> dict[str, str]:
                     candidates += _constants(node.args[0])
             elif isinstance(node, ast.Tuple) and len(node.elts) == 3 and set(_constants(node.elts[0])) <= STATUSES and _constants(node.elts[0]):
                 candidates += _constants(node.elts[1])
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id.endswith("reason") and node.value:
+                candidates += _constants(node.value)  # a reason's default (status.Observed.available_reason)
             elif isinstance(node, ast.Dict):
                 candidates += [c for k, v in zip(node.keys, node.values, strict=True) if _constants(k) == ["reason"] for c in _constants(v)]
             for reason in candidates:
@@ -160,7 +163,8 @@ def test_the_reason_finder_finds_the_known_ones() -> None:
     found = reasons_written(OPERATOR)
     for reason in ("InvalidSpec", "SecretMissing", "Forbidden", "KubernetesAPIError", "Unauthorized", "BackendAddressBlocked",
                    "LabelStudioUnreachable", "ProjectNotFound", "RegistrationFailed", "IncompatibleLabelConfig", "Deregistering",
-                   "Paused", "Progressing", "PrelabelFailed", "RegistrationDrift", "PrelabelOutage"):
+                   "Paused", "Progressing", "PrelabelFailed", "RegistrationDrift", "PrelabelOutage", "ImagePullFailed", "OOMKilled",
+                   "DeploymentNotAvailable", "DeregistrationSkipped"):
         assert reason in found, reason
 
 
