@@ -112,7 +112,9 @@ def test_a_backend_deployment_wakes_its_mlbackend_both_ways(scale: Scale) -> Non
     cluster.kubectl("cordon", "-l", "type=kwok")
     try:
         scale.apply(scale.projects(1, f"late-{uuid.uuid4().hex[:6]}"), "late")
-        wait_for("waiting for its Deployment", lambda: available().get("reason") == "DeploymentNotAvailable", 60)
+        wait_for("not Available while no node takes its pod", lambda: available().get("status") == "False", 60)
+        # the diagnosis, or the Deployment's own reason when the scheduler had not marked the pod yet
+        assert available()["reason"] in ("Unschedulable", "DeploymentNotAvailable"), available()
         time.sleep(2)  # the operator's handling of the change is over: nothing is pending but the watch
         assert operator(scale).metric(wakeups) == 0
         cluster.kubectl("uncordon", "-l", "type=kwok")
