@@ -4,12 +4,13 @@ their Outcomes into status patches, Events and kopf's errors. Nothing here decid
 create/update/resume, a resync timer and a backend Deployment's availability change run the same
 reconcile; delete deregisters (finalizer). A daemon per MLBackend with spec.prelabel (and not
 paused) drives pre-labeling; kopf stops it when the section is removed or paused, or the resource is
-deleted.
+deleted. A timer per MLBackend with spec.training runs the training loop (training_loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -23,7 +24,8 @@ from .backend_client import Backend
 from .labelstudio import Client
 from .memory import Memory
 from .reconciler import DEREGISTER_TIMEOUT, Outcome, Reconciler, Resource
-from .status import Event
+from .status import Event, trained, with_condition
+from .training_loop import TrainingLoop, merge_patch
 
 GROUP, VERSION, PLURAL = "prelabel.dev", "v1alpha1", "mlbackends"
 RESYNC_SECONDS = float(os.environ.get("PRELABEL_RESYNC_SECONDS", "30"))
@@ -33,9 +35,19 @@ DRIFT = drift.Schedule(rate=float(os.environ.get("PRELABEL_DRIFT_REQUESTS_PER_SE
                        full_every=int(os.environ.get("PRELABEL_DRIFT_FULL_EVERY", "10")))
 # One Label Studio client (one pool of kept-alive connections) per Label Studio and key, shared by all
 # resources: a new one per reconcile opened a connection per pass.
-RECONCILER = Reconciler(kube=kube.API(), label_studio=functools.lru_cache(maxsize=64)(Client), backend=Backend(),
-                        memory=Memory(DRIFT), adopt=lambda obj, owner: kopf.adopt(obj, owner=cast(kopf.Body, owner)),
+CLIENTS = functools.lru_cache(maxsize=64)(Client)
+MEMORY = Memory(DRIFT)
+
+
+def _adopt(obj: dict[str, Any], owner: Any) -> None:
+    kopf.adopt(obj, owner=cast(kopf.Body, owner))
+
+
+RECONCILER = Reconciler(kube=kube.API(), label_studio=CLIENTS, backend=Backend(), memory=MEMORY, adopt=_adopt,
                         deregister_timeout=float(os.environ.get("PRELABEL_DEREGISTER_TIMEOUT_SECONDS", DEREGISTER_TIMEOUT)))
+TRAINING = TrainingLoop(kube=kube.API(), label_studio=CLIENTS, backend=Backend(), memory=MEMORY, adopt=_adopt)
+# The training timer's tick: a running Job is followed at each; annotations are counted every spec.training.checkSeconds.
+TRAINING_TICK_SECONDS = float(os.environ.get("PRELABEL_TRAINING_TICK_SECONDS", "5"))
 
 
 def _resource(body: kopf.Body) -> Resource:
@@ -116,6 +128,31 @@ def deregister(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None
     """Removes this resource's registrations (and their webhooks) unless deletionPolicy is Orphan; lets
     go within PRELABEL_DEREGISTER_TIMEOUT_SECONDS when it cannot, saying what is left (reconciler.deregister)."""
     _hand_to_kopf(body, patch, RECONCILER.deregister(_resource(body), retry))
+
+
+def training_wanted(spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> bool:
+    return spec.get("training") is not None and not meta.get("deletionTimestamp")
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TRAINING_TICK_SECONDS, when=training_wanted)
+def train(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, **_: Any) -> None:
+    """The training loop (training_loop.TrainingLoop.step): status.training and the Trained condition;
+    a promotion reconciles at once, so the Deployment rolls to the new version."""
+    resource = _resource(body)
+    step = TRAINING.step(resource)
+    _emit(body, step.events)
+    if step.training is None:
+        return
+    before = dict(body.status.get("training") or {})
+    patch.status["training"] = merge_patch(before, step.training)
+    condition = trained(step.training)
+    if condition:
+        patch.status["conditions"] = with_condition(list(body.status.get("conditions") or []), condition, resource.generation)
+    if step.promoted:
+        promoted = dataclasses.replace(resource, status={**dict(body.status), "training": step.training})
+        outcome = RECONCILER.reconcile(promoted, timer=True)
+        patch.status.update(outcome.status)
+        _emit(body, outcome.events)
 
 
 def prelabel_wanted(spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> bool:

@@ -1,5 +1,5 @@
 """The keys an MLBackend references, read from its Secrets: the Label Studio API key, the backend's
-basic auth, and a digest of exactly the Secret data used (the pods roll when it changes).
+basic auth, the model store's S3 key pair (checked, never kept), and a digest of exactly the Secret data used (the pods roll when it changes).
 Pure: the caller passes the function that reads a Secret's data."""
 
 from __future__ import annotations
@@ -42,4 +42,10 @@ def read(secret_data: SecretData, namespace: str, spec: MLBackendSpec) -> Keys:
         auth_data = secret_data(namespace, b.name)
         auth = (decode(auth_data, b.username_key, f"{namespace}/{b.name}"), decode(auth_data, b.password_key, f"{namespace}/{b.name}"))
         digest_input[b.name] = {b.username_key: auth_data[b.username_key], b.password_key: auth_data[b.password_key]}
+    creds = spec.store.s3_credentials if spec.store else None
+    if creds:  # read so a missing Secret or key says so now, and in the digest so rotating the pair rolls the pods
+        s3_data = secret_data(namespace, creds.name)
+        for key in (creds.access_key_id_key, creds.secret_access_key_key):
+            decode(s3_data, key, f"{namespace}/{creds.name}")
+        digest_input.setdefault(creds.name, {}).update({k: s3_data[k] for k in (creds.access_key_id_key, creds.secret_access_key_key)})
     return Keys(api_key, auth, secrets_hash(digest_input))

@@ -224,6 +224,7 @@ class API:
 
     secret_data = staticmethod(secret_data)
     apply = staticmethod(apply)
+    get = staticmethod(get)
     delete = staticmethod(delete)
     patch_status = staticmethod(patch_status)
     pods = staticmethod(pods)

@@ -178,3 +178,13 @@ class Client:
         """Makes "Retrieve predictions" and the project's prediction view use this backend's output."""
         if project.model_version != model_version:
             self._call(f"set the model version of project {project.id}", self.sdk.projects.update, project.id, model_version=model_version)
+
+    # -- training data ----------------------------------------------------------------------------
+    def annotated_tasks(self, project_id: int, page_size: int = 100) -> list[dict[str, Any]]:
+        """Every task of the project holding an annotation, with its `annotations` and `predictions`, as
+        Label Studio's JSON (pages of `page_size`; media URLs left as stored, never resolved)."""
+        def read() -> list[dict[str, Any]]:
+            pages = self.sdk.tasks.list(project=project_id, only_annotated=True, fields="all", resolve_uri=False, page_size=page_size)
+            return [dict(task.model_dump(mode="json")) for task in SyncPagerExt.from_sync_pager(pages)]  # type: ignore[var-annotated]
+        found: list[dict[str, Any]] = self._call(f"list the annotated tasks of project {project_id}", read)
+        return found

@@ -13,7 +13,7 @@ import hashlib
 import re
 from typing import Any
 
-from .spec import MLBackendSpec
+from .spec import PVC_STORE_PATH, MLBackendSpec, ModelStore
 
 CONTAINER_PORT = 9090
 MODELS_DIR = "/models"
@@ -68,15 +68,47 @@ def secrets_hash(secret_data: dict[str, dict[str, str]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def env(spec: MLBackendSpec) -> list[dict[str, Any]]:
+def store_env(store: ModelStore | None) -> list[dict[str, Any]]:
+    """MODEL_STORE and, for S3, the endpoint, region and key pair (from its Secret) that
+    prelabel_backend.model_versions.open_store reads (boto3's own AWS_* variables)."""
+    if store is None:
+        return []
+    out: list[dict[str, Any]] = [{"name": "MODEL_STORE", "value": store.url}]
+    if store.s3_endpoint:
+        out.append({"name": "AWS_ENDPOINT_URL", "value": store.s3_endpoint})
+    if store.s3_region:
+        out.append({"name": "AWS_REGION", "value": store.s3_region})
+    if store.s3_credentials:
+        c = store.s3_credentials
+        out += [secret_env("AWS_ACCESS_KEY_ID", c.name, c.access_key_id_key), secret_env("AWS_SECRET_ACCESS_KEY", c.name, c.secret_access_key_key)]
+    return out
+
+
+def store_volume(store: ModelStore | None, read_only: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) of a PVC store at /store; none for S3."""
+    if store is None or not store.pvc_claim:
+        return [], []
+    return ([{"name": "store", "persistentVolumeClaim": {"claimName": store.pvc_claim, "readOnly": read_only}}],
+            [{"name": "store", "mountPath": PVC_STORE_PATH, "readOnly": read_only}])
+
+
+def serving_version(spec: MLBackendSpec, promoted: str | None) -> str | None:
+    """The store version the backend serves: the pinned spec.model.weights.version, else the version
+    training promoted (status.training.version), else None (the image's or the declared weights)."""
+    if spec.weights.version:
+        return spec.weights.version
+    return promoted if spec.store is not None else None  # training fine-tuned what serves, whatever its source
+
+
+def env(spec: MLBackendSpec, version: str | None = None) -> list[dict[str, Any]]:
     ls = spec.label_studio
     out: list[dict[str, Any]] = [
         {"name": "LABEL_STUDIO_URL", "value": ls.url},
-        _secret_env("LABEL_STUDIO_API_KEY", ls.api_key.name, ls.api_key.key),
+        secret_env("LABEL_STUDIO_API_KEY", ls.api_key.name, ls.api_key.key),
         {"name": "MODEL_SCORE_THRESHOLD", "value": str(spec.score_threshold)},
         {"name": "DEVICE", "value": spec.device},
         {"name": "PORT", "value": str(CONTAINER_PORT)},
@@ -85,13 +117,15 @@ def env(spec: MLBackendSpec) -> list[dict[str, Any]]:
     if ls.public_urls:
         out.append({"name": "LABEL_STUDIO_PUBLIC_URLS", "value": ",".join(ls.public_urls)})
     weights = spec.weights
-    if weights.file_name:
+    if version:  # fetched from the store by the init container; model_version names it
+        out += [{"name": "MODEL_WEIGHTS", "value": f"{version}.pt"}, {"name": "MODEL_VERSION", "value": version}]
+    elif weights.file_name:
         out.append({"name": "MODEL_WEIGHTS", "value": weights.file_name})
-    if weights.pvc_claim or weights.url:
+    if version or weights.pvc_claim or weights.url:
         out.append({"name": "MODEL_ROOT", "value": MODELS_DIR})
     if spec.basic_auth:
-        out += [_secret_env("BASIC_AUTH_USER", spec.basic_auth.name, spec.basic_auth.username_key),
-                _secret_env("BASIC_AUTH_PASS", spec.basic_auth.name, spec.basic_auth.password_key)]
+        out += [secret_env("BASIC_AUTH_USER", spec.basic_auth.name, spec.basic_auth.username_key),
+                secret_env("BASIC_AUTH_PASS", spec.basic_auth.name, spec.basic_auth.password_key)]
     declared = {e["name"] for e in spec.env}
     return [e for e in out if e["name"] not in declared] + [dict(e) for e in spec.env]
 
@@ -111,10 +145,22 @@ CONTAINER_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "readOnlyRootFil
                       "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
-def _weights_volume(spec: MLBackendSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def weights_volume(spec: MLBackendSpec, version: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, backend mounts, init containers) that put the declared weights at /models."""
     w = spec.weights
     mount = [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True}]
+    if version:
+        store_volumes, store_mounts = store_volume(spec.store, read_only=True)
+        fetch_version: dict[str, Any] = {
+            "name": "fetch-version",
+            "image": spec.image,
+            "imagePullPolicy": spec.image_pull_policy,
+            "command": ["python", "-m", "prelabel_backend.model_versions", "fetch", spec.store.url if spec.store else "", version, MODELS_DIR],
+            "env": store_env(spec.store),
+            "securityContext": CONTAINER_SECURITY,
+            "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}, *store_mounts],
+        }
+        return [{"name": "models", "emptyDir": {"sizeLimit": "2Gi"}}, *store_volumes], mount, [fetch_version]
     if w.pvc_claim:
         return [{"name": "models", "persistentVolumeClaim": {"claimName": w.pvc_claim, "readOnly": True}}], mount, []
     if w.url:
@@ -130,15 +176,16 @@ def _weights_volume(spec: MLBackendSpec) -> tuple[list[dict[str, Any]], list[dic
     return [], [], []
 
 
-def deployment(name: str, spec: MLBackendSpec, secrets_digest: str) -> dict[str, Any]:
+def deployment(name: str, spec: MLBackendSpec, secrets_digest: str, version: str | None = None) -> dict[str, Any]:
+    """The backend's Deployment; `version`: the store version it serves (serving_version), if any."""
     probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
-    weight_volumes, weight_mounts, init_containers = _weights_volume(spec)
+    weight_volumes, weight_mounts, init_containers = weights_volume(spec, version)
     container = {
         "name": "backend",
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-        "env": env(spec),
+        "env": env(spec, version),
         "resources": spec.resources or {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
         # /health is 503 until the models are loaded: not Ready (no traffic, no registration) until then.
         "readinessProbe": {**probe, "failureThreshold": 3},

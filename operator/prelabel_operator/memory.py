@@ -15,17 +15,17 @@ from .status import ProjectStatus
 @dataclass
 class Remembered:
     """What the last full reconcile of a resource found in Label Studio, for the light checks that
-    follow: valid while the resource's generation, Secrets digest and backend URL (the fingerprint)
+    follow: valid while the resource's generation, Secrets digest, backend URL and served store version (the fingerprint)
     stay the same."""
 
-    fingerprint: tuple[int, str, str]
+    fingerprint: tuple[int, str, str, str | None]
     model_version: str | None = None
     projects: dict[Any, ProjectStatus] = field(default_factory=dict)  # spec.ProjectRef -> its status
 
 
 class Memory:
     """Per resource UID: its last findings, its reconcile lock, whether it waits for its Deployment,
-    and its drift-check schedule. Thread-safe (kopf runs sync handlers in a pool)."""
+    its drift-check schedule and when the training loop last counted its annotations. Thread-safe (kopf runs sync handlers in a pool)."""
 
     def __init__(self, drift: Schedule) -> None:
         self.drift = drift
@@ -33,6 +33,7 @@ class Memory:
         # Resources whose last reconcile found all in order but their Deployment not yet Available:
         # the Deployment's watch event wakes them instead of a retry backoff.
         self.waiting: set[str] = set()
+        self.training_checked: dict[str, float] = {}  # when the training loop last counted annotations (monotonic)
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
 
@@ -44,9 +45,10 @@ class Memory:
             return self._locks.setdefault(uid, threading.RLock())
 
     def forget(self, uid: str) -> None:
-        """Everything about a deleted resource: its findings, lock, wait and drift schedule."""
+        """Everything about a deleted resource: its findings, lock, wait, drift schedule and training check."""
         self.drift.forget(uid)
         self.remembered.pop(uid, None)
         self.waiting.discard(uid)
+        self.training_checked.pop(uid, None)
         with self._guard:
             self._locks.pop(uid, None)

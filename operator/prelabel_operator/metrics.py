@@ -17,3 +17,9 @@ PRELABEL_TASKS = Counter("prelabel_operator_prelabel_tasks", "Pre-labeling outco
 PRELABEL_PENDING = Gauge("prelabel_operator_prelabel_pending_tasks", "Tasks still to pre-label, by MLBackend.", ["namespace", "name"])
 PRELABEL_SECONDS = Histogram("prelabel_operator_prelabel_batch_seconds", "Time per batch: predict (the backend's /predict) and "
                              "store (Label Studio's prediction import).", ["stage"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+TRAINING_RUNS = Counter("prelabel_operator_training_runs", "Training runs by outcome: promoted, refused (by the gate), failed.",
+                        ["namespace", "name", "outcome"])
+TRAINING_SECONDS = Histogram("prelabel_operator_training_run_seconds", "Time per training run, from the Job's start to the verdict.",
+                             buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
+TRAINING_MAP = Gauge("prelabel_operator_training_last_map50_95", "The last run's mAP50-95 on its held-out tasks: the candidate's and the "
+                     "serving model's (current).", ["namespace", "name", "model"])

@@ -21,7 +21,7 @@ from .memory import Memory, Remembered
 from .ports import Backend, Kube, LabelStudioFor
 from .registration import Desired, marker, ours, unchanged, webhook_url
 from .spec import MLBackendSpec, SpecError
-from .status import Event, Observed, ProjectStatus, condition, deployment_available
+from .status import Event, Observed, ProjectStatus, condition, deployment_available, trained
 from .status import status as status_body
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,8 @@ class Reconciler:
             return Outcome(_changed(resource.status, status_body(observed, previous)), retry_in=None, error=str(exc), permanent=True)
         try:
             found = keys.read(self.kube.secret_data, namespace, parsed)
-            deployment, service = self._apply_objects(resource, parsed, found.digest)
+            version = manifests.serving_version(parsed, (resource.status.get("training") or {}).get("version"))
+            deployment, service = self._apply_objects(resource, parsed, found.digest, version)
         except KubeError as exc:  # a missing Secret, a denied or failed API call: shown, retried with backoff
             observed.kube_error = (exc.reason, exc.message)
             metrics.ERRORS.labels(exc.reason).inc()
@@ -132,9 +133,10 @@ class Reconciler:
         cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
         observed.url = manifests.backend_url(name, namespace, parsed, cluster_ip)
         if observed.available and observed.url:
-            outcome.events += self._register(observed, parsed, found, resource, (observed.generation, found.digest, observed.url), light)
+            outcome.events += self._register(observed, parsed, found, resource, (observed.generation, found.digest, observed.url, version), light)
         if not light:
             self.memory.drift.track(uid, len(parsed.label_studio.projects), self.clock())
+        observed.training = trained(resource.status.get("training"))
         if parsed.prelabel is not None:
             current = resource.status.get("prelabel")
             observed.prelabel = prelabel.condition(current, parsed.prelabel.paused)
@@ -158,11 +160,12 @@ class Reconciler:
                 outcome.error = f"not ready: {ready['reason']}: {ready['message']}"
         return outcome
 
-    def _apply_objects(self, resource: Resource, spec: MLBackendSpec, digest: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def _apply_objects(self, resource: Resource, spec: MLBackendSpec, digest: str, version: str | None
+                       ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """Applies the Deployment, Service and (when enabled) autoscaler; returns the Deployment and
         Service as the API server answered them, status included (no get after the apply)."""
         name, namespace = resource.name, resource.namespace
-        objects = [manifests.deployment(name, spec, digest), manifests.service(name, spec)]
+        objects = [manifests.deployment(name, spec, digest, version), manifests.service(name, spec)]
         hpa = manifests.autoscaler(name, spec)
         if hpa:
             objects.append(hpa)
@@ -202,7 +205,7 @@ class Reconciler:
             return ConfigCheck(None, str(exc))
 
     def _register(self, observed: Observed, spec: MLBackendSpec, found: keys.Keys, resource: Resource,
-                  fingerprint: tuple[int, str, str], light: bool) -> list[Event]:
+                  fingerprint: tuple[int, str, str, str | None], light: bool) -> list[Event]:
         """Registers in every declared project; returns the Events of what changed. `light`: where the
         last full pass found a project Connected under the same fingerprint, only list its
         registrations (one request) and keep what that pass found when ours is there as desired; a

@@ -51,9 +51,12 @@ class Weights:
     pvc_claim: str | None = None  # with `file` inside the volume
     url: str | None = None  # with `sha256`, fetched by an init container
     sha256: str | None = None
+    version: str | None = None  # a version in spec.model.store, fetched by an init container (a pin: a rollback)
 
     @property
     def file_name(self) -> str | None:
+        if self.version:
+            return None  # the file the init container writes depends on the version, not the spec (manifests)
         if self.url:
             return self.url.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
         return self.file
@@ -104,14 +107,118 @@ class PrelabelSpec:
 
 
 def _weights(raw: dict[str, Any]) -> Weights:
-    sources = [k for k in ("file", "pvc", "url") if raw.get(k)]
+    sources = [k for k in ("file", "pvc", "url", "version") if raw.get(k)]
     if len(sources) > 1:
-        raise SpecError("set at most one of spec.model.weights.file, .pvc and .url")
+        raise SpecError("set at most one of spec.model.weights.file, .pvc, .url and .version")
+    if raw.get("version"):
+        return Weights(version=str(raw["version"]))
     if raw.get("pvc"):
         return Weights(file=raw["pvc"]["file"], pvc_claim=raw["pvc"]["claimName"])
     if raw.get("url"):
         return Weights(url=raw["url"]["href"], sha256=raw["url"]["sha256"])
     return Weights(file=raw.get("file"))
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """A Secret holding the S3 access key pair (AWS's own variable names by default)."""
+
+    name: str
+    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+
+
+@dataclass(frozen=True)
+class ModelStore:
+    """Where model versions live (prelabel_backend.model_versions): an S3 bucket and prefix, or a
+    PersistentVolumeClaim mounted at /store. Training puts candidates there; serving fetches one."""
+
+    s3_url: str | None = None  # s3://bucket/prefix
+    s3_endpoint: str | None = None  # http(s)://host:port of an S3-compatible server; None: AWS
+    s3_region: str | None = None
+    s3_credentials: S3Credentials | None = None
+    pvc_claim: str | None = None
+    keep_last: int = 5  # versions kept by training's pruning (the serving and pinned ones always are)
+
+    @property
+    def url(self) -> str:
+        """The store's URL as the backend's open_store reads it."""
+        return self.s3_url or PVC_STORE_PATH
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> ModelStore | None:
+        if not raw:
+            return None
+        s3, pvc = raw.get("s3") or {}, raw.get("pvc") or {}
+        if bool(s3) == bool(pvc):
+            raise SpecError("spec.model.store needs exactly one of s3 and pvc")
+        creds = s3.get("credentialsSecretRef")
+        return cls(
+            s3_url=s3.get("url"), s3_endpoint=s3.get("endpoint"), s3_region=s3.get("region"),
+            s3_credentials=S3Credentials(creds["name"], creds.get("accessKeyIdKey", "AWS_ACCESS_KEY_ID"),
+                                         creds.get("secretAccessKeyKey", "AWS_SECRET_ACCESS_KEY")) if creds else None,
+            pvc_claim=pvc.get("claimName"), keep_last=int(raw.get("keepLast", 5)),
+        )
+
+
+PVC_STORE_PATH = "/store"
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """spec.training: when to fine-tune the served model on the project's human annotations, how, and
+    the gate a candidate must pass to replace it (prelabel_operator.training)."""
+
+    after_annotations: int | None = 50  # new human annotations since the last run; None: on demand only
+    min_interval_seconds: int = 0
+    trigger: str = ""  # on demand: a new non-empty value starts a run
+    project: int | None = None  # whose annotations; None: the first declared project
+    control: str | None = None  # which control's model; None: the labeling config's first
+    validation_fraction: float = 0.2
+    epochs: int = 15
+    image_size: int = 192
+    batch: int = 16
+    margin: float = 0.01  # mAP50-95 a candidate must gain
+    max_recall_drop: float = 0.05  # per class
+    min_train: int = 8  # tasks on each side of the split before a run may start
+    min_validation: int = 4
+    device: str = "cpu"
+    image: str | None = None  # the Job's image; None: spec.image (the backend's, with torch and ultralytics)
+    resources: dict[str, Any] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    active_deadline_seconds: int = 7200
+    check_seconds: int = 30  # how often Label Studio's annotations are counted
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> TrainingSpec | None:
+        """None when the section is absent (training off)."""
+        if raw is None:
+            return None
+        gate = raw.get("gate") or {}
+        after = raw.get("afterAnnotations", 50)
+        return cls(
+            after_annotations=None if after is None else int(after),
+            min_interval_seconds=int(raw.get("minIntervalSeconds", 0)),
+            trigger=str(raw.get("trigger", "")),
+            project=None if raw.get("project") is None else int(raw["project"]),
+            control=raw.get("control"),
+            validation_fraction=float(raw.get("validationFraction", 0.2)),
+            epochs=int(raw.get("epochs", 15)),
+            image_size=int(raw.get("imageSize", 192)),
+            batch=int(raw.get("batch", 16)),
+            margin=float(gate.get("margin", 0.01)),
+            max_recall_drop=float(gate.get("maxRecallDrop", 0.05)),
+            min_train=int(raw.get("minTrainTasks", 8)),
+            min_validation=int(raw.get("minValidationTasks", 4)),
+            device=raw.get("device", "cpu"),
+            image=raw.get("image"),
+            resources=dict(raw.get("resources") or {}),
+            node_selector=dict(raw.get("nodeSelector") or {}),
+            tolerations=tuple(raw.get("tolerations") or ()),
+            active_deadline_seconds=int(raw.get("activeDeadlineSeconds", 7200)),
+            check_seconds=int(raw.get("checkSeconds", 30)),
+        )
 
 
 @dataclass(frozen=True)
@@ -135,6 +242,8 @@ class MLBackendSpec:
     pod_template: dict[str, Any] = field(default_factory=dict)
     deletion_policy: Literal["Deregister", "Orphan"] = "Deregister"
     prelabel: PrelabelSpec | None = None
+    store: ModelStore | None = None
+    training: TrainingSpec | None = None
 
     @classmethod
     def parse(cls, spec: dict[str, Any]) -> MLBackendSpec:
@@ -156,6 +265,11 @@ class MLBackendSpec:
         service = spec.get("service") or {}
         auth = spec.get("basicAuthSecretRef")
         scaling = spec.get("autoscaling") or {}
+        store = ModelStore.parse(model.get("store"))
+        if store is None and (model.get("weights") or {}).get("version"):
+            raise SpecError("spec.model.weights.version names a stored version: set spec.model.store too")
+        if store is None and spec.get("training") is not None:
+            raise SpecError("spec.training puts its candidates in a model store: set spec.model.store")
         return cls(
             label_studio=LabelStudioSpec(
                 url=str(ls["url"]).rstrip("/"),
@@ -191,4 +305,6 @@ class MLBackendSpec:
             pod_template=dict(spec.get("podTemplate") or {}),
             deletion_policy=spec.get("deletionPolicy", "Deregister"),
             prelabel=PrelabelSpec.parse(spec.get("prelabel")),
+            store=store,
+            training=TrainingSpec.parse(spec.get("training")),
         )

@@ -3,6 +3,7 @@ type the operator says things with).
 
 Conditions: Available (the Deployment), Registered (Label Studio), ConfigCompatible (every
 project's labeling config has a control the backend serves), and Ready (all three True). With
+spec.training, also Trained (trained(): from status.training, written by the training loop). With
 spec.prelabel, also Prelabeled: written by the pre-labeling driver as it goes, carried over here
 (derived from status.prelabel) so a reconcile never drops it; it is not part of Ready, so a long
 run never makes the backend look unready.
@@ -57,6 +58,7 @@ class Observed:
     projects: list[ProjectStatus] = field(default_factory=list)
     label_studio_error: tuple[str, str] | None = None  # (reason, message)
     prelabel: tuple[str, str, str] | None = None  # the Prelabeled condition (status, reason, message), if declared
+    training: Condition | None = None  # the Trained condition (trained()), with spec.training or a trained version
 
 
 def deployment_available(deployment: dict[str, Any] | None) -> tuple[bool, str]:
@@ -129,6 +131,21 @@ def with_condition(previous: list[dict[str, Any]], c: Condition, generation: int
     return [new if p is old else p for p in previous] if old is not None else [*previous, new]
 
 
+TRAINED_REASONS = {"Waiting": "WaitingForAnnotations", "Training": "Training", "Promoted": "Promoted", "Refused": "CandidateRefused",
+                   "Failed": "TrainingFailed"}
+
+
+def trained(training: dict[str, Any] | None) -> Condition | None:
+    """The Trained condition from status.training: True while a version training promoted serves,
+    False before; the reason is the loop's phase (the last verdict, or a run in progress), the message
+    what it said. Not part of Ready: a refused or failed run leaves the served model serving."""
+    if not training:
+        return None
+    phase = str(training.get("phase") or "Waiting")
+    return Condition("Trained", "True" if training.get("version") else "False", TRAINED_REASONS.get(phase, phase),
+                     str(training.get("message") or ""))
+
+
 def condition(status: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     """One condition of a status body, by type ({} when it has none)."""
     return next((c for c in (status or {}).get("conditions") or [] if c.get("type") == kind), {})
@@ -140,6 +157,8 @@ def status(observed: Observed, previous: list[dict[str, Any]] | None, now: dt.da
     before = {c.get("type"): c for c in previous or []}
     conds = conditions(observed)
     extra = [Condition("Prelabeled", *observed.prelabel)] if observed.prelabel else []
+    if observed.training:
+        extra.append(observed.training)
     rendered = [render(c, before.get(c.type), observed.generation, now) for c in [ready(conds), *conds, *extra]]
     connected = sum(1 for p in observed.projects if p.state == "Connected")
     body: dict[str, Any] = {

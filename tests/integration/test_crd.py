@@ -147,7 +147,7 @@ def test_kubectl_explain_teaches_the_fields(crd) -> None:  # noqa: ANN001
 def test_printer_columns_and_short_name(crd) -> None:  # noqa: ANN001
     apply(crd, MINIMAL)
     header = crd.kubectl("get", "mlb").stdout.splitlines()[0].split()
-    assert header == ["NAME", "READY", "URL", "PROJECTS", "PRELABELED", "REASON", "AGE"]
+    assert header == ["NAME", "READY", "URL", "PROJECTS", "PRELABELED", "TRAINED", "REASON", "AGE"]
 
 
 def test_the_built_backend_pods_are_admitted_under_restricted_pod_security(crd) -> None:  # noqa: ANN001

@@ -70,6 +70,13 @@ them with the API server's audit log of a full scenario). Used by the ClusterRol
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [create, patch, delete]
+# spec.training: a run's Job (read to follow it) and its data snapshot (deleted once judged).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [create, patch, get]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, patch, delete]
 # The Label Studio key (and the backend's basic auth) from the Secrets MLBackends reference.
 - apiGroups: [""]
   resources: [secrets]
@@ -80,7 +87,8 @@ them with the API server's audit log of a full scenario). Used by the ClusterRol
   resources: [events]
   verbs: [create, list]
 # A backend Deployment that is not available: its pods' states say why (image pull, crash, OOM kill,
-# unschedulable). Listed only, never read one by one, changed, exec'd into or logged.
+# unschedulable); a training Job's pod: its termination message (the run's metrics, or why it
+# failed). Listed only, never read one by one, changed, exec'd into or logged.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]

@@ -33,6 +33,7 @@ class FakeKube:
         self.patched: list[dict[str, Any]] = []
         self.pod_list: list[dict[str, Any]] = []
         self.event_list: list[dict[str, Any]] = []
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, name) -> what get answers (applied, or set by a test)
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         if (namespace, name) not in self.secrets:
@@ -49,10 +50,15 @@ class FakeKube:
                 {"type": "Available", "status": "True" if self.available else "False", "message": "Deployment does not have minimum availability."}]}
         if body["kind"] == "Service":
             answer["spec"]["clusterIP"] = self.cluster_ip
+        self.objects[(body["kind"], body["metadata"]["name"])] = answer
         return answer
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get((kind, name)))
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
         self.deleted.append((kind, name, namespace))
+        self.objects.pop((kind, name), None)
 
     def patch_status(self, group: str, version: str, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.patched.append(status)
@@ -85,6 +91,7 @@ class FakeLabelStudio:
     calls: list[str] = field(default_factory=list)
     fail: LabelStudioError | None = None
     next_id: int = 100
+    tasks: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # project -> annotated tasks (Label Studio's JSON)
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -128,6 +135,10 @@ class FakeLabelStudio:
 
     def tidy_webhooks(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None) -> None:
         self._call("tidy_webhooks")
+
+    def annotated_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        self._call("annotated_tasks")
+        return copy.deepcopy(self.tasks.get(project_id, []))
 
     def client(self, url: str, api_key: str) -> FakeLabelStudio:
         """As ports.LabelStudioFor: the same store for any URL, recording the key it was given."""

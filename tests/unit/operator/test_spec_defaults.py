@@ -11,6 +11,7 @@ import yaml
 from prelabel_operator.spec import MLBackendSpec
 from tests.conftest import REPO
 
+STORE = {"s3": {"url": "s3://models", "credentialsSecretRef": {"name": "s3"}}}
 MINIMAL = {"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 1}]}}
 
 
@@ -44,7 +45,8 @@ def schema_defaults(schema: dict[str, Any], path: str = "spec") -> list[str]:
 def test_the_parser_means_what_the_schema_defaults_to() -> None:
     schema = spec_schema()
     for raw in (MINIMAL, {**MINIMAL, "prelabel": {}}, {**MINIMAL, "basicAuthSecretRef": {"name": "auth"}},
-                {**MINIMAL, "model": {}, "service": {}, "autoscaling": {}}):
+                {**MINIMAL, "model": {}, "service": {}, "autoscaling": {}},
+                {**MINIMAL, "model": {"store": STORE}, "training": {}}):
         filled = defaulted(schema, raw)
         assert filled != raw  # the schema did fill something in
         assert MLBackendSpec.parse(copy.deepcopy(raw)) == MLBackendSpec.parse(filled), raw
@@ -53,7 +55,8 @@ def test_the_parser_means_what_the_schema_defaults_to() -> None:
 def test_every_schema_default_is_exercised() -> None:
     """Each default of the schema lies on a path the test above fills in: a new default is compared too."""
     schema = spec_schema()
-    filled = defaulted(schema, {**MINIMAL, "prelabel": {}, "basicAuthSecretRef": {"name": "auth"}, "model": {}, "service": {}, "autoscaling": {}})
+    filled = defaulted(schema, {**MINIMAL, "prelabel": {}, "basicAuthSecretRef": {"name": "auth"}, "model": {"store": STORE}, "service": {},
+                                "autoscaling": {}, "training": {}})
 
     def present(obj: Any, parts: list[str]) -> bool:
         for part in parts:
