@@ -1,9 +1,9 @@
-"""A real S3 server on 127.0.0.1, for the model store's tests: SeaweedFS (Apache-2.0), its `weed`
+"""A real S3 server on 127.0.0.1 (or the local node's bridge), for the model store's tests: SeaweedFS (Apache-2.0), its `weed`
 binary built from the Go module proxy by local/build/build-seaweedfs.sh (`make s3`). Never MinIO's
 server (AGPL) and never a mock.
 
 `weed server -s3` runs a master, a volume server, a filer and the S3 gateway in one process. Here
-every one of them binds 127.0.0.1 (`-ip.bind`) on free ports (HTTP and gRPC), with its data, its
+every one of them binds `host` (`-ip.bind`: 127.0.0.1, or node.GATEWAY for pods) on free ports (HTTP and gRPC), with its data, its
 unix sockets and its S3 identity (one access key and secret, generated, in an `-s3.config` file
 readable by its owner only) in one work dir. Telemetry is off, and so are the Iceberg and Lance
 catalog ports and the embedded IAM API. The process is started and stopped by PID through
@@ -62,14 +62,15 @@ class SeaweedFS:
     access_key: str = field(default_factory=lambda: "PL" + _key(18, string.ascii_uppercase + string.digits))
     secret_key: str = field(default_factory=lambda: _key(40, string.ascii_letters + string.digits))
     region: str = "us-east-1"  # any: SeaweedFS accepts the region the client signs for
+    host: str = "127.0.0.1"  # or the local node's bridge (node.GATEWAY), where its pods reach it
     ports: dict[str, int] = field(default_factory=dict)  # service -> HTTP port; gRPC on its own free port
     grpc_ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """The S3 endpoint (path-style: http://127.0.0.1:<port>/<bucket>/<key>)."""
-        return f"http://127.0.0.1:{self.ports['s3']}"
+        """The S3 endpoint (path-style: http://<host>:<port>/<bucket>/<key>)."""
+        return f"http://{self.host}:{self.ports['s3']}"
 
     @property
     def log(self) -> Path:
@@ -78,7 +79,7 @@ class SeaweedFS:
     def argv(self, weed: Path) -> list[str]:
         p, g, w = self.ports, self.grpc_ports, self.workdir
         return [
-            str(weed), "server", f"-dir={w / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            str(weed), "server", f"-dir={w / 'data'}", f"-ip={self.host}", f"-ip.bind={self.host}",
             f"-master.port={p['master']}", f"-master.port.grpc={g['master']}", "-master.telemetry=false",
             "-master.volumeSizeLimitMB=64", "-volume.max=0",  # small volumes, as many as the disk allows
             f"-volume.port={p['volume']}", f"-volume.port.grpc={g['volume']}", "-volume.preStopSeconds=0",
@@ -115,7 +116,7 @@ class SeaweedFS:
 
     def _get(self, service: str, path: str) -> bytes | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}{path}", timeout=5) as answer:
+            with urllib.request.urlopen(f"http://{self.host}:{self.ports[service]}{path}", timeout=5) as answer:
                 body: bytes = answer.read()
                 return body
         except (urllib.error.URLError, OSError):
