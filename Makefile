@@ -56,7 +56,7 @@ images: env  ## build (or reuse) both images from their Dockerfiles with podman 
 	$(PY) -m prelabel_local.images build operator backend
 
 test: env cluster node argocd label-studio images s3  ## every test: unit, then integration on real Label Studio, Kubernetes, Argo CD and SeaweedFS (S3)
-	$(PY) -m pytest tests -n 3 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n 3 --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 test-unit: env cluster  ## unit tests (helm renders the chart: the cluster build provides it)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
