@@ -17,9 +17,20 @@ PRELABEL_TASKS = Counter("prelabel_operator_prelabel_tasks", "Pre-labeling outco
 PRELABEL_PENDING = Gauge("prelabel_operator_prelabel_pending_tasks", "Tasks still to pre-label, by MLBackend.", ["namespace", "name"])
 PRELABEL_SECONDS = Histogram("prelabel_operator_prelabel_batch_seconds", "Time per batch: predict (the backend's /predict) and "
                              "store (Label Studio's prediction import).", ["stage"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
-TRAINING_RUNS = Counter("prelabel_operator_training_runs", "Training runs by outcome: promoted, refused (by the gate), failed.",
+
+# The training loop (issue 25). Outcome: promoted (the gate let the candidate serve), refused (the gate
+# kept the current model), failed (the Job failed or its report could not be read).
+TRAINING_RUNS = Counter("prelabel_operator_training_runs", "Training runs by outcome: promoted, refused, failed.",
                         ["namespace", "name", "outcome"])
-TRAINING_SECONDS = Histogram("prelabel_operator_training_run_seconds", "Time per training run, from the Job's start to the verdict.",
-                             buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
-TRAINING_MAP = Gauge("prelabel_operator_training_last_map50_95", "The last run's mAP50-95 on its held-out tasks: the candidate's and the "
-                     "serving model's (current).", ["namespace", "name", "model"])
+TRAINING_MAP50_95 = Gauge("prelabel_operator_training_last_map50_95", "Box mAP50-95 on the validation split in the last "
+                          "run: model=candidate (the model trained) or current (the model that served).", ["namespace", "name", "model"])
+TRAINING_SECONDS = Histogram("prelabel_operator_training_run_seconds", "Time per training run, the Job's start to its report.",
+                             buckets=(10, 30, 60, 120, 300, 600, 900, 1800, 3600, 5400, 7200))
+TRAINING_SAMPLES = Gauge("prelabel_operator_training_samples", "Annotated tasks in the last run's data snapshot, by split "
+                         "(train, validation).", ["namespace", "name", "split"])
+# Per model version (prelabel_operator.agreement): the caller removes the series of versions no longer
+# in the model store, so the label's values stay few.
+AGREEMENT_PRECISION = Gauge("prelabel_operator_agreement_precision", "Share of a model version's pre-labeled regions that "
+                            "match a human annotation (IoU >= 0.5, same label).", ["namespace", "name", "model_version"])
+AGREEMENT_RECALL = Gauge("prelabel_operator_agreement_recall", "Share of the human-annotated regions a model version's "
+                         "pre-labels matched (IoU >= 0.5, same label).", ["namespace", "name", "model_version"])

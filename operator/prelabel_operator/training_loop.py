@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import diagnosis, keys, manifests, metrics, training, training_job
+from . import agreement, diagnosis, keys, manifests, metrics, training, training_job
 from .errors import KubeError, LabelStudioError
 from .memory import Memory
 from .ports import Backend, Kube, LabelStudioFor
@@ -31,6 +31,7 @@ from .status import Event
 log = logging.getLogger(__name__)
 TRAIN_ANNOTATION = "prelabel.dev/train"  # on demand: a new value starts a run
 HISTORY = 5  # runs kept in status.training.history
+AGREEMENT_VERSIONS = 5  # model versions whose agreement status.training lists
 
 
 @dataclass
@@ -128,7 +129,8 @@ class TrainingLoop:
         last = training.LastRun(started_at=started, snapshot_at=since) if started is not None else None
         decision = training.should_train(training.Schedule(t.after_annotations, float(t.min_interval_seconds)), last,
                                          new_human=new, on_demand=asked, now=self.wall())
-        base = {**current, "humanAnnotations": len(human), "newAnnotations": new, "phase": current.get("phase") or "Waiting"}
+        base = {**current, "humanAnnotations": len(human), "newAnnotations": new, "phase": current.get("phase") or "Waiting",
+                "agreement": self._agreement(resource, tasks)}
         if not decision.train:
             return self._changed(current, {**base, "message": decision.reason})
         split = training.split(human, t.validation_fraction, salt=str(project))
@@ -139,6 +141,26 @@ class TrainingLoop:
                 step.events.append(Event("TrainingNotStarted", message, warning=True))
             return step
         return self._start(resource, spec, project, split, base, triggers, decision.reason)
+
+    def _agreement(self, resource: Resource, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """How well each model version's pre-labels agree with what people submitted on the same tasks
+        (agreement.by_version), for AGREEMENT_VERSIONS versions by name, greatest first (store versions
+        are named by time); into the gauges too.
+        Every submitted annotation counts, an unchanged prediction included: a person kept it."""
+        try:
+            found = agreement.by_version(tasks, is_human=lambda annotation, predictions: True)
+        except ValueError as exc:  # an annotation it cannot read: say so rather than stop the loop
+            log.warning("[%s/%s] agreement not measured: %s", resource.namespace, resource.name, exc)
+            return []
+        rows = []
+        for version, a in sorted(found.items(), reverse=True)[:AGREEMENT_VERSIONS]:
+            row: dict[str, Any] = {"modelVersion": version, "tasks": a.tasks}
+            for key, value, gauge in (("precision", a.precision, metrics.AGREEMENT_PRECISION), ("recall", a.recall, metrics.AGREEMENT_RECALL)):
+                if value is not None:
+                    row[key] = round(value, 4)
+                    gauge.labels(resource.namespace, resource.name, version).set(value)
+            rows.append(row)
+        return rows
 
     def _triggers(self, resource: Resource, t: TrainingSpec) -> dict[str, str]:
         """The on-demand values now: the spec's, the resource's annotation's, Label Studio's latest
@@ -166,6 +188,8 @@ class TrainingLoop:
                     training_job.job(resource.name, spec, run, serving, [v for v in (serving, spec.weights.version) if v])):
             self.adopt(obj, resource.body)
             self.kube.apply(obj, resource.namespace)
+        for side, chosen_side in (("train", split.train), ("validation", split.validation)):
+            metrics.TRAINING_SAMPLES.labels(resource.namespace, resource.name, side).set(len(chosen_side))
         now = self.wall()
         message = f"Job {run} fine-tunes on {len(split.train)} tasks, {len(split.validation)} held out ({why})"
         status = {**base, "phase": "Training", "job": run, "runs": number, "lastStartedAt": _iso(now), "snapshotAt": snapshot_at,
@@ -226,7 +250,7 @@ class TrainingLoop:
         for model in ("candidate", "current"):
             value = ((said.get("metrics") or {}).get(model) or {}).get("map50_95")
             if value is not None:
-                metrics.TRAINING_MAP.labels(resource.namespace, resource.name, model).set(float(value))
+                metrics.TRAINING_MAP50_95.labels(resource.namespace, resource.name, model).set(float(value))
         reason = {"Promoted": "ModelPromoted", "Refused": "CandidateRefused", "Failed": "TrainingFailed"}[outcome]
         return Step(status, [Event(reason, message, warning=outcome == "Failed")])
 

@@ -214,3 +214,40 @@ def test_prelabeling_never_changes_the_health_only_the_message(phase: str) -> No
     resource["status"]["prelabel"] = prelabel.status(progress, 0.0)
     judged = health(MLBACKEND / "health.lua", resource)
     assert judged["status"] == "Healthy" and judged["message"].endswith(f"pre-labeling {phase} {progress.predicted}/200"), judged
+
+
+TRAINING_PHASES = ["Idle", "Waiting", "Training", "Evaluating", "Promoted", "Refused", "Failed"]
+
+
+@pytest.mark.parametrize("phase", TRAINING_PHASES)
+@pytest.mark.parametrize(("observed", "expected"), [
+    (status_module.Observed(1, available=True, url="http://10.0.0.1:9090",
+                            projects=[status_module.ProjectStatus(1, "p", 5, "Connected", compatible=True)]), "Healthy"),
+    (status_module.Observed(1), "Progressing"),
+    (status_module.Observed(1, kube_error=("SecretMissing", "no Secret")), "Degraded"),
+], ids=["ready", "starting", "secret-missing"])
+def test_training_never_changes_the_health(phase: str, observed: status_module.Observed, expected: str) -> None:
+    """A run in progress must not hold later sync waves back (they wait for Healthy), and a failed or
+    refused run leaves the serving model serving: not Degraded. Nor does training hide a real problem.
+    status.training's shape: {phase, job, version, lastRun, history}."""
+    resource = resource_with(observed)
+    resource["status"]["training"] = {"phase": phase, "job": "yolo-train-3", "version": "20261130T054012.123Z-3f2a9c1b",
+                                      "lastRun": {"job": "yolo-train-2"}, "history": [{"job": "yolo-train-2"}]}
+    judged = health(MLBACKEND / "health.lua", resource)
+    without = health(MLBACKEND / "health.lua", resource_with(observed))
+    assert judged["status"] == expected == without["status"], judged
+    if expected != "Healthy" or phase == "Idle":
+        assert judged["message"] == without["message"]
+    elif phase == "Promoted":
+        assert judged["message"] == without["message"] + "; training Promoted 20261130T054012.123Z-3f2a9c1b"
+    else:
+        assert judged["message"] == without["message"] + f"; training {phase} (job yolo-train-3)"
+
+
+def test_a_training_status_without_job_or_version_still_reads() -> None:
+    observed = status_module.Observed(1, available=True, url="http://10.0.0.1:9090",
+                                      projects=[status_module.ProjectStatus(1, "p", 5, "Connected", compatible=True)])
+    resource = resource_with(observed)
+    resource["status"]["training"] = {"phase": "Promoted"}
+    plain = health(MLBACKEND / "health.lua", resource_with(observed))["message"]
+    assert health(MLBACKEND / "health.lua", resource) == {"status": "Healthy", "message": plain + "; training Promoted"}

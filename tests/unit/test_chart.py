@@ -216,3 +216,57 @@ def test_the_packaged_chart_carries_the_crd_and_the_schema(helm, tmp_path: Path)
     assert {"prelabel-operator/files/mlbackend.crd.yaml", "prelabel-operator/values.schema.json", "prelabel-operator/templates/NOTES.txt"} <= names
     rendered = helm("template", "x", str(archive), "--kube-version", KUBE_VERSION).stdout
     assert "name: mlbackends.prelabel.dev" in rendered
+
+
+def declared_metrics() -> dict[str, set[str]]:
+    """The series names the operator's metrics module exposes (a counter's _total, a histogram's
+    _bucket/_sum/_count), each with its labels (and `le` for a histogram's buckets)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from prelabel_operator import metrics
+
+    series: dict[str, set[str]] = {}
+    for wrapper in vars(metrics).values():
+        if not isinstance(wrapper, MetricWrapperBase):
+            continue
+        labels = set(wrapper._labelnames)  # prometheus_client keeps them there (no public getter)
+        for family in wrapper.describe():
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+            for suffix in suffixes:
+                series[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return series
+
+
+def test_the_grafana_dashboard_is_off_by_default_and_queries_only_declared_metrics(render) -> None:  # noqa: ANN001
+    """Every query of the dashboard (panels and variables) names metrics the operator declares, and
+    uses only their labels (in matchers, `by (...)` and the legend): a renamed metric or label fails."""
+    assert of_kind(render(), "ConfigMap") == []
+    objects = render({"grafanaDashboard": {"enabled": True, "labelValue": "yes", "namespace": "monitoring",
+                                           "annotations": {"grafana_folder": "Prelabel"}}})
+    (config_map,) = of_kind(objects, "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "yes" and config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Prelabel"}
+    dashboard = json.loads(config_map["data"]["prelabel.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "prelabel.json").read_text())
+    declared = declared_metrics()
+    assert "prelabel_operator_training_runs_total" in declared and "prelabel_operator_prelabel_tasks_total" in declared
+    queries = [(p["title"], t["expr"], t.get("legendFormat", "")) for p in dashboard["panels"] for t in p.get("targets", [])]
+    queries += [(v["name"], v["query"]["query"], "") for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    titles = {title for title, *_ in queries}
+    assert {"Training runs by outcome", "Precision per model version", "Recall per model version", "Training run time",
+            "Tasks still to pre-label", "Pre-labeling throughput"} <= titles
+    named: set[str] = set()
+    for title, expr, legend in queries:
+        names = set(re.findall(r"\bprelabel_\w+", expr))
+        assert names and names <= set(declared), f"{title}: {sorted(names - set(declared))} not declared in metrics.py"
+        named |= names
+        allowed = set().union(*(declared[n] for n in names))
+        used = set(re.findall(r"(\w+)\s*=~?\s*\"", expr)) | set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+        used |= {label.strip() for group in re.findall(r"\bby\s*\(([^)]*)\)", expr) for label in group.split(",")}
+        used |= set(re.findall(r"label_values\([^,]+,\s*(\w+)\)", expr))
+        assert used <= allowed, f"{title}: labels {sorted(used - allowed)} are not labels of {sorted(names)}"
+    assert {"prelabel_operator_prelabel_pending_tasks", "prelabel_operator_prelabel_tasks_total", "prelabel_operator_training_runs_total",
+            "prelabel_operator_training_last_map50_95", "prelabel_operator_training_run_seconds_bucket",
+            "prelabel_operator_training_samples", "prelabel_operator_agreement_precision", "prelabel_operator_agreement_recall"} <= named
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))

@@ -107,6 +107,8 @@ def test_copies_of_predictions_do_not_count_and_fewer_than_the_threshold_start_n
     assert world.jobs() == [] and step.events == []
     assert world.training["humanAnnotations"] == 9 and world.training["newAnnotations"] == 9
     assert world.training["message"] == "9 of 10 new human annotations since the last run"
+    # What people kept of version v1's pre-labels: every submitted annotation, the copies included (a person kept them).
+    assert world.training["agreement"] == [{"modelVersion": "v1", "tasks": 29, "precision": 1.0, "recall": 1.0}]
     assert trained(world.training).status == "False" and trained(world.training).reason == "WaitingForAnnotations"  # type: ignore[union-attr]
 
 

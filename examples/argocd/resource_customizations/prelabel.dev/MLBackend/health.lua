@@ -5,6 +5,11 @@
 -- Pre-labeling (spec.prelabel) never changes the health, only the message: a run over a big project
 -- can take hours and must not hold later sync waves back, and a failed task is data to look at, not
 -- a broken deployment. Its progress shows as e.g. "; pre-labeling Progressing 180/200".
+-- Training (spec.training, status.training) never changes the health either, only the message: a
+-- run (Waiting, Training, Evaluating) can take an hour and must not hold later sync waves back, and
+-- a run that failed or was refused leaves the model that served serving (the candidate is only
+-- promoted by the gate), so nothing is broken: "; training Failed (job yolo-train-3)". A promoted
+-- version rolls the Deployment, which stays Available while it rolls.
 local hs = {}
 local starting = {DeploymentNotAvailable = true, WaitingForBackend = true, NotChecked = true}
 
@@ -40,6 +45,15 @@ elseif ready.status == "True" then
   local prelabel = obj.status.prelabel
   if prelabel ~= nil and prelabel.phase ~= nil then
     hs.message = hs.message .. "; pre-labeling " .. prelabel.phase .. " " .. (prelabel.summary or "")
+  end
+  local training = obj.status.training
+  if training ~= nil and training.phase ~= nil and training.phase ~= "Idle" then
+    hs.message = hs.message .. "; training " .. tostring(training.phase)
+    if training.phase == "Promoted" and training.version ~= nil then
+      hs.message = hs.message .. " " .. tostring(training.version)
+    elseif training.job ~= nil then
+      hs.message = hs.message .. " (job " .. tostring(training.job) .. ")"
+    end
   end
 elseif starting[ready.reason] then
   hs.status = "Progressing"
