@@ -6,7 +6,10 @@
                       only on 200): then "compatible": false and the reason in "error"; 422 for a
                       config that names something this backend cannot do (a bad model_path, ...)
     POST /predict     {tasks, label_config, project, params} -> {"results": [one per task, in order]}
-    POST /webhook     training events acknowledged (201); others 200 {"status": "Unknown event"}
+    POST /webhook     Label Studio's events: START_TRAINING records a training request (201, basic auth
+                      when set: Label Studio sends it); annotation events 201, nothing changes; others 200
+                      {"status": "Unknown event"}
+    POST /train       Label Studio's older "Start Training": records a training request (201), whatever the body
     GET  /metrics     Prometheus text
     GET  /openapi.yaml, /openapi.json   this protocol as OpenAPI 3.0 (openapi.yaml beside this module)
 
@@ -27,7 +30,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import memory
+from . import memory, training_requests
 from .label_config import ConfigError, LabelConfig, UnsupportedConfig, parse
 from .media import MediaFetcher
 from .metrics import Metrics
@@ -159,21 +162,33 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     elif load == "background":
         threading.Thread(target=backend.load_defaults, name="load-models", daemon=True).start()
 
+    def _authorized() -> bool:
+        credentials = settings.basic_auth
+        if credentials is None:
+            return True
+        auth = request.authorization
+        return auth is not None and auth.type == "basic" and (
+            hmac.compare_digest(auth.username or "", credentials[0]) and hmac.compare_digest(auth.password or "", credentials[1]))
+
+    def _denied() -> Response:
+        response = jsonify({"error": "authentication required"})
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="prelabel-backend"'
+        return response
+
     @app.before_request
     def _start() -> Response | None:
         g.started = time.monotonic()
-        credentials = settings.basic_auth
-        if credentials is None or (request.path == "/webhook" and not settings.webhook_require_auth):
-            return None
-        auth = request.authorization
-        if auth is None or auth.type != "basic" or not (
-            hmac.compare_digest(auth.username or "", credentials[0]) and hmac.compare_digest(auth.password or "", credentials[1])
-        ):
-            response = jsonify({"error": "authentication required"})
-            response.status_code = 401
-            response.headers["WWW-Authenticate"] = 'Basic realm="prelabel-backend"'
-            return response
-        return None
+        if request.path == "/webhook" and not settings.webhook_require_auth:
+            return None  # annotation events come without credentials; START_TRAINING is checked in webhook()
+        return None if _authorized() else _denied()
+
+    def _record_training(project: Any) -> dict[str, Any]:
+        try:
+            recorded = training_requests.record(Path(settings.model_dir), training_requests.project_id(project))
+        except OSError as exc:
+            raise BadRequest(f"could not record the training request under MODEL_DIR ({settings.model_dir}): {exc}", 503) from None
+        return recorded.as_json()
 
     @app.after_request
     def _count(response: Response) -> Response:
@@ -200,7 +215,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     @app.get("/")
     @app.get("/health")
     def health() -> tuple[Response, int]:
-        body: dict[str, Any] = {"status": backend.state, "model_class": MODEL_CLASS}
+        body: dict[str, Any] = {"status": backend.state, "model_class": MODEL_CLASS,
+                                "training": training_requests.read(Path(settings.model_dir)).as_json()}
         if kills := memory.oom_kills():  # a process of this container killed for memory (the operator's diagnosis reads it)
             body["oom_kills"] = kills
         if backend.state != "UP":
@@ -265,8 +281,21 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
             raise BadRequest("'action' (the webhook event name) is missing")
         if event not in TRAIN_EVENTS:
             return jsonify({"status": "Unknown event"}), 200
-        # This backend serves fixed weights: training events are acknowledged, nothing is trained.
-        return jsonify({"status": "ok", "event": event, "trained": False}), 201
+        if event != "START_TRAINING":
+            # Annotations change nothing here: the operator counts them from Label Studio itself.
+            return jsonify({"status": "ok", "event": event, "trained": False}), 201
+        if not _authorized():  # Label Studio sends "Start Training" with the backend's basic auth
+            return _denied(), 401
+        # Recorded for the operator, which trains in a Job; no "job" key: Label Studio would poll /job_status.
+        return jsonify({"status": "ok", "event": event, "trained": False, "training": _record_training(body.get("project"))}), 201
+
+    @app.post("/train")
+    def train() -> tuple[Response, int]:
+        # Label Studio before 1.4.1, or with its START_TRAINING webhook flag off: {"annotations", "project":
+        # "<id>.<created>", "label_config", "params"}. Only the project is read; any body records a request.
+        body = request.get_json(silent=True)
+        project = body.get("project") if isinstance(body, dict) else None
+        return jsonify({"status": "ok", "event": "START_TRAINING", "trained": False, "training": _record_training(project)}), 201
 
     @app.get("/metrics")
     def metrics() -> Response:

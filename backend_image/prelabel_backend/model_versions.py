@@ -196,6 +196,10 @@ class Store(ABC):
     def _discard(self, path: Path) -> None:
         """What to do with a local copy that failed verification (a cache drops it; a folder keeps it)."""
 
+    def names(self) -> list[str]:
+        """The names of every version, oldest first (no record is read)."""
+        return sorted(self._names())
+
     def latest(self) -> ModelVersion | None:
         names = sorted(self._names())
         return self.record(names[-1]) if names else None
@@ -374,3 +378,114 @@ def open_store(url: str, cache: Path, client: S3Client | None = None) -> Store:
         return S3Store(client or s3_client(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")),
                        S3Location.parse(url), cache)
     return DirectoryStore(Path(url.removeprefix("file://")))
+
+
+# -- `python -m prelabel_backend.model_versions fetch STORE VERSION DIR`: the serving init container ----
+CREDENTIAL_ENV = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken", "403"}
+
+
+def fetch(store: Store, name: str, dest: Path) -> tuple[ModelVersion, Path]:
+    """Copies version `name`'s weights to `dest/<name><suffix>` (suffix of the stored file, e.g. .pt),
+    their sha256 verified (CorruptVersion otherwise), then its record to `dest/<name>.json` (last: a
+    record beside weights means they are whole). Weights already there with the right sha256 are kept.
+    Raises VersionNotFound, StoreError, CorruptVersion, OSError and the S3 client's errors."""
+    record = store.record(name)
+    target = dest / f"{name}{Path(record.weights).suffix}"
+    dest.mkdir(parents=True, exist_ok=True)
+    if not (target.is_file() and file_sha256(target) == record.sha256):
+        source = store.get(name)
+        partial = dest / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
+        try:
+            shutil.copyfile(source, partial)
+            if (sha := file_sha256(partial)) != record.sha256:  # the copy itself, read back
+                raise CorruptVersion(f"version {name}: the copy in {dest} has sha256 {sha}, the record says {record.sha256}")
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+    record_path = dest / f"{name}.json"
+    partial_record = dest / f".{record_path.name}.partial"
+    partial_record.write_text(record.to_json())
+    partial_record.replace(record_path)
+    return record, target
+
+
+def _s3_problem(exc: Exception, store: Store) -> str | None:
+    """What an S3 client error means for the person fixing the init container; None: not one.
+    Never the error's own text for credentials (it may echo the request's signing details)."""
+    from botocore import exceptions
+
+    endpoint = store.client.meta.endpoint_url if isinstance(store, S3Store) else "?"
+    bucket = store.location.bucket if isinstance(store, S3Store) else "?"
+    if isinstance(exc, exceptions.NoCredentialsError | exceptions.PartialCredentialsError):
+        return f"no S3 credentials for {store!r}: set {CREDENTIAL_ENV} (from a Secret)"
+    if isinstance(exc, exceptions.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _CREDENTIAL_CODES:
+            return (f"the S3 server at {endpoint} refused the credentials ({code}): check {CREDENTIAL_ENV}, "
+                    f"and that the key may read bucket {bucket!r}")
+        if code == "NoSuchBucket":
+            return f"bucket {bucket!r} does not exist at {endpoint}: check the store URL"
+        return f"the S3 server at {endpoint} answered {code or 'an error'} for {store!r}"
+    if isinstance(exc, exceptions.EndpointConnectionError | exceptions.ConnectionError | exceptions.ReadTimeoutError):
+        return f"cannot reach the S3 server at {endpoint} (AWS_ENDPOINT_URL): {type(exc).__name__}"
+    return None
+
+
+def _fetch_command(url: str, name: str, dest: Path) -> str:
+    """Runs `fetch` for the CLI; returns the line to print. Raises SystemExit(message) on any failure."""
+    import tempfile
+
+    if not url.startswith("s3://"):
+        root = Path(url.removeprefix("file://"))
+        if not root.is_dir():
+            raise SystemExit(f"the model store folder {root} does not exist: is its volume mounted?")
+    try:
+        check_name(name)
+    except StoreError as exc:
+        raise SystemExit(f"cannot fetch: {exc}") from None
+    # The S3 download cache: under the temp dir (/tmp, the image's one writable path besides DIR), dropped after.
+    with tempfile.TemporaryDirectory(prefix="prelabel-fetch-") as cache:
+        try:
+            store = open_store(url, Path(cache))
+        except ValueError as exc:
+            raise SystemExit(f"cannot open the model store: {exc}") from None
+        try:
+            record, path = fetch(store, name, dest)
+        except VersionNotFound:
+            newest = ", ".join(reversed(store.names()[-5:])) or "none: the store is empty"
+            raise SystemExit(f"version {name} is not in {store!r}; the newest there: {newest}") from None
+        except CorruptVersion as exc:
+            raise SystemExit(f"refusing corrupt weights: {exc}; put the version again or serve another") from None
+        except StoreError as exc:
+            raise SystemExit(f"cannot fetch: {exc}") from None
+        except OSError as exc:
+            raise SystemExit(f"cannot write into {dest}: {exc}") from None
+        except Exception as exc:
+            problem = _s3_problem(exc, store)
+            if problem is None:
+                raise
+            raise SystemExit(problem) from None
+    return (f"fetched {record.name} ({record.task}, {record.precision}, {record.size} bytes, sha256 {record.sha256[:12]}, "
+            f"parent {record.parent or 'none'}) from {store!r} into {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m prelabel_backend.model_versions",
+                                     description="The model store, from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch_parser = commands.add_parser(
+        "fetch", help="copy a stored version's weights (sha256 checked) and record into a folder",
+        description="Writes DIR/VERSION<suffix> (the weights, e.g. .pt) and DIR/VERSION.json (the record). "
+                    "S3 stores read AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.")
+    fetch_parser.add_argument("store", help="s3://bucket[/prefix] or the store's folder")
+    fetch_parser.add_argument("version", help="a version name, e.g. 20261130T054012.123Z-3f2a9c1b")
+    fetch_parser.add_argument("dir", type=Path, help="where to write the weights and the record")
+    args = parser.parse_args(argv)
+    print(_fetch_command(args.store, args.version, args.dir), flush=True)
+
+
+if __name__ == "__main__":
+    main()

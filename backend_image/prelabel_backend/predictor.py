@@ -52,10 +52,13 @@ class Predictor:
         self._pool = ThreadPoolExecutor(max_workers=settings.media_fetch_threads, thread_name_prefix="media")
 
     def model_version(self, config: LabelConfig) -> str:
-        """Changes when any weight file this config uses, or the config's prediction-relevant parts, change."""
+        """Changes when any weight file this config uses, or the config's prediction-relevant parts, change:
+        prelabel-<12 hex>, or <MODEL_VERSION>-<6 hex> when the weights are a model store version."""
         digest = hashlib.sha256(config.digest.encode())
         for model_file in sorted({c.model_file for c in config.controls}):
             digest.update(self.store.get(model_file).sha256.encode())
+        if self.settings.model_version:
+            return f"{self.settings.model_version}-{digest.hexdigest()[:6]}"
         return f"prelabel-{digest.hexdigest()[:12]}"
 
     def check(self, config: LabelConfig) -> None:

@@ -7,6 +7,7 @@ keeps its env; the few additions are marked "Prelabel".
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ DEFAULT_MODEL_ENV = {
 }
 
 TRUE = {"1", "true", "yes", "on"}
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,54}[A-Za-z0-9])?")  # a Kubernetes label value, 7 characters short
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -56,6 +58,15 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
+def _version_name(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if raw and not _LABEL_VALUE.fullmatch(raw):
+        # Label Studio shows and stores it, Kubernetes labels carry it: the store's names fit both.
+        raise ValueError(f"{name} must be a model store version name (letters, digits, '.', '_', '-'; "
+                         f"at most 56 characters), got {raw!r}")
+    return raw or None
+
+
 @dataclass(frozen=True)
 class Settings:
     # --- HTTP server -------------------------------------------------------------------------
@@ -64,11 +75,12 @@ class Settings:
     workers: int = 1  # WORKERS: gunicorn worker processes (each loads the models once)
     threads: int = 8  # THREADS: threads per worker; concurrent requests share one model lock
     log_level: str = "INFO"  # LOG_LEVEL: the Authorization header and keys are never logged, at any level
-    basic_auth_user: str | None = None  # BASIC_AUTH_USER: with BASIC_AUTH_PASS, basic auth on every route (/webhook only with WEBHOOK_REQUIRE_AUTH)
+    basic_auth_user: str | None = None  # BASIC_AUTH_USER: with BASIC_AUTH_PASS, basic auth on every route (/webhook's events: WEBHOOK_REQUIRE_AUTH)
     basic_auth_pass: str | None = None  # BASIC_AUTH_PASS: the password of that basic auth
-    # WEBHOOK_REQUIRE_AUTH (Prelabel): Label Studio's auto-created webhook sends no credentials, and
-    # /webhook only acknowledges (this backend does not train), so by default it is open even with
-    # basic auth on. Set true to require basic auth there too (then add the header to the webhook).
+    # WEBHOOK_REQUIRE_AUTH (Prelabel): Label Studio's auto-created webhook sends no credentials, and its
+    # annotation events change nothing here, so by default /webhook is open even with basic auth on;
+    # START_TRAINING (which records a training request) still needs the basic auth Label Studio sends
+    # with "Start Training". Set true to require basic auth for every event (then add the header to the webhook).
     webhook_require_auth: bool = False
     # MAX_REQUEST_BYTES (Prelabel): a larger request body is refused with 413 before it is read.
     # Label Studio sends task references, not images: a 1000-task /predict is about 0.2 MiB.
@@ -87,6 +99,10 @@ class Settings:
     # MODEL_WEIGHTS (Prelabel): one weight file under MODEL_ROOT that becomes the default for its own
     # task (read from the file), e.g. what an MLBackend's spec.model.weights names.
     model_weights: str | None = None
+    # MODEL_VERSION (Prelabel): the model store version the mounted weights are (e.g. 20261130T054012.123Z-3f2a9c1b,
+    # as `python -m prelabel_backend.model_versions fetch` wrote them); the backend's model_version becomes
+    # <MODEL_VERSION>-<6 hex of the config and weights>, so Label Studio names the store version. Unset: prelabel-<12 hex>
+    model_version: str | None = None
     allow_custom_model_path: bool = True  # ALLOW_CUSTOM_MODEL_PATH: honour a control's model_path attribute
     model_score_threshold: float = 0.5  # MODEL_SCORE_THRESHOLD: default for controls without model_score_threshold
     device: str = "cpu"  # DEVICE (Prelabel): torch device, "cpu" or "cuda" / "cuda:0" (then torch serves, nothing is exported)
@@ -163,6 +179,7 @@ class Settings:
             model_dir=Path(env.get("MODEL_DIR") or "/tmp/prelabel-backend"),
             default_models={task: env.get(var) or default for task, (var, default) in DEFAULT_MODEL_ENV.items()},
             model_weights=env.get("MODEL_WEIGHTS") or None,
+            model_version=_version_name(env, "MODEL_VERSION"),
             allow_custom_model_path=_bool(env, "ALLOW_CUSTOM_MODEL_PATH", True),
             model_score_threshold=_float(env, "MODEL_SCORE_THRESHOLD", 0.5),
             device=env.get("DEVICE") or "cpu",

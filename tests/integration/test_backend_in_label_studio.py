@@ -4,15 +4,19 @@ predictions" through the API, and what Label Studio really stored, against the s
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import requests
 
 from prelabel_backend import synthetic
-from tests.conftest import SEED_CONFIG, scenes
+from prelabel_local.backend import BackendProcess
+from tests.conftest import SEED_CONFIG, scenes, wait_for
 
 pytestmark = pytest.mark.labelstudio
+AUTH = ("ls", "train-pass")  # the basic auth of the backend that is trained from Label Studio
 
 
 def upload_tasks(label_studio, project_id: int, batch: list[synthetic.Scene]) -> dict[int, synthetic.Scene]:  # noqa: ANN001
@@ -169,3 +173,52 @@ def test_label_studio_links_on_its_public_host_and_local_files(public_label_stud
             scene = batch[names.index(next(n for n in names if link.endswith(quote(n))))]
             (prediction,) = stored[task_id]
             assert len(prediction.result) == len(scene.shapes), (how, link, prediction.result)
+
+
+@pytest.fixture
+def backend_with_auth(label_studio, tmp_path: Path) -> Iterator[BackendProcess]:  # noqa: ANN001
+    """A backend with basic auth and two gunicorn workers (BackendProcess.wait_ready polls /health without auth)."""
+    backend = BackendProcess({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token, "WORKERS": "2",
+                              "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1]}, tmp_path / "backend" / "backend.log")
+    try:
+        wait_for("the backend", lambda: _up(backend))
+        yield backend
+    finally:
+        backend.stop()
+
+
+def _up(backend: BackendProcess) -> bool:
+    assert backend.proc.poll() is None, backend.log.read_text()[-2000:]
+    try:
+        return requests.get(f"{backend.url}/health", auth=AUTH, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_start_training_in_label_studio_is_recorded_and_annotations_change_nothing(label_studio, ls_client, backend_with_auth) -> None:  # noqa: ANN001
+    """The ML backend card's "Start Training" (the call the UI makes: POST /api/ml/<id>/train) reaches
+    the backend, with its basic auth, as START_TRAINING on /webhook, and shows in /health (two gunicorn
+    workers: one record); a human annotation's webhook event reaches it too and changes nothing."""
+    auth, backend = AUTH, backend_with_auth
+    project = ls_client.projects.create(title="start training", label_config=SEED_CONFIG)
+    (task_id,) = upload_tasks(label_studio, project.id, scenes(308, 1))
+    ml = ls_client.ml.create(project=project.id, url=backend.url, title="prelabel", auth_method="BASIC_AUTH",
+                             basic_auth_user=auth[0], basic_auth_pass=auth[1])
+    assert ml.state == "CO", ml
+
+    def health() -> dict:
+        return requests.get(f"{backend.url}/health", auth=auth, timeout=30).json()["training"]
+
+    assert health() == {"requested_at": None, "requests": 0, "project": None}
+    ls_client.ml.train(id=ml.id)
+    recorded = health()
+    assert recorded["requests"] == 1 and recorded["project"] == project.id and recorded["requested_at"], recorded
+    assert '"POST /webhook HTTP/1.1" 201' in backend.log.read_text()  # not /train: Label Studio 1.23's flag is on
+
+    region = {"from_name": "label", "to_name": "image", "type": "rectanglelabels",
+              "value": {"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0, "rectanglelabels": ["Square"]}}
+    ls_client.annotations.create(id=task_id, result=[region])
+    wait_for("the ANNOTATION_CREATED webhook", lambda: backend.log.read_text().count('"POST /webhook HTTP/1.1" 201') >= 2, timeout=60)
+    assert health() == recorded
+    ls_client.ml.train(id=ml.id)
+    assert health()["requests"] == 2

@@ -216,12 +216,15 @@ def test_basic_auth_guards_every_route_but_the_webhook(backend, caplog) -> None:
             assert client.get(path, headers=basic("ls", "wrong")).status_code == 401
             assert client.get(path, headers=basic("ls", "s3cret-pass")).status_code == 200
         assert client.post("/setup", json={"project": "1.1", "schema": SEED_CONFIG}).status_code == 401
-        assert client.post("/webhook", json={"action": "START_TRAINING"}).status_code == 201
+        assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 201
+        assert client.post("/webhook", json={"action": "START_TRAINING"}).status_code == 401  # Label Studio sends the auth with it
+        assert client.post("/webhook", json={"action": "START_TRAINING"}, headers=basic("ls", "s3cret-pass")).status_code == 201
     assert "s3cret-pass" not in caplog.text and "bHM6czNjcmV0" not in caplog.text
 
     strict = Settings(basic_auth_user="ls", basic_auth_pass="s3cret-pass", webhook_require_auth=True, model_dir=backend.settings.model_dir)
     strict_client = create_app(strict, backend, load="none").test_client()
     assert strict_client.post("/webhook", json={"action": "START_TRAINING"}).status_code == 401
+    assert strict_client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 401
     assert strict_client.post("/webhook", json={"action": "START_TRAINING"}, headers=basic("ls", "s3cret-pass")).status_code == 201
 
 
