@@ -184,10 +184,14 @@ class TrainingLoop:
         serving = manifests.serving_version(spec, base.get("version"))
         body = training_job.snapshot(run, project, training.snapshot_digest(chosen), snapshot_at,
                                      [(a.task, a.id) for a in split.train], [(a.task, a.id) for a in split.validation])
-        for obj in (training_job.config_map(resource.name, run, body),
-                    training_job.job(resource.name, spec, run, serving, [v for v in (serving, spec.weights.version) if v])):
-            self.adopt(obj, resource.body)
-            self.kube.apply(obj, resource.namespace)
+        if self.kube.get("batch/v1", "Job", run, resource.namespace) is None:  # else a step that made it died before its status was written
+            try:
+                config_map = training_job.config_map(resource.name, run, body)
+            except ValueError as exc:
+                return self._changed(base, {**base, "answered": triggers, "message": f"a run cannot start: {exc}"})
+            for obj in (config_map, training_job.job(resource.name, spec, run, serving, [v for v in (serving, spec.weights.version) if v])):
+                self.adopt(obj, resource.body)
+                self.kube.apply(obj, resource.namespace)
         for side, chosen_side in (("train", split.train), ("validation", split.validation)):
             metrics.TRAINING_SAMPLES.labels(resource.namespace, resource.name, side).set(len(chosen_side))
         now = self.wall()

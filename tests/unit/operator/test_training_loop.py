@@ -279,3 +279,12 @@ def test_a_label_studio_outage_is_shown_and_checked_again() -> None:
 
 def test_merge_patch_removes_what_the_new_status_drops() -> None:
     assert merge_patch({"job": "a", "phase": "Training", "runs": 1}, {"phase": "Promoted", "runs": 1}) == {"phase": "Promoted", "job": None}
+
+
+def test_a_job_made_by_a_step_whose_status_was_lost_is_followed_not_made_again() -> None:
+    world = World()
+    run = started(world)
+    world.status = {}  # the status patch never landed (the operator died after creating the Job)
+    world.memory.training_checked.clear()
+    step = world.step()
+    assert world.training["job"] == run and len(world.jobs()) == 1 and [e.reason for e in step.events] == ["TrainingStarted"]
