@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,13 +160,36 @@ def _examples(ls: LabelStudio, media: MediaFetcher, control: label_config.Contro
     return examples, problems
 
 
-def evaluate(weights: Path, data: Path, task: str, s: TrainSettings, device: str, work: Path, images: int) -> dict[str, Any]:
+def fine_tune(parent: Path, data: Path, work: Path, *, epochs: int, imgsz: int, batch: int, device: str,
+              resume: Path | None = None, on_save: Callable[[Path], None] | None = None) -> Path:
+    """Fine-tunes `parent` on `data` (ultralytics' train: seed 0, deterministic, no augmentation
+    settings of ours, validation only after the last epoch), or resumes the checkpoint `resume`
+    (ultralytics' resume: the same dataset path); `on_save(last.pt)` after each epoch. Returns the
+    final weights under `work`, the optimizer stripped (what serves). bench/learning_curve.py calls
+    this too, so the benchmark measures the Job's own training."""
+    from ultralytics.models import YOLO
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    model = YOLO(str(resume or parent))
+    if on_save is not None:
+        model.add_callback("on_model_save", lambda trainer: on_save(Path(trainer.last)))
+    if resume is not None:
+        model.train(resume=True, workers=0)
+    else:
+        model.train(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=0, seed=0, deterministic=True,
+                    project=str(work / "runs"), name="run", exist_ok=True, plots=False, val=False, verbose=False, amp=False)
+    final = work / "runs" / "run" / "weights" / "last.pt"
+    strip_optimizer(str(final))
+    return final
+
+
+def evaluate(weights: Path, data: Path, task: str, *, imgsz: int, batch: int, device: str, work: Path, images: int) -> dict[str, Any]:
     """ultralytics' val on the validation split: box (mask for segment) mAP50-95, mAP50 and recall per
     class; for classify, top-1 accuracy stands for both mAPs and per-class recall is not given."""
     from ultralytics.models import YOLO
 
     model = YOLO(str(weights))
-    found = model.val(data=str(data), split="val", imgsz=s.imgsz, batch=s.batch, device=device, workers=0, plots=False,
+    found = model.val(data=str(data), split="val", imgsz=imgsz, batch=batch, device=device, workers=0, plots=False,
                       verbose=False, project=str(work / "val"), name=weights.stem, exist_ok=True)
     if task == "classify":
         top1 = float(found.top1)
@@ -238,33 +261,25 @@ def run(s: TrainSettings, settings: Settings) -> dict[str, Any]:
         log.warning("labels no class of the model maps to were skipped: %s", dict(written.skipped))
 
     device = settings.device
-    weights_dir = work / "runs" / "run" / "weights"
-    checkpoint = weights_dir / "last.pt"
+    checkpoint = work / "runs" / "run" / "weights" / "last.pt"
     resumed_from = 0
     if store.get_checkpoint(snapshot.run, "last.pt", checkpoint):
         import torch
 
         resumed_from = int(torch.load(checkpoint, map_location="cpu", weights_only=False).get("epoch", -1)) + 1
         log.info("resuming run %s from its checkpoint after epoch %d", snapshot.run, resumed_from)
-        model = YOLO(str(checkpoint))
+    if resumed_from >= s.epochs:  # the last epoch's checkpoint: the pod died before storing the candidate
+        from ultralytics.utils.torch_utils import strip_optimizer
+
+        strip_optimizer(str(checkpoint))
+        candidate_path = checkpoint
     else:
-        model = YOLO(str(parent_path))
-
-    def saved(trainer: Any) -> None:
-        store.put_checkpoint(snapshot.run, Path(trainer.last))
-    model.add_callback("on_model_save", saved)
-    if resumed_from and resumed_from < s.epochs:
-        model.train(resume=True, workers=0)
-    elif not resumed_from:
-        model.train(data=str(data), epochs=s.epochs, imgsz=s.imgsz, batch=s.batch, device=device, workers=0, seed=0, deterministic=True,
-                    project=str(work / "runs"), name="run", exist_ok=True, plots=False, val=False, verbose=False, amp=False)
-    candidate_path = weights_dir / "last.pt"
-    from ultralytics.utils.torch_utils import strip_optimizer
-
-    strip_optimizer(str(candidate_path))  # the weights alone: what serves, a fraction of the checkpoint's size
+        candidate_path = fine_tune(parent_path, data, work, epochs=s.epochs, imgsz=s.imgsz, batch=s.batch, device=device,
+                                   resume=checkpoint if resumed_from else None,
+                                   on_save=lambda last: store.put_checkpoint(snapshot.run, last))
     images = written.images["val"]
-    current = evaluate(parent_path, data, control.task, s, device, work, images)
-    candidate = evaluate(candidate_path, data, control.task, s, device, work, images)
+    current = evaluate(parent_path, data, control.task, imgsz=s.imgsz, batch=s.batch, device=device, work=work, images=images)
+    candidate = evaluate(candidate_path, data, control.task, imgsz=s.imgsz, batch=s.batch, device=device, work=work, images=images)
     record = model_versions.new_version(candidate_path, task=control.task, parent=s.parent,
                                         metrics=_record_metrics(candidate, current),
                                         provenance=model_versions.Provenance(run=snapshot.run, data_snapshot=snapshot.digest))

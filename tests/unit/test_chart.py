@@ -270,3 +270,20 @@ def test_the_grafana_dashboard_is_off_by_default_and_queries_only_declared_metri
             "prelabel_operator_training_samples", "prelabel_operator_agreement_precision", "prelabel_operator_agreement_recall"} <= named
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_the_crd_yaml_has_no_key_twice() -> None:
+    """YAML keeps the last of two equal keys without a word: a property written under the wrong parent
+    (a second `x-kubernetes-validations:`) vanished from the schema that way once."""
+
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:  # type: ignore[type-arg]
+        keys = [loader.construct_object(k) for k, _ in node.value]
+        twice = {k for k in keys if keys.count(k) > 1}
+        assert not twice, f"line {node.start_mark.line + 1}: {sorted(map(str, twice))} twice"
+        return loader.construct_mapping(node)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    yaml.load((REPO / "crds" / "mlbackend.yaml").read_text(), Loader=Strict)
