@@ -2,6 +2,8 @@
 
     GET  /health, /   {"status": "UP", "model_class": ...}; 503 with a reason while models load
     POST /setup       {project, schema, hostname, access_token, extra_params} -> {"model_version", "compatible", ...}
+                      within Label Studio's 3 s read timeout: a model the config names that is not loaded yet
+                      loads in the background meanwhile, and the answer lists it under "loading";
                       200 even for a config with nothing to serve yet (Label Studio connects a backend
                       only on 200): then "compatible": false and the reason in "error"; 422 for a
                       config that names something this backend cannot do (a bad model_path, ...)
@@ -110,6 +112,21 @@ class Backend:
                 self._configs.popitem(last=False)
         return config
 
+    def loading(self, xml: str) -> tuple[LabelConfig, list[str]] | None:
+        """The parsed config and the model files it needs that are still loading (their loads started
+        here, in the background), or None when every model it needs serves now (then `config` answers
+        without waiting). Raises ConfigError for a file not found, or a background load that failed."""
+        parsed = parse(xml, self.settings)
+        files = sorted({c.model_file for c in parsed.controls})
+        for model_file in files:
+            failure = self.store.load_failure(model_file)
+            if failure is not None:
+                raise ConfigError(failure)
+        waiting = [f for f in files if not self.store.ready(f)]
+        for model_file in waiting:
+            self.store.load_in_background(model_file)
+        return (parsed, waiting) if waiting else None
+
     def remember_schema(self, project: str, xml: str) -> None:
         with self._lock:
             self._project_schema[project] = xml
@@ -148,6 +165,15 @@ def _config_or_error(backend: Backend, xml: Any) -> LabelConfig:
         raise BadRequest(str(exc), 422, found=exc.found, reasons=exc.reasons, supported=exc.supported) from None
     except ConfigError as exc:
         raise BadRequest(str(exc), 422) from None
+
+
+def _loading_answer(backend: Backend, config: LabelConfig, files: list[str]) -> Response:
+    """/setup's answer while the config's models load: the model version they will serve (it hashes
+    the weight files, not the loaded models), "compatible" as far as the config says, and the files in
+    `loading`. Whether each model fits its control, and which labels its classes reach, come with the
+    first /setup after the load; a model that turns out not to fit is then a 422."""
+    return jsonify({"model_version": backend.predictor.model_version(config), "compatible": True, "loading": files,
+                    "warnings": [f"loading {f} (in the background; /predict waits for it, the next /setup checks it)" for f in files]})
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None, load: str = "background") -> Flask:
@@ -236,6 +262,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         if not isinstance(xml, str):
             raise BadRequest("no labeling config: send it as 'schema'")
         try:
+            loading = backend.loading(xml) if xml.strip() else None
+            if loading is not None:
+                if project:
+                    backend.remember_schema(project, xml)
+                return _loading_answer(backend, *loading)
             config = backend.config(xml) if xml.strip() else None
             unsupported = None if config is not None else UnsupportedConfig([])
         except UnsupportedConfig as exc:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
+import email.utils
 import io
 import logging
 import sys
@@ -45,6 +47,17 @@ __all__ = ["CLOUD_SCHEMES", "LabelStudioAuth", "LabelStudioSource", "MediaError"
 
 class MediaNotFound(MediaError):
     """The server answered 404: another reading of the same reference may exist."""
+
+
+class Busy(MediaError):
+    """The server answered 429 or 503: try again, after `retry_after` seconds when it said."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+RETRIED = (429, 503)  # Too Many Requests, Service Unavailable: the answers that say "later"
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -250,6 +263,26 @@ class MediaFetcher:
         return data
 
     def _get(self, url: str, source: LabelStudioSource | None) -> bytes:
+        """`_get_once`, tried again while the server answers 429 or 503 (Label Studio or a storage
+        under load, label-studio-ml-backend PR #903): after its Retry-After (seconds or an HTTP date),
+        else 1, 2, 4... s, up to MEDIA_RETRY_SECONDS waited in all. Then MediaError with the reason:
+        the task fails, it is never stored as "no regions"."""
+        budget = self.settings.media_retry_seconds
+        waited, tries = 0.0, 0
+        while True:
+            tries += 1
+            try:
+                return self._get_once(url, source)
+            except Busy as busy:
+                wait = busy.retry_after if busy.retry_after is not None else float(2 ** (tries - 1))
+                if waited + wait > budget:
+                    asked = f"; it asked to wait {busy.retry_after:g} s more" if busy.retry_after is not None else ""
+                    raise MediaError(f"{busy} ({tries} tries over {waited:g} s, MEDIA_RETRY_SECONDS is {budget:g}{asked})") from None
+                log.info("%s; retrying in %g s", busy, wait)
+                time.sleep(wait)
+                waited += wait
+
+    def _get_once(self, url: str, source: LabelStudioSource | None) -> bytes:
         """GET with redirects followed by hand, at most MAX_REDIRECTS hops, each checked by
         media_urls.redirect; the Authorization header only on Label Studio's own origin."""
         address = source.address if source else None
@@ -262,6 +295,8 @@ class MediaFetcher:
                     if response.is_redirect:
                         url = media_urls.redirect(url, response.headers["Location"], address, self.settings.media_allowed_hosts)
                         continue
+                    if response.status_code in RETRIED:
+                        raise Busy(f"GET {_safe(url)} answered HTTP {response.status_code}", retry_after(response.headers.get("Retry-After")))
                     if response.status_code != 200:
                         error = MediaNotFound if response.status_code == 404 else MediaError
                         raise error(f"GET {_safe(url)} answered HTTP {response.status_code}{_hint(url, response.status_code, bool(headers))}")
@@ -278,6 +313,23 @@ class MediaFetcher:
             except requests.RequestException as exc:
                 raise MediaError(f"GET {_safe(url)} failed: {type(exc).__name__}") from None
         raise MediaError(f"more than {MAX_REDIRECTS} redirects, the last to {_safe(url)}")
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks to wait (RFC 9110 10.2.3: delay-seconds or an HTTP date), at
+    least 0; None when absent or unreadable. `now`: the Unix time to count a date from (default: now)."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:

@@ -76,6 +76,9 @@ class ModelStore:
         self._models: dict[tuple[Path, str], LoadedModel] = {}
         self._lock = threading.Lock()
         self._loading: dict[tuple[Path, str], threading.Lock] = {}
+        self._background: dict[Path, threading.Thread] = {}  # loads /setup started and did not wait for
+        self._failed: dict[Path, str] = {}  # why a background load failed, until /setup reports it
+        self._hashes: dict[tuple[Path, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 of a file not loaded
         self.threads = settings.torch_threads or usable_cpus()
         # Images of a batch run at once, up to the largest batch a model may serve (OpenVINO's streams).
         self.streams = inference_streams(self.threads, settings.batch_size or max(runtime_choice.BATCHES))
@@ -111,6 +114,60 @@ class ModelStore:
                         self._measurements.put(loaded)
         loaded.last_used = time.monotonic()
         return loaded
+
+    def ready(self, model_file: str) -> bool:
+        """Whether the model serves now, without loading it (raises ConfigError for a file not found)."""
+        path = model_path(self.settings, model_file)
+        with self._lock:
+            return (path, "predict") in self._models
+
+    def load_in_background(self, model_file: str) -> None:
+        """Starts loading the model on a thread of its own (once; a second call while it loads does
+        nothing): /setup answers within Label Studio's 3 s read timeout (label-studio-ml-backend #636)
+        while a load takes seconds to minutes (an export to ONNX and OpenVINO). A failure is kept for
+        `load_failure`."""
+        path = model_path(self.settings, model_file)
+        with self._lock:
+            running = self._background.get(path)
+            if running is not None and running.is_alive():
+                return
+
+            def load() -> None:
+                try:
+                    self.get(model_file)
+                except ConfigError as exc:
+                    with self._lock:
+                        self._failed[path] = str(exc)
+                    log.warning("background load of %s failed: %s", model_file, exc)
+
+            thread = threading.Thread(target=load, name=f"load-{path.name}", daemon=True)
+            self._background[path] = thread
+            thread.start()
+
+    def load_failure(self, model_file: str) -> str | None:
+        """Why the last background load of the model failed (once: the next call to
+        `load_in_background` tries again), or None."""
+        path = model_path(self.settings, model_file)
+        with self._lock:
+            return self._failed.pop(path, None)
+
+    def sha256(self, model_file: str) -> str:
+        """The weights' sha256 (the model version's input), from the loaded model or hashed from the
+        file without loading it (cached by size and modification time): the same either way."""
+        path = model_path(self.settings, model_file)
+        with self._lock:
+            loaded = self._models.get((path, "predict")) or self._models.get((path, "track"))
+        if loaded is not None:
+            return loaded.sha256
+        stat = path.stat()
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            known = self._hashes.get(key)
+        if known is None:
+            known = runtimes.file_sha256(path)
+            with self._lock:
+                self._hashes[key] = known
+        return known
 
     def loaded(self) -> list[LoadedModel]:
         with self._lock:

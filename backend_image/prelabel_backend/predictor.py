@@ -56,7 +56,7 @@ class Predictor:
         prelabel-<12 hex>, or <MODEL_VERSION>-<6 hex> when the weights are a model store version."""
         digest = hashlib.sha256(config.digest.encode())
         for model_file in sorted({c.model_file for c in config.controls}):
-            digest.update(self.store.get(model_file).sha256.encode())
+            digest.update(self.store.sha256(model_file).encode())  # no load: /setup answers while models load
         if self.settings.model_version:
             return f"{self.settings.model_version}-{digest.hexdigest()[:6]}"
         return f"prelabel-{digest.hexdigest()[:12]}"

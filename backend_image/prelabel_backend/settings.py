@@ -146,6 +146,9 @@ class Settings:
     # own refusal, at twice its limit, caps a larger setting.
     media_max_pixels: int = 89_478_485
     media_timeout: float = 15.0  # MEDIA_TIMEOUT (Prelabel): seconds per media request
+    # MEDIA_RETRY_SECONDS (Prelabel): a media fetch answered 429 or 503 is tried again after the server's
+    # Retry-After (else 1, 2, 4... s), waiting this many seconds at most in all; then the task fails with the reason
+    media_retry_seconds: float = 30.0
     media_cache_items: int = 64  # MEDIA_CACHE_ITEMS (Prelabel): recently fetched media kept in memory
     # MEDIA_CACHE_BYTES (Prelabel): the total size of those cached media at most (without it, 64 x MEDIA_MAX_BYTES:
     # 3.2 GiB); a larger download is not cached
@@ -198,6 +201,7 @@ class Settings:
             media_max_bytes=_int(env, "MEDIA_MAX_BYTES", 50 * 1024 * 1024),
             media_max_pixels=max(1, _int(env, "MEDIA_MAX_PIXELS", 89_478_485)),
             media_timeout=_float(env, "MEDIA_TIMEOUT", 15.0),
+            media_retry_seconds=_float(env, "MEDIA_RETRY_SECONDS", 30.0),
             media_cache_items=_int(env, "MEDIA_CACHE_ITEMS", 64),
             media_cache_bytes=max(0, _int(env, "MEDIA_CACHE_BYTES", 256 * 1024 * 1024)),
             media_fetch_threads=max(1, _int(env, "MEDIA_FETCH_THREADS", 8)),
