@@ -6,7 +6,8 @@ The forms Label Studio 1.23 writes into task data (label_studio/data_import/mode
 io_storages/localfiles/models.py, io_storages/base_models.py, tasks/models.py) and those users'
 import scripts write, all understood here:
 - uploads `/data/upload/<project>/<file>`; `<sub-path>/data/upload/...` when Label Studio runs under a
-  sub-path (its LABEL_STUDIO_HOST has a path: Django's FORCE_SCRIPT_NAME); the legacy
+  sub-path (its LABEL_STUDIO_HOST has a path: Django's FORCE_SCRIPT_NAME), whether or not LABEL_STUDIO_URL
+  names the same sub-path (`media_path`: any sub-path before a media path is dropped); the legacy
   `upload/<project>/<file>` that label-studio-sdk's get_local_path also accepts;
 - `/storage-data/uploaded/?filepath=upload/...`;
 - local files `/data/local-files/?d=<path>`: Label Studio writes the path percent-encoded
@@ -37,6 +38,12 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 # Paths Label Studio serves (relative to its base URL) that a task's media may point at.
 LABEL_STUDIO_PATH = re.compile(r"^/(data/|storage-data/|api/|(tasks|projects)/\d+/(presign|resolve|file-proxy)/?)")
 LOCAL_FILES_PATH = "/data/local-files"
+# The media paths Label Studio serves, found after any sub-path: Label Studio under a prefix writes
+# `<prefix>/data/upload/...` into task data (label-studio-sdk #575: "/label-studio/data/upload/4/x.png"),
+# the prefix of its public address (LABEL_STUDIO_HOST), which need not be LABEL_STUDIO_URL's (a proxy
+# strips it), and tasks made before a prefix changed keep the old one (label-studio #4424, #2230).
+# The first match in the path wins; a file name never holds a "/", and a query is never searched.
+MEDIA_PATH = re.compile(r"^(?:/[^/?]+)*?(?P<path>/(?:data/(?:upload|local-files)(?:/|$)|storage-data/|(?:tasks|projects)/\d+/(?:presign|resolve|file-proxy)(?:/|$)))")
 
 
 class MediaError(Exception):
@@ -115,6 +122,9 @@ class LabelStudioAddress:
                     path = path[len(strip):]
                 if LABEL_STUDIO_PATH.match(path):
                     return path + (f"?{parts.query}" if parts.query else "")
+            found = media_path(parts.path + (f"?{parts.query}" if parts.query else ""))
+            if found is not None:  # a media path under a sub-path neither address names
+                return found
         return None
 
 
@@ -148,6 +158,16 @@ def _label_studio_path(path_and_query: str, label_studio: LabelStudioAddress, lo
     return Target(url=label_studio.join(path_and_query), label_studio=True)
 
 
+def media_path(path_and_query: str) -> str | None:
+    """The Label Studio media path (with its query) in `path_and_query` after whatever sub-path precedes
+    it, e.g. "/label-studio/data/upload/4/x.png" -> "/data/upload/4/x.png"; None when it names none."""
+    path, mark, query = path_and_query.partition("?")
+    found = MEDIA_PATH.match(path)
+    if found is None:
+        return None
+    return path[found.start("path"):] + mark + query
+
+
 def _strip_prefix(path_and_query: str, prefix: str) -> str:
     if prefix and (path_and_query.startswith((prefix + "/", prefix + "?"))):
         return path_and_query[len(prefix):]
@@ -174,7 +194,10 @@ def resolve(ref: str, task_id: int | None, label_studio: LabelStudioAddress | No
             path = "/data" + path
         if label_studio is None:
             raise MediaError(f"{safe(ref)} is relative to Label Studio: set LABEL_STUDIO_URL")
-        return _label_studio_path(_strip_prefix(path, label_studio.prefix), label_studio, local_files)
+        inside = _strip_prefix(path, label_studio.prefix)
+        if not LABEL_STUDIO_PATH.match(inside.split("?", 1)[0]):
+            inside = media_path(inside) or inside  # another sub-path than LABEL_STUDIO_URL's (its public one)
+        return _label_studio_path(inside, label_studio, local_files)
     if scheme not in DEFAULT_PORTS:
         raise MediaError(f"unsupported media reference scheme {scheme!r} in {safe(ref)}")
     if label_studio is not None:
@@ -183,6 +206,9 @@ def resolve(ref: str, task_id: int | None, label_studio: LabelStudioAddress | No
             inside = _strip_prefix(rest, label_studio.prefix)
             if LABEL_STUDIO_PATH.match(inside.split("?", 1)[0]):
                 return _label_studio_path(inside, label_studio, local_files)
+            found = media_path(inside)
+            if found is not None:  # under another sub-path than LABEL_STUDIO_URL's
+                return _label_studio_path(found, label_studio, local_files)
             return Target(url=ref, label_studio=True)
         public = label_studio.public_path(ref)
         if public is not None:

@@ -12,6 +12,7 @@ from prelabel_backend.media_urls import (
     MediaError,
     Target,
     carries_key,
+    media_path,
     local_file_candidates,
     media_value,
     redirect,
@@ -149,3 +150,49 @@ def test_undefined_key_is_read_when_the_config_has_one_object() -> None:
         media_value({"$undefined$": "y"}, "image", single_object=False)  # two objects: which one is ambiguous
     with pytest.raises(MediaError, match=r"no field 'image' \(nor '\$undefined\$'\)"):
         media_value({"other": "y"}, "image", single_object=True)
+
+
+# Issue 29, fault 11: Label Studio served under a path prefix (its LABEL_STUDIO_HOST has a path) writes
+# `<prefix>/data/upload/...` (label-studio-sdk #575: "/label-studio/data/upload/4/x.png", which the SDK's
+# get_local_path fetched as a URL without a host), while a proxy in front of it strips the prefix, so the
+# backend reaches it at LABEL_STUDIO_URL without one; tasks from before a prefix change keep the old
+# prefix, or none (label-studio #2230, #4424), and converters and import scripts wrote the prefix doubled
+# or without the leading "/" (label-studio-converter #105).
+PREFIX_FORMS = [
+    "/label-studio/data/upload/4/x.png", "label-studio/data/upload/4/x.png", "/label-studio/label-studio/data/upload/4/x.png",
+    "/old/prefix/data/upload/4/x.png", "/data/upload/4/x.png", "data/upload/4/x.png", "upload/4/x.png",
+    PUBLIC + "/label-studio/data/upload/4/x.png", PUBLIC + "/data/upload/4/x.png", PUBLIC + "/other/data/upload/4/x.png",
+    "{ls}/label-studio/data/upload/4/x.png", "{ls}/data/upload/4/x.png",
+]
+
+
+@pytest.mark.parametrize("base", ["", "/ls", "/label-studio"])
+@pytest.mark.parametrize("public", [PUBLIC + "/label-studio", "labelstudio.example.com"])
+@pytest.mark.parametrize("form", PREFIX_FORMS)
+def test_every_form_of_a_prefixed_upload_is_one_keyed_fetch_on_label_studio(base: str, public: str, form: str) -> None:
+    address = LabelStudioAddress(LS + base, (public,))
+    target = resolve(form.format(ls=LS + base), 4, address)
+    assert target == Target(url=f"{LS}{base}/data/upload/4/x.png", label_studio=True)  # one URL, no fallbacks
+    assert carries_key(target.url, address)
+
+
+@pytest.mark.parametrize(("form", "path"), [
+    ("/label-studio/storage-data/uploaded/?filepath=upload/4/x.png", "/storage-data/uploaded/?filepath=upload/4/x.png"),
+    ("/label-studio/tasks/7/presign/?fileuri=czM6Ly9i", "/tasks/7/presign/?fileuri=czM6Ly9i"),
+    ("/label-studio/projects/2/resolve/?fileuri=czM6Ly9i", "/projects/2/resolve/?fileuri=czM6Ly9i"),
+    (PUBLIC + "/x/y/tasks/7/resolve/?fileuri=czM6Ly9i", "/tasks/7/resolve/?fileuri=czM6Ly9i"),
+    ("/label-studio/data/local-files/?d=set%201/a.png", "/data/local-files/?d=set%201/a.png"),
+    ("/label-studio/data/upload/4/data/upload/x.png", "/data/upload/4/data/upload/x.png"),  # the first match only
+])
+def test_other_label_studio_media_paths_under_a_prefix_lose_only_the_prefix(form: str, path: str) -> None:
+    address = LabelStudioAddress(LS, ("labelstudio.example.com",))
+    assert resolve(form, 7, address) == Target(url=LS + path, label_studio=True)
+
+
+def test_a_prefix_before_a_path_label_studio_does_not_serve_as_media_is_not_dropped() -> None:
+    address = LabelStudioAddress(LS)
+    assert resolve("/label-studio/static/logo.png", 1, address).url == LS + "/label-studio/static/logo.png"
+    assert resolve("/label-studio/api/projects", 1, address).url == LS + "/label-studio/api/projects"
+    assert resolve("/label-studio/data/uploads/x.png", 1, address).url == LS + "/label-studio/data/uploads/x.png"
+    assert media_path("/a/data/upload/1/x.png?x=/data/upload/") == "/data/upload/1/x.png?x=/data/upload/"
+    assert media_path("/a/b/c.png?d=/data/upload/1/x.png") is None  # a query is never searched
