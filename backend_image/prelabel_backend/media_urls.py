@@ -43,7 +43,8 @@ LOCAL_FILES_PATH = "/data/local-files"
 # the prefix of its public address (LABEL_STUDIO_HOST), which need not be LABEL_STUDIO_URL's (a proxy
 # strips it), and tasks made before a prefix changed keep the old one (label-studio #4424, #2230).
 # The first match in the path wins; a file name never holds a "/", and a query is never searched.
-MEDIA_PATH = re.compile(r"^(?:/[^/?]+)*?(?P<path>/(?:data/(?:upload|local-files)(?:/|$)|storage-data/|(?:tasks|projects)/\d+/(?:presign|resolve|file-proxy)(?:/|$)))")
+MEDIA_PATH = re.compile(r"^(?:/[^/?]+)*?(?P<path>/(?:data/(?:upload|local-files)(?:/|$)|storage-data/"
+                        r"|(?:tasks|projects)/\d+/(?:presign|resolve|file-proxy)(?:/|$)))")
 
 
 class MediaError(Exception):
