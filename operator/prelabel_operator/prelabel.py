@@ -96,6 +96,37 @@ def sort_results(task_ids: list[int], answer: Any, version: str) -> Sorted:
     return out
 
 
+def holding_query(version: str, first_id: int, last_id: int) -> str:
+    """Tasks with first_id <= id <= last_id whose predictions' versions contain `version` (a superset:
+    Label Studio matches substrings; `holds` then checks exactly)."""
+    return _query([_filter("id", "in", "Number", {"min": first_id, "max": last_id}),
+                   _filter("predictions_model_versions", "contains", "List", [version])])
+
+
+def holds(version: str, versions: Any) -> bool:
+    """Whether a task's `predictions_model_versions` (Label Studio's Data Manager column: a
+    comma-joined string on SQLite, a list on PostgreSQL) holds exactly `version`."""
+    if isinstance(versions, str):
+        return version in versions.split(",")
+    return isinstance(versions, list) and version in versions
+
+
+def refusal(body: Any) -> str:
+    """Label Studio's own message from a refused import's body ({"detail", "validation_errors"}), short."""
+    if isinstance(body, dict):
+        detail, errors = body.get("detail"), body.get("validation_errors")
+        text = "; ".join(str(part) for part in (detail, json.dumps(errors) if errors else None) if part)
+        return text[:300] or json.dumps(body)[:300]
+    return str(body)[:300]
+
+
+def refused_reason(message: str) -> str:
+    """Why a stored prediction failed: Label Studio's message, or what its import answered without one
+    (1.23 answers 201 with `created: 0` for a prediction its validator drops)."""
+    return (f"Label Studio refused the prediction: {message}" if message
+            else "Label Studio refused the prediction: its import stored none of it (created: 0); its validator dropped the result")
+
+
 # -- retries -----------------------------------------------------------------------------------------
 @dataclass
 class Attempt:

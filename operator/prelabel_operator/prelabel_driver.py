@@ -201,16 +201,73 @@ class Driver:
     async def _import(self, ls: AsyncLabelStudio, project_id: int, batch: list[dict[str, Any]]) -> None:
         assert self.attempts is not None
         started = time.monotonic()
-        request = [PredictionRequest(**item) for item in batch]
-        await _ls(ls.projects.import_predictions(project_id, request=request), f"import predictions into project {project_id}")
+        stored, refused = await self._store(ls, project_id, batch)
         metrics.PRELABEL_SECONDS.labels("store").observe(time.monotonic() - started)
-        for item in batch:
+        for item in stored:
             self.attempts.stored(item["task"])
-        self.progress.predicted += len(batch)
-        self.progress.stored_this_run += len(batch)
+        self.progress.predicted += len(stored)
+        self.progress.stored_this_run += len(stored)
         self.progress.last_progress = _utcnow()
-        metrics.PRELABEL_TASKS.labels("predicted").inc(len(batch))
+        metrics.PRELABEL_TASKS.labels("predicted").inc(len(stored))
+        self._count_failures(project_id, refused)
         await self._report()
+
+    async def _store(self, ls: AsyncLabelStudio, project_id: int, batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+        """(stored, refused with Label Studio's reason) for one bulk import. Label Studio's validator may
+        refuse a prediction (label-studio PR #8062): 1.23 drops it from the bulk and answers 201 with a
+        smaller `created`, later versions refuse the whole request with 400 and the validator's message.
+        Either way the tasks that hold no prediction of the version are read back (so nothing stored is
+        sent twice) and imported again in halves, down to one prediction alone: Label Studio's answer to
+        that one is its reason. Raises Outage as `_ls` does for anything but a refusal."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        message = ""
+        try:
+            answer = await ls.projects.import_predictions(project_id, request=[PredictionRequest(**item) for item in batch])
+            created = len(batch) if answer.created is None else int(answer.created)
+        except ApiError as exc:
+            if exc.status_code != 400:
+                await _ls(_raise(exc), f"import predictions into project {project_id}")
+            created, message = 0, prelabel.refusal(exc.body)
+        except (httpx.HTTPError, OSError) as exc:
+            raise Outage(f"Label Studio unreachable while trying to import predictions into project {project_id}: {type(exc).__name__}") from None
+        if created >= len(batch):
+            return batch, []
+        if len(batch) == 1:
+            return [], [(batch[0]["task"], prelabel.refused_reason(message))]
+        version = batch[0]["model_version"]
+        holding = await self._holding(ls, project_id, version, [item["task"] for item in batch]) if created else set()
+        stored = [item for item in batch if item["task"] in holding]
+        rest = [item for item in batch if item["task"] not in holding]
+        refused: list[tuple[int, str]] = []
+        half = max(1, len(rest) // 2)
+        for part in (rest[:half], rest[half:]):
+            if part:
+                more, lost = await self._store(ls, project_id, part)
+                stored += more
+                refused += lost
+        return stored, refused
+
+    async def _holding(self, ls: AsyncLabelStudio, project_id: int, version: str, task_ids: list[int]) -> set[int]:
+        """Which of task_ids hold a prediction of exactly `version`, read back from Label Studio."""
+        first, last = min(task_ids), max(task_ids)
+        # One page of the whole id range (the SDK's pager would ask for a page past the last, a 404).
+        page = await _ls(ls.tasks.list(project=project_id, query=prelabel.holding_query(version, first, last), page_size=last - first + 1,
+                                       include="id,predictions_model_versions", fields="all"),
+                         f"read back the predictions of project {project_id}")
+        wanted = set(task_ids)
+        found = {int(t.id) for t in page.items or [] if int(t.id) in wanted and prelabel.holds(version, getattr(t, "predictions_model_versions", None))}
+        return found
+
+    def _count_failures(self, project_id: int, failed: list[tuple[int, str]]) -> None:
+        assert self.attempts is not None
+        now = time.monotonic()
+        for task_id, reason in failed:
+            metrics.PRELABEL_TASKS.labels("failed_attempt").inc()
+            if self.attempts.fail(project_id, task_id, reason, now):
+                metrics.PRELABEL_TASKS.labels("failed").inc()
+                log.warning("%s/%s: task %s failed for good: %s", self.namespace, self.name, task_id, reason)
+        self._refresh_failures()
 
     async def _predict(self, backend: httpx.AsyncClient, project_id: int, version: str, tasks: list[dict[str, Any]],
                        stored: asyncio.Queue[list[dict[str, Any]] | None]) -> None:
@@ -229,16 +286,10 @@ class Driver:
             sorted_ = sort_results(ids, answer.json(), version)
         if sorted_.store:
             await stored.put(sorted_.store)
-        now = time.monotonic()
-        for task_id, reason in sorted_.failed:
-            metrics.PRELABEL_TASKS.labels("failed_attempt").inc()
-            if self.attempts.fail(project_id, task_id, reason, now):
-                metrics.PRELABEL_TASKS.labels("failed").inc()
-                log.warning("%s/%s: task %s failed for good: %s", self.namespace, self.name, task_id, reason)
+        self._count_failures(project_id, sorted_.failed)
         if sorted_.stale:
             log.info("%s/%s: %d task(s) answered by a backend pod of another model version; left for the next pass",
                      self.namespace, self.name, len(sorted_.stale))
-        self._refresh_failures()
         await self._report()
 
     # -- progress --------------------------------------------------------------------------------
@@ -286,6 +337,10 @@ async def _ls(call: Awaitable[Any], action: str) -> Any:
         raise Outage(f"Label Studio answered HTTP {exc.status_code} while trying to {action}: {str(exc.body)[:200]}") from None
     except (httpx.HTTPError, OSError) as exc:
         raise Outage(f"Label Studio unreachable while trying to {action}: {type(exc).__name__}") from None
+
+
+async def _raise(exc: Exception) -> Any:
+    raise exc
 
 
 async def _backend(call: Awaitable[httpx.Response], route: str) -> httpx.Response:
