@@ -109,3 +109,18 @@ def test_a_prediction_label_studio_refuses_fails_its_task_with_the_reason_and_th
     assert (driver.progress.predicted, driver.progress.failed, driver.progress.total) == (5, 1, 6)
     [failure] = driver.progress.failures
     assert failure["task"] == refused and failure["reason"].startswith("Label Studio refused the prediction")
+
+
+def test_foreign_predictions_are_left_alone_and_every_task_gets_one_of_prelabel_s(label_studio, ls_client, project) -> None:  # noqa: ANN001
+    """Fault 10 (label-studio #9717): predictions of another model version, an empty model_version and
+    the literal "undefined" stay as they are; every task still gets exactly one prediction of the
+    backend's version, and a second pass adds none."""
+    project_id, tasks = project
+    foreign = {tasks[0]: "", tasks[1]: "undefined", tasks[2]: "someone-elses-model", tasks[3]: "prelabel-ffffffffffff"}
+    ls_client.projects.import_predictions(project_id, request=[{"task": t, "result": [], "model_version": v} for t, v in foreign.items()])
+    results = {t: [box("Square")] for t in tasks}
+    driver = run_pass(label_studio, project_id, results, PrelabelSpec(batch_size=2))
+    run_pass(label_studio, project_id, results, PrelabelSpec(batch_size=2))
+    expected = collections.Counter({(t, VERSION): 1 for t in tasks}) + collections.Counter({(t, v): 1 for t, v in foreign.items()})
+    assert stored(ls_client, project_id) == expected
+    assert (driver.progress.predicted, driver.progress.total, driver.progress.failed) == (6, 6, 0)
