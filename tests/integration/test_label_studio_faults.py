@@ -121,6 +121,6 @@ def test_foreign_predictions_are_left_alone_and_every_task_gets_one_of_prelabel_
     results = {t: [box("Square")] for t in tasks}
     driver = run_pass(label_studio, project_id, results, PrelabelSpec(batch_size=2))
     run_pass(label_studio, project_id, results, PrelabelSpec(batch_size=2))
-    expected = collections.Counter({(t, VERSION): 1 for t in tasks}) + collections.Counter({(t, v): 1 for t, v in foreign.items()})
+    expected = collections.Counter({(t, VERSION): 1 for t in tasks}) + collections.Counter(dict.fromkeys(foreign.items(), 1))
     assert stored(ls_client, project_id) == expected
     assert (driver.progress.predicted, driver.progress.total, driver.progress.failed) == (6, 6, 0)
