@@ -15,10 +15,10 @@ from .status import ProjectStatus
 @dataclass
 class Remembered:
     """What the last full reconcile of a resource found in Label Studio, for the light checks that
-    follow: valid while the resource's generation, Secrets digest, backend URL and served store version (the fingerprint)
-    stay the same."""
+    follow: valid while the resource's generation, Secrets digest, backend URL, served store version
+    and whether the rollout finished (the fingerprint) stay the same."""
 
-    fingerprint: tuple[int, str, str, str | None]
+    fingerprint: tuple[int, str, str, str | None, bool]
     model_version: str | None = None
     projects: dict[Any, ProjectStatus] = field(default_factory=dict)  # spec.ProjectRef -> its status
 

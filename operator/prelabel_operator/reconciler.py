@@ -21,7 +21,7 @@ from .memory import Memory, Remembered
 from .ports import Backend, Kube, LabelStudioFor
 from .registration import Desired, marker, ours, unchanged, webhook_url
 from .spec import MLBackendSpec, SpecError
-from .status import Event, Observed, ProjectStatus, condition, deployment_available, trained
+from .status import Event, Observed, ProjectStatus, condition, deployment_available, rolled_out, trained
 from .status import status as status_body
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,10 @@ class Reconciler:
         cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
         observed.url = manifests.backend_url(name, namespace, parsed, cluster_ip)
         if observed.available and observed.url:
-            outcome.events += self._register(observed, parsed, found, resource, (observed.generation, found.digest, observed.url, version), light)
+            # A finished rollout is part of the fingerprint: the next check then asks the new pods'
+            # /setup for the model version (a promotion or a pin changes it while the old pods serve).
+            fingerprint = (observed.generation, found.digest, observed.url, version, rolled_out(deployment))
+            outcome.events += self._register(observed, parsed, found, resource, fingerprint, light)
         if not light:
             self.memory.drift.track(uid, len(parsed.label_studio.projects), self.clock())
         observed.training = trained(resource.status.get("training"))
@@ -205,7 +208,7 @@ class Reconciler:
             return ConfigCheck(None, str(exc))
 
     def _register(self, observed: Observed, spec: MLBackendSpec, found: keys.Keys, resource: Resource,
-                  fingerprint: tuple[int, str, str, str | None], light: bool) -> list[Event]:
+                  fingerprint: tuple[int, str, str, str | None, bool], light: bool) -> list[Event]:
         """Registers in every declared project; returns the Events of what changed. `light`: where the
         last full pass found a project Connected under the same fingerprint, only list its
         registrations (one request) and keep what that pass found when ours is there as desired; a

@@ -75,6 +75,20 @@ def deployment_available(deployment: dict[str, Any] | None) -> tuple[bool, str]:
     return False, "the Deployment has not reported availability yet"
 
 
+def rolled_out(deployment: dict[str, Any] | None) -> bool:
+    """Whether every pod of the Deployment runs its current template (the test of `kubectl rollout
+    status`): the controller saw the latest generation, `spec.replicas` pods are updated and no old
+    one is left. Until then, the backend's /setup may answer from an old pod (the model it served)."""
+    if not deployment:
+        return False
+    status, spec = deployment.get("status") or {}, deployment.get("spec") or {}
+    generation = (deployment.get("metadata") or {}).get("generation")
+    if generation is not None and int(status.get("observedGeneration") or 0) < int(generation):
+        return False
+    updated = int(status.get("updatedReplicas") or 0)
+    return updated >= int(spec.get("replicas", 1)) and int(status.get("replicas") or 0) <= updated
+
+
 def conditions(observed: Observed) -> list[Condition]:
     if observed.spec_error:
         return [Condition(t, "False", "InvalidSpec", observed.spec_error) for t in CONDITION_TYPES]

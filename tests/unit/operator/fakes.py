@@ -27,6 +27,7 @@ class FakeKube:
     def __init__(self, secrets: dict[tuple[str, str], dict[str, str]] | None = None, available: bool = True) -> None:
         self.secrets = secrets if secrets is not None else {("team", "ls-key"): {"api-key": b64("token-1")}}
         self.available = available
+        self.rolling = False  # a rollout under way: old pods still serve beside the updated ones
         self.cluster_ip = "10.96.0.7"
         self.applied: list[dict[str, Any]] = []
         self.deleted: list[tuple[str, str, str]] = []
@@ -46,7 +47,9 @@ class FakeKube:
         if body["kind"] == "Deployment":
             replicas = body["spec"].get("replicas", 1)
             ready = replicas if self.available else 0
-            answer["status"] = {"readyReplicas": ready, "conditions": [
+            answer["metadata"]["generation"] = 1
+            answer["status"] = {"observedGeneration": 1, "replicas": replicas + (1 if self.rolling else 0),
+                                "updatedReplicas": 0 if self.rolling else replicas, "readyReplicas": ready, "conditions": [
                 {"type": "Available", "status": "True" if self.available else "False", "message": "Deployment does not have minimum availability."}]}
         if body["kind"] == "Service":
             answer["spec"]["clusterIP"] = self.cluster_ip

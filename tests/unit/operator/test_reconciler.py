@@ -189,6 +189,25 @@ def test_a_light_drift_check_lists_only_and_a_deleted_registration_is_made_again
     assert [e.reason for e in repaired.events] == ["Registered"]
 
 
+def test_a_finished_rollout_asks_the_new_pods_for_the_model_version() -> None:
+    """A promotion or a pin rolls the pods: the full pass at the change hears /setup from an old pod;
+    the first check after the rollout finished asks again, and the status says the version served."""
+    world = World()
+    world.kube.rolling = True
+    world.backend.check = ConfigCheck(True, "", "v1-old")
+    world.reconcile()
+    assert world.status["modelVersion"] == "v1-old"
+    world.backend.check = ConfigCheck(True, "", "v2-new")
+    world.reconcile(timer=True, light=True)  # still rolling: nothing changed, one list a project
+    assert world.status["modelVersion"] == "v1-old"
+    world.kube.rolling = False
+    world.reconcile(timer=True, light=True)
+    assert world.status["modelVersion"] == "v2-new"
+    world.ls.calls.clear()
+    world.reconcile(timer=True, light=True)  # and light again after that
+    assert world.ls.calls == ["registrations", "registrations"]
+
+
 def test_a_changed_spec_updates_the_registration_in_place() -> None:
     world = World()
     world.reconcile()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from prelabel_operator import status as status_module
-from prelabel_operator.status import Observed, ProjectStatus
+from prelabel_operator.status import Observed, ProjectStatus, rolled_out
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 T1 = T0 + dt.timedelta(minutes=5)
@@ -98,3 +100,15 @@ def test_the_setup_answer_is_read_into_a_config_check() -> None:
     assert unconfigured == ConfigCheck(False, "no control", None, True)  # registered all the same
     assert interpret(422, {"error": "bad model_path"}) == ConfigCheck(False, "bad model_path", None, False)
     assert interpret(503, None) == ConfigCheck(None, "backend answered HTTP 503 to /setup", None, True)
+
+
+@pytest.mark.parametrize(("deployment", "done"), [
+    (None, False),
+    ({"metadata": {"generation": 3}, "spec": {"replicas": 2}, "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2}}, True),
+    ({"metadata": {"generation": 4}, "spec": {"replicas": 2}, "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2}}, False),
+    ({"metadata": {"generation": 4}, "spec": {"replicas": 2}, "status": {"observedGeneration": 4, "replicas": 3, "updatedReplicas": 2}}, False),
+    ({"metadata": {"generation": 4}, "spec": {"replicas": 2}, "status": {"observedGeneration": 4, "replicas": 2, "updatedReplicas": 1}}, False),
+    ({"metadata": {"generation": 5}, "spec": {"replicas": 0}, "status": {"observedGeneration": 5}}, True),
+])
+def test_a_rollout_is_done_when_the_latest_template_runs_alone(deployment: dict | None, done: bool) -> None:
+    assert rolled_out(deployment) is done
