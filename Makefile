@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 help:  ## this list: every target and what it does
 	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_-]+:[^#]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: env cluster node argocd label-studio images s3 test test-unit demo bench bench-prelabel bench-ls-db bench-fuzz bench-chaos bench-scale lint format clean
+.PHONY: env cluster node argocd label-studio images s3 test test-unit demo bench bench-learning bench-prelabel bench-ls-db bench-fuzz bench-chaos bench-scale lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
@@ -66,6 +66,9 @@ demo: env cluster node label-studio  ## the whole product locally: both images, 
 
 bench: env  ## the backend's /predict throughput beside raw ultralytics, in one run
 	$(PY) bench/predict_bench.py
+
+bench-learning: env  ## the labeling-effort curve: pre-label quality on unannotated tasks after 0, 25, 50, 100 human annotations, and CPU per training run
+	$(PY) bench/learning_curve.py --repeats 3
 
 bench-prelabel: env label-studio  ## pre-labeling a project: backend alone, the driver, Label Studio's action, in one run
 	$(PY) bench/prelabel_bench.py

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,6 +72,37 @@ def wait_for(what: str, check, timeout: float = 120):  # noqa: ANN001, ANN201
 def grants(role: dict) -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) a Role or ClusterRole grants."""
     return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+# The rules only the training loop uses: test_training asserts them, test_operator's scenario never trains.
+TRAINING_RULES = {("batch", "jobs", v) for v in ("create", "get", "patch")} | {("", "configmaps", v) for v in ("create", "patch", "delete")}
+
+
+def assert_least_privilege(cluster: Any, role: str, *, skip: frozenset | set = frozenset(), only: frozenset | set | None = None) -> None:
+    """Every request the operator's service account made was allowed, and every permission the
+    ClusterRole `role` grants was used: a rule removed from the chart shows up as a 403 here (or fails
+    the scenario), an unused one as surplus. `skip` leaves out rules another test exercises; `only`
+    checks just those. A server-side apply that created an object (HTTP 201) needed `create` besides `patch`."""
+    from prelabel_local import chart
+
+    used: set[tuple[str, str, str]] = set()
+    denied = []
+    for event in cluster.audit_events(chart.SERVICE_ACCOUNT_USER):
+        ref, code = event.get("objectRef"), event["responseStatus"]["code"]
+        if not ref:
+            continue  # discovery (/api, /apis/...): open to every authenticated user
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        if code == 403:
+            denied.append(f"{event['verb']} {resource} ({ref.get('apiGroup', '')}) in {ref.get('namespace')}")
+        used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+        if event["verb"] == "patch" and code == 201:
+            used.add((ref.get("apiGroup", ""), resource, "create"))
+    assert not denied, f"the operator was denied (a rule missing from charts/prelabel-operator): {denied}"
+    granted = grants(json.loads(cluster.kubectl("get", "clusterrole", role, "-o", "json").stdout))
+    if only is not None:
+        granted, used = granted & set(only), used & set(only)
+    granted, used = granted - set(skip), used - set(skip)
+    assert granted == used, f"granted but unused: {granted - used}; used but not granted: {used - granted}"
 
 
 def data_uri(image: np.ndarray) -> str:
@@ -156,7 +189,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 # Modules that run this machine's one real node (a lock) or build the images: one worker runs them.
-REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_lifecycle", "test_images"}
+REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_lifecycle", "test_images", "test_training"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups

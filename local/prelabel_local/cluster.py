@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 SERVICE_CIDR = "127.99.0.0/16"
 POD_CIDR = "10.244.0.0/16"  # only written into pod status by kwok: nothing listens or routes there
-CONTROLLERS = "deployment,replicaset,endpointslice,garbagecollector,serviceaccount,serviceaccount-token,namespace,horizontalpodautoscaling"
+CONTROLLERS = ("deployment,replicaset,endpointslice,garbagecollector,serviceaccount,serviceaccount-token,namespace,horizontalpodautoscaling,"
+               "job,ttl-after-finished")  # the training loop's Jobs
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -20,7 +20,7 @@ from prelabel_local import chart
 from prelabel_local.kubelet import BackendKubelet
 from prelabel_local.operator_process import OperatorProcess
 from prelabel_operator.status import condition
-from tests.conftest import SEED_CONFIG, grants, scenes, wait_for
+from tests.conftest import SEED_CONFIG, TRAINING_RULES, assert_least_privilege, scenes, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 
@@ -141,28 +141,7 @@ def test_apply_register_predict_repair_restart_delete(env, label_studio, ls_clie
     assert list(ls_client.ml.list(project=project.id)) == [] and list(ls_client.ml.list(project=second.id)) == []
     assert not [h for h in ls_client.webhooks.list(project=str(project.id)) if h.url.startswith(status["url"])]
     wait_for("garbage collection", lambda: cluster.kubectl("get", "deployment", "shapes-backend", "-n", ns, check=False).returncode != 0, 60)
-    assert_least_privilege(cluster)
-
-
-def assert_least_privilege(cluster) -> None:  # noqa: ANN001
-    """Every request the operator made was allowed, and every permission the chart grants was used:
-    a rule removed from the chart shows up as a 403 here (or fails the scenario), an unused one as surplus.
-    A server-side apply that created an object (HTTP 201) needed `create` besides `patch`."""
-    used: set[tuple[str, str, str]] = set()
-    denied = []
-    for event in cluster.audit_events(chart.SERVICE_ACCOUNT_USER):
-        ref, code = event.get("objectRef"), event["responseStatus"]["code"]
-        if not ref:
-            continue  # discovery (/api, /apis/...): open to every authenticated user
-        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-        if code == 403:
-            denied.append(f"{event['verb']} {resource} ({ref.get('apiGroup', '')}) in {ref.get('namespace')}")
-        used.add((ref.get("apiGroup", ""), resource, event["verb"]))
-        if event["verb"] == "patch" and code == 201:
-            used.add((ref.get("apiGroup", ""), resource, "create"))
-    assert not denied, f"the operator was denied (a rule missing from charts/prelabel-operator): {denied}"
-    granted = grants(json.loads(cluster.kubectl("get", "clusterrole", chart.RELEASE, "-o", "json").stdout))
-    assert granted == used, f"granted but unused: {granted - used}; used but not granted: {used - granted}"
+    assert_least_privilege(cluster, chart.RELEASE, skip=TRAINING_RULES)  # test_training uses those
 
 
 def test_missing_secret_and_incompatible_config_are_reported(env, label_studio, ls_client) -> None:  # noqa: ANN001
