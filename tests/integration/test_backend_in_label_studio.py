@@ -187,12 +187,16 @@ def backend_with_auth(label_studio, tmp_path: Path) -> Iterator[BackendProcess]:
         backend.stop()
 
 
-def _up(backend: BackendProcess) -> bool:
+def _up(backend: BackendProcess, workers: int = 2) -> bool:
+    """/health is 200 and every gunicorn worker has loaded its default models: each worker loads its own
+    and answers 503 until then, and Label Studio's connect check fails on a 503 from a worker still loading."""
     assert backend.proc.poll() is None, backend.log.read_text()[-2000:]
     try:
-        return requests.get(f"{backend.url}/health", auth=AUTH, timeout=5).status_code == 200
+        answer = requests.get(f"{backend.url}/health", auth=AUTH, timeout=5)
     except requests.RequestException:
         return False
+    log = backend.log.read_text()
+    return answer.status_code == 200 and all(log.count(f"loaded model {name} ") >= workers for name in answer.json()["models"])
 
 
 def test_start_training_in_label_studio_is_recorded_and_annotations_change_nothing(label_studio, ls_client, backend_with_auth) -> None:  # noqa: ANN001
