@@ -118,14 +118,34 @@ class LabelStudio:
         return body
 
 
-def write_message(path: Path, message: dict[str, Any]) -> None:
-    """The report as the termination message: per-class recall dropped first when it is too long."""
+def fit_message(message: dict[str, Any], limit: int = MAX_MESSAGE) -> str:
+    """The report as JSON of at most `limit` bytes (Kubernetes keeps 4096 of a termination message).
+    Too long (many classes): per-class recall is kept, on both sides, for the classes whose recall fell
+    most from the current model to the candidate, as many as fit. The gate refuses a candidate for the
+    classes that fell past maxRecallDrop, and any such class falls more than one left out, so its
+    verdict is the one the whole report gives. The version's record in the store keeps every class."""
     text = json.dumps(message, separators=(",", ":"))
-    if len(text) > MAX_MESSAGE:
-        for side in (message.get("metrics") or {}).values():
-            side.pop("recall", None)
-        message["truncated"] = "per-class recall left out (the version's record has it)"
-        text = json.dumps(message, separators=(",", ":"))[:MAX_MESSAGE]
+    metrics = message.get("metrics") or {}
+    current = dict((metrics.get("current") or {}).get("recall") or {})
+    candidate = dict((metrics.get("candidate") or {}).get("recall") or {})
+    names = sorted(set(current) | set(candidate), key=lambda n: (candidate.get(n, 0.0) - current.get(n, 0.0), n))
+    kept = len(names)
+    while len(text.encode()) > limit and kept > 0:
+        kept = min(kept - 1, int(kept * limit / len(text.encode())))  # about as many as fit, then one by one
+        keep = set(names[:kept])
+        cut = {**message, "truncated": f"per-class recall of the {kept} classes (of {len(names)}) whose recall fell most; "
+                                       "the version's record in the store has every class",
+               "metrics": {side: {**m, "recall": {n: v for n, v in (m.get("recall") or {}).items() if n in keep}} if m else m
+                           for side, m in metrics.items()}}
+        text = json.dumps(cut, separators=(",", ":"))
+    if len(text.encode()) > limit:  # no recall left and still too long: say so rather than cut the JSON
+        text = json.dumps({"run": message.get("run"), "error": f"the run's report is over {limit} bytes even without per-class recall"})
+    return text
+
+
+def write_message(path: Path, message: dict[str, Any]) -> None:
+    """Writes the report (fit_message) as the termination message, and prints it."""
+    text = fit_message(message)
     try:
         path.write_text(text)
     except OSError as exc:

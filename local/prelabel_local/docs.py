@@ -91,6 +91,11 @@ def _constraints(schema: dict[str, Any]) -> str:
     parts = []
     if "enum" in schema:
         parts.append("one of " + ", ".join(_code(str(v)) for v in schema["enum"]))
+    if schema.get("exclusiveMinimum") or schema.get("exclusiveMaximum"):  # OpenAPI v3.0's booleans
+        lower = ("over" if schema.get("exclusiveMinimum") else "at least", schema.get("minimum"))
+        upper = ("under" if schema.get("exclusiveMaximum") else "at most", schema.get("maximum"))
+        parts.append(", ".join(f"{word} {value}" for word, value in (lower, upper) if value is not None))
+        schema = {k: v for k, v in schema.items() if k not in ("minimum", "maximum")}
     for low, high, unit in (("minimum", "maximum", ""), ("minLength", "maxLength", " character"), ("minItems", "maxItems", " item")):
         if low in schema and high in schema:
             parts.append(f"{schema[low]} to {schema[high]}{unit}{'s' if unit else ''}")

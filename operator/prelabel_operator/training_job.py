@@ -34,9 +34,18 @@ def run_name(name: str, number: int) -> str:
     return f"{name[:cut].rstrip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:6]}{suffix}"
 
 
+def run_id(run: str, uid: str) -> str:
+    """The run's name in the model store (its checkpoints, its version's provenance): the Job's name and
+    the MLBackend's uid, since a store outlives a resource and may be shared. A resource deleted and
+    made again counts its runs from 1: its `-train-1` must neither resume the old one's checkpoint nor
+    be taken for a run already done."""
+    return f"{run}-{uid[:8]}"
+
+
 def snapshot(run: str, project: int, digest: str, snapshot_at: str, train: Sequence[tuple[int, int]],
              validation: Sequence[tuple[int, int]]) -> str:
-    """The snapshot file's JSON: (task id, annotation id) pairs the Job trains and evaluates on."""
+    """The snapshot file's JSON: (task id, annotation id) pairs the Job trains and evaluates on; `run`
+    is the run's name in the store (run_id)."""
     return json.dumps({"run": run, "project": project, "digest": digest, "snapshot_at": snapshot_at,
                        "train": [list(p) for p in train], "validation": [list(p) for p in validation]}, separators=(",", ":"))
 
@@ -53,7 +62,9 @@ def config_map(name: str, run: str, snapshot_json: str) -> dict[str, Any]:
 
 def job(name: str, spec: MLBackendSpec, run: str, parent: str | None, pinned: Sequence[str]) -> dict[str, Any]:
     """The run's Job. `parent`: the store version it fine-tunes (None: the model the backend serves
-    by default, with the same weights volume); `pinned`: versions the Job's pruning keeps."""
+    by default, with the same weights volume); `pinned`: versions the Job's pruning keeps.
+    spec.model.env reaches the Job as it reaches the backend (media hosts, the model file of a task),
+    but for the names the Job's contract sets (TRAIN_*, the store, the key)."""
     training, store = spec.training, spec.store
     assert training is not None and store is not None, "spec.training needs spec.model.store (spec.parse checks)"
     ls = spec.label_studio
@@ -81,6 +92,8 @@ def job(name: str, spec: MLBackendSpec, run: str, parent: str | None, pinned: Se
         env.append({"name": "MODEL_WEIGHTS", "value": spec.weights.file_name})
     if parent is None and (spec.weights.pvc_claim or spec.weights.url):
         env.append({"name": "MODEL_ROOT", "value": "/models"})
+    own = {e["name"] for e in env}
+    env += [dict(e) for e in spec.env if e["name"] not in own]
     container = {
         "name": "train",
         "image": training.image or spec.image,

@@ -45,9 +45,19 @@ class Step:
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch (RFC 7386) from `old` to `new`, one level deep: changed keys, and None for
-    the keys `new` drops (a merge patch keeps what it does not name)."""
-    return {**{k: v for k, v in new.items() if old.get(k) != v}, **{k: None for k in old if k not in new}}
+    """The JSON merge patch (RFC 7386) from `old` to `new`: changed keys, None for the keys `new` drops
+    (a merge patch keeps what it does not name), and the same inside objects on both sides (a merge
+    patch merges them: lastRun's `deltas` of a promoted run must go when a failed run replaces it).
+    Lists are replaced whole, as RFC 7386 does."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            if inner := merge_patch(before, value):
+                patch[key] = inner
+        elif before != value or key not in old:
+            patch[key] = value
+    return patch
 
 
 def _iso(ts: float) -> str:
@@ -140,7 +150,7 @@ class TrainingLoop:
             if step.training is not None and asked:
                 step.events.append(Event("TrainingNotStarted", message, warning=True))
             return step
-        return self._start(resource, spec, project, split, base, triggers, decision.reason)
+        return self._start(resource, spec, project, split, human, base, triggers, decision.reason)
 
     def _agreement(self, resource: Resource, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """How well each model version's pre-labels agree with what people submitted on the same tasks
@@ -174,22 +184,27 @@ class TrainingLoop:
         return {"spec.training.trigger": t.trigger, f"annotation {TRAIN_ANNOTATION}": str(annotations.get(TRAIN_ANNOTATION) or ""),
                 "Label Studio's Start Training": max(requested, default="")}
 
-    def _start(self, resource: Resource, spec: MLBackendSpec, project: int, split: training.Split, base: dict[str, Any],
-               triggers: dict[str, str], why: str) -> Step:
+    def _start(self, resource: Resource, spec: MLBackendSpec, project: int, split: training.Split, seen: list[training.Annotation],
+               base: dict[str, Any], triggers: dict[str, str], why: str) -> Step:
         number = int(base.get("runs") or 0) + 1
         run = training_job.run_name(resource.name, number)
         chosen = [*split.train, *split.validation]
-        at = training.snapshot_time(chosen)
+        # The next run counts what came after every human annotation this one saw, picked or not (a
+        # task's newer annotation loses to its ground truth, and would count as new at every check).
+        at = training.snapshot_time(seen)
         snapshot_at = at.isoformat() if at else ""
         serving = manifests.serving_version(spec, base.get("version"))
-        body = training_job.snapshot(run, project, training.snapshot_digest(chosen), snapshot_at,
+        # The store's pruning keeps what serves, the pin, and the promoted version a pin overrides
+        # (removing the pin rolls back to it).
+        pinned = sorted({str(v) for v in (serving, spec.weights.version, base.get("version")) if v})
+        body = training_job.snapshot(training_job.run_id(run, resource.uid), project, training.snapshot_digest(chosen), snapshot_at,
                                      [(a.task, a.id) for a in split.train], [(a.task, a.id) for a in split.validation])
         if self.kube.get("batch/v1", "Job", run, resource.namespace) is None:  # else a step that made it died before its status was written
             try:
                 config_map = training_job.config_map(resource.name, run, body)
             except ValueError as exc:
                 return self._changed(base, {**base, "answered": triggers, "message": f"a run cannot start: {exc}"})
-            for obj in (config_map, training_job.job(resource.name, spec, run, serving, [v for v in (serving, spec.weights.version) if v])):
+            for obj in (config_map, training_job.job(resource.name, spec, run, serving, pinned)):
                 self.adopt(obj, resource.body)
                 self.kube.apply(obj, resource.namespace)
         for side, chosen_side in (("train", split.train), ("validation", split.validation)):

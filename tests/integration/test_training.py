@@ -192,7 +192,8 @@ def test_a_training_pod_killed_mid_run_resumes_and_completes_once(world: dict[st
     runs = int(training(world).get("runs", 0))
     patch(world, "shapes", {"spec": {"training": {"trigger": "kill me", "epochs": 12}}})
     run = wait_for("the run's Job", lambda: (t := training(world)).get("runs", 0) > runs and t.get("job"), 120)
-    wait_for("a checkpoint in the store", lambda: bucket.list_objects_v2(Bucket="models", Prefix=f"shapes/runs/{run}/").get("KeyCount"), 600)
+    # The store knows the run by its Job's name and the resource's uid (training_job.run_id).
+    wait_for("a checkpoint in the store", lambda: bucket.list_objects_v2(Bucket="models", Prefix=f"shapes/runs/{run}-").get("KeyCount"), 600)
     pod = json.loads(cluster.kubectl("get", "pods", "-n", NS, "-l", f"job-name={run}", "-o", "json").stdout)["items"][0]["metadata"]["name"]
     cluster.kubectl("delete", "pod", pod, "-n", NS, "--grace-period=0", "--force", "--wait=false")
     done = wait_for("the resumed run's verdict",
@@ -201,7 +202,8 @@ def test_a_training_pod_killed_mid_run_resumes_and_completes_once(world: dict[st
     assert done["lastRun"].get("resumed_from_epoch", 0) >= 1, done["lastRun"]
     records = [json.loads(bucket.get_object(Bucket="models", Key=o["Key"])["Body"].read())
                for o in bucket.list_objects_v2(Bucket="models", Prefix="shapes/").get("Contents", []) if o["Key"].endswith("/version.json")]
-    assert sum(1 for r in records if (r.get("provenance") or {}).get("run") == run) == 1
+    uid = json.loads(cluster.kubectl("get", "mlbackend", "shapes", "-n", NS, "-o", "json").stdout)["metadata"]["uid"]
+    assert sum(1 for r in records if (r.get("provenance") or {}).get("run") == f"{run}-{uid[:8]}") == 1
 
 
 def test_a_stored_version_serves_by_name_and_a_pin_rolls_back(world: dict[str, Any]) -> None:

@@ -101,6 +101,18 @@ def _rule_messages(node: object) -> list[str]:
     return own + [m for key, value in node.items() if key != "x-kubernetes-validations" for m in _rule_messages(value)]
 
 
+@pytest.mark.parametrize(("schema", "said"), [
+    ({"type": "number", "minimum": 0, "maximum": 1}, "0 to 1"),
+    ({"type": "number", "minimum": 0, "maximum": 1, "exclusiveMinimum": True, "exclusiveMaximum": True}, "over 0, under 1"),
+    ({"type": "number", "minimum": 0, "maximum": 1, "exclusiveMinimum": True}, "over 0, at most 1"),
+    ({"type": "number", "minimum": 0, "exclusiveMinimum": True}, "over 0"),
+    ({"type": "string", "minLength": 1, "maxLength": 63}, "1 to 63 characters"),
+])
+def test_bounds_say_whether_they_are_included(schema: dict, said: str) -> None:
+    """OpenAPI v3.0's exclusiveMinimum/exclusiveMaximum (booleans in a CRD) exclude the bound itself."""
+    assert docs._constraints(schema) == said
+
+
 def test_env_page_names_every_variable_settings_reads() -> None:
     source = (ROOT / docs.SETTINGS).read_text()
     names = set(re.findall(r'env(?:\.get\(|, )"([A-Z][A-Z0-9_]+)"', source)) | set(re.findall(r'\("(MODEL_[A-Z]+)", "shapes-', source))

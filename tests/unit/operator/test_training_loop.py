@@ -75,14 +75,8 @@ class World:
         body = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": meta, "spec": self.spec}
         resource = Resource("shapes", "team", UID, 1, self.spec, copy.deepcopy(self.status), body)
         step = self.loop.step(resource)
-        if step.training is not None:  # as the handler patches it
-            training = dict(self.status.get("training") or {})
-            for key, value in merge_patch(training, step.training).items():
-                if value is None:
-                    training.pop(key, None)
-                else:
-                    training[key] = value
-            self.status["training"] = training
+        if step.training is not None:  # as the handler patches it, and the apiserver applies the patch
+            self.status["training"] = apply_merge_patch(dict(self.status.get("training") or {}), merge_patch(self.training, step.training))
         return step
 
     @property
@@ -137,6 +131,46 @@ def test_the_threshold_starts_one_owned_job_on_a_deterministic_split_with_the_ke
     assert next(o for o in again.kube.applied if o["kind"] == "ConfigMap")["data"] == config_map["data"]
 
 
+def test_the_job_gets_the_models_env_but_keeps_its_own_contract_and_names_its_run_by_the_resources_uid() -> None:
+    """spec.model.env (media hosts, a task's model file) reaches the Job as it reaches the backend; names
+    the Job sets stay its own. The store knows the run by Job name and uid: a resource made again under
+    the same name starts a run that is not the old one's."""
+    spec = copy.deepcopy(SPEC)
+    spec["model"]["env"] = [{"name": "MEDIA_ALLOWED_HOSTS", "value": "media.example.com"}, {"name": "MODEL_DETECT", "value": "mine.pt"},
+                            {"name": "TRAIN_EPOCHS", "value": "999"}, {"name": "MODEL_STORE", "value": "s3://elsewhere"}]
+    world = World(spec)
+    run = started(world)
+    env = {e["name"]: e.get("value") for e in world.jobs()[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MEDIA_ALLOWED_HOSTS"] == "media.example.com" and env["MODEL_DETECT"] == "mine.pt"
+    assert env["TRAIN_EPOCHS"] == "15" and env["MODEL_STORE"] == "s3://models/shapes"
+    snapshot = json.loads(next(o for o in world.kube.applied if o["kind"] == "ConfigMap")["data"]["snapshot.json"])
+    assert run == "shapes-train-1" and snapshot["run"] == f"shapes-train-1-{UID[:8]}"
+    again = World(spec)
+    again.ls.tasks[1] = world.ls.tasks[1]
+    again.loop.step(Resource("shapes", "team", "0b9e-other-uid", 1, spec, {}, {"metadata": {"name": "shapes", "namespace": "team", "uid": "0b9e-other-uid"}}))
+    other = json.loads(next(o for o in again.kube.applied if o["kind"] == "ConfigMap")["data"]["snapshot.json"])
+    assert other["run"] == "shapes-train-1-0b9e-oth" and other["train"] == snapshot["train"]
+
+
+def test_a_newer_annotation_that_loses_to_its_tasks_ground_truth_is_not_counted_again_after_the_run() -> None:
+    """Each task trains on its ground truth; a person's later annotation of it is seen by the run all
+    the same, so it is not new at the next check (it would start the same run again and again)."""
+    world = World()
+    tasks = [task(i) for i in range(1, 31)]
+    for t in tasks:
+        t["annotations"][0]["ground_truth"] = True
+        t["annotations"].append({**t["annotations"][0], "id": 9000 + t["id"], "ground_truth": False, "updated_at": "2026-12-01T12:00:00Z"})
+    world.ls.tasks[1] = tasks
+    world.step()
+    run = str(world.training["job"])
+    snapshot = json.loads(next(o for o in world.kube.applied if o["kind"] == "ConfigMap")["data"]["snapshot.json"])
+    assert {a for _, a in snapshot["train"] + snapshot["validation"]} == {5000 + i for i in range(1, 31)}
+    job_said(world.kube, run, report(candidate=0.505, current=0.50))
+    world.step()
+    world.step(advance=3600)
+    assert world.training["newAnnotations"] == 0 and len(world.jobs()) == 1, world.training["message"]
+
+
 def test_a_running_job_is_followed_without_a_second_one() -> None:
     world = World()
     started(world)
@@ -168,6 +202,26 @@ def test_a_better_candidate_is_promoted_and_rolls_the_backend() -> None:
     world.step()
     env = {e["name"]: e.get("value") for e in world.jobs()[-1]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["TRAIN_PARENT"] == t["version"] and env["TRAIN_PINNED"] == t["version"]
+    # That run fails: its lastRun keeps nothing of the promoted run's (no deltas, metrics, candidate).
+    job_said(world.kube, str(world.training["job"]), {"run": "x", "error": "OOMKilled"}, failed=True)
+    world.step()
+    last = world.training["lastRun"]
+    assert last["outcome"] == "Failed" and not {"deltas", "metrics", "candidate", "parent"} & set(last), last
+    assert world.training["version"] == t["version"]
+
+
+def test_a_run_under_a_pin_keeps_the_promoted_version_in_the_store() -> None:
+    """The pin serves and is fine-tuned; the promoted version it overrides is kept from pruning, so
+    removing the pin rolls back to it."""
+    world = World()
+    job_said(world.kube, started(world), report(candidate=0.70, current=0.50))
+    world.step()
+    promoted, pin = world.training["version"], "20261101T000000.000Z-aaaaaaaa"
+    world.spec["model"]["weights"] = {"version": pin}
+    world.ls.tasks[1] = [task(i, updated="2026-12-02T10:00:00Z") for i in range(1, 31)]
+    world.step()
+    env = {e["name"]: e.get("value") for e in world.jobs()[-1]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TRAIN_PARENT"] == pin and set(env["TRAIN_PINNED"].split(",")) == {pin, promoted}
 
 
 def test_a_candidate_that_is_not_better_by_the_margin_is_refused_and_nothing_rolls() -> None:
@@ -277,8 +331,33 @@ def test_a_label_studio_outage_is_shown_and_checked_again() -> None:
     assert [e.reason for e in world.step().events] == ["TrainingStarted"] and step.events == []
 
 
-def test_merge_patch_removes_what_the_new_status_drops() -> None:
-    assert merge_patch({"job": "a", "phase": "Training", "runs": 1}, {"phase": "Promoted", "runs": 1}) == {"phase": "Promoted", "job": None}
+def apply_merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386's apply, as the apiserver does it for a merge patch: null removes, objects merge, the rest replaces."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict):
+            out[key] = apply_merge_patch(out[key] if isinstance(out.get(key), dict) else {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ({"job": "a", "phase": "Training", "runs": 1}, {"phase": "Promoted", "runs": 1}),
+    # a failed run's lastRun replaces a promoted one's: its deltas and metrics must not stay behind
+    ({"phase": "Promoted", "lastRun": {"run": "x-train-1", "outcome": "Promoted", "deltas": {"map50_95": 0.1}, "metrics": {"candidate": {"map50": 0.5}}}},
+     {"phase": "Failed", "lastRun": {"run": "x-train-2", "outcome": "Failed", "message": "run x-train-2 failed: OOMKilled"}}),
+    ({"lastRun": {"metrics": {"candidate": {"map50": 0.5, "recall": {"a": 1.0}}, "current": {"map50": 0.4}}}},
+     {"lastRun": {"metrics": {"candidate": {"map50": 0.6}}}, "history": [{"run": "x-train-1"}]}),
+    ({"history": [{"run": "a"}, {"run": "b"}]}, {"history": [{"run": "c"}]}),
+    ({"a": 1}, {"a": 1}),
+])
+def test_merge_patch_applied_to_the_old_status_gives_the_new_one(old: dict[str, Any], new: dict[str, Any]) -> None:
+    patch = merge_patch(old, new)
+    assert apply_merge_patch(old, patch) == new
+    assert (patch == {}) == (old == new)
 
 
 def test_a_job_made_by_a_step_whose_status_was_lost_is_followed_not_made_again() -> None:
