@@ -198,7 +198,7 @@ class TrainingSpec:
         gate = raw.get("gate") or {}
         after = raw.get("afterAnnotations", 50)
         return cls(
-            after_annotations=None if after is None else int(after),
+            after_annotations=None if after is None or int(after) == 0 else int(after),  # 0 or null: on demand only
             min_interval_seconds=int(raw.get("minIntervalSeconds", 0)),
             trigger=str(raw.get("trigger", "")),
             project=None if raw.get("project") is None else int(raw["project"]),

@@ -22,6 +22,8 @@ RUN_LABEL = "prelabel.dev/training-run"
 MAX_SNAPSHOT_BYTES = 900_000  # a ConfigMap holds at most 1 MiB
 BACKOFF_LIMIT = 4  # a killed pod is retried: the next one resumes from the run's checkpoint
 TTL_SECONDS = 86_400  # a finished Job (and its pod's termination message) stays a day
+# What the Job's pod takes from spec.podTemplate.spec; not the rest of it, which is the backend's.
+POD_TEMPLATE_KEYS = ("serviceAccountName", "imagePullSecrets")
 
 
 def run_name(name: str, number: int) -> str:
@@ -64,7 +66,8 @@ def job(name: str, spec: MLBackendSpec, run: str, parent: str | None, pinned: Se
     """The run's Job. `parent`: the store version it fine-tunes (None: the model the backend serves
     by default, with the same weights volume); `pinned`: versions the Job's pruning keeps.
     spec.model.env reaches the Job as it reaches the backend (media hosts, the model file of a task),
-    but for the names the Job's contract sets (TRAIN_*, the store, the key)."""
+    but for the names the Job's contract sets (TRAIN_*, the store, the key); so do the pod template's
+    serviceAccountName and imagePullSecrets (POD_TEMPLATE_KEYS)."""
     training, store = spec.training, spec.store
     assert training is not None and store is not None, "spec.training needs spec.model.store (spec.parse checks)"
     ls = spec.label_studio
@@ -117,6 +120,10 @@ def job(name: str, spec: MLBackendSpec, run: str, parent: str | None, pinned: Se
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers
+    template = spec.pod_template.get("spec") or {}
+    for key in POD_TEMPLATE_KEYS:  # the backend pods' identity (an S3 store without keys) and pull secrets
+        if template.get(key):
+            pod_spec[key] = template[key]
     if training.node_selector:
         pod_spec["nodeSelector"] = dict(training.node_selector)
     if training.tolerations:

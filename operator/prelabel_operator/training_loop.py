@@ -69,7 +69,8 @@ def _epoch(text: str | None) -> float | None:
 
 
 def summary(current: Mapping[str, Any]) -> str:
-    """The printer column: the version that serves (cut to its time) and the last verdict."""
+    """The printer column: the version training last promoted (cut to its time; "packaged" before any)
+    and the last verdict. status.modelVersion says what serves, a pin included."""
     version = str(current.get("version") or "packaged")
     return f"{version[:15] if version != 'packaged' else version} {current.get('phase', 'Waiting')}"
 
@@ -194,9 +195,11 @@ class TrainingLoop:
         at = training.snapshot_time(seen)
         snapshot_at = at.isoformat() if at else ""
         serving = manifests.serving_version(spec, base.get("version"))
-        # The store's pruning keeps what serves, the pin, and the promoted version a pin overrides
-        # (removing the pin rolls back to it).
-        pinned = sorted({str(v) for v in (serving, spec.weights.version, base.get("version")) if v})
+        # The store's pruning keeps what serves, the pin, the promoted version a pin overrides (removing
+        # the pin rolls back to it), and the versions promoted before it that history lists (the
+        # rollback targets): keepLast counts refused candidates too.
+        promoted = [h.get("candidate") for h in base.get("history") or [] if h.get("outcome") == "Promoted"]
+        pinned = sorted({str(v) for v in (serving, spec.weights.version, base.get("version"), *promoted) if v})
         body = training_job.snapshot(training_job.run_id(run, resource.uid), project, training.snapshot_digest(chosen), snapshot_at,
                                      [(a.task, a.id) for a in split.train], [(a.task, a.id) for a in split.validation])
         if self.kube.get("batch/v1", "Job", run, resource.namespace) is None:  # else a step that made it died before its status was written

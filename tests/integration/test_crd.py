@@ -139,6 +139,22 @@ def test_the_longest_name_allowed_is_accepted(crd) -> None:  # noqa: ANN001
     assert done.returncode == 0, done.stderr
 
 
+def test_training_on_demand_only_is_0_since_null_brings_the_default_back(crd) -> None:  # noqa: ANN001
+    """afterAnnotations: null does not survive kubectl apply nor a merge patch (the field is dropped and
+    the API server defaults it to 50), so "on demand only" is 0, which does."""
+    body = with_spec(model={"store": {"s3": {"url": "s3://models/a"}}}, training={"afterAnnotations": None})
+    done, name = apply(crd, body)
+    assert done.returncode == 0, done.stderr
+
+    def after() -> object:
+        return json.loads(crd.kubectl("get", "mlb", name, "-o", "json").stdout)["spec"]["training"].get("afterAnnotations", "absent")
+
+    assert after() == 50
+    for value, expected in ((0, 0), (60, 60), (None, 50), (0, 0)):
+        crd.kubectl("patch", "mlb", name, "--type", "merge", "-p", json.dumps({"spec": {"training": {"afterAnnotations": value}}}))
+        assert after() == expected, value
+
+
 def test_kubectl_explain_teaches_the_fields(crd) -> None:  # noqa: ANN001
     explained = crd.kubectl("explain", "mlbackend.spec.labelStudio").stdout
     assert "The Label Studio server and the projects this backend serves." in explained

@@ -152,6 +152,43 @@ def test_the_job_gets_the_models_env_but_keeps_its_own_contract_and_names_its_ru
     assert other["run"] == "shapes-train-1-0b9e-oth" and other["train"] == snapshot["train"]
 
 
+def test_versions_promoted_before_stay_out_of_pruning_however_many_candidates_were_refused() -> None:
+    """keepLast counts every stored candidate, refused ones too: the versions history says were promoted
+    (the rollback targets) are passed as pinned, so refused runs cannot prune them."""
+    world = World()
+    names = iter(f"20261201T1{i}0000.000Z-0123abc{i}" for i in range(10))
+    promoted = []
+    for n, (candidate, current) in enumerate([(0.7, 0.5), (0.4, 0.7), (0.8, 0.7), (0.5, 0.8), (0.5, 0.8)]):
+        world.ls.tasks[1] = [task(i, updated=f"2026-12-0{n + 2}T10:00:00Z") for i in range(1, 31)]
+        world.step()
+        name = next(names)
+        job_said(world.kube, str(world.training["job"]), report(candidate=candidate, current=current, name=name))
+        if world.step().promoted:
+            promoted.append(name)
+    world.ls.tasks[1] = [task(i, updated="2026-12-09T10:00:00Z") for i in range(1, 31)]
+    world.step()
+    env = {e["name"]: e.get("value") for e in world.jobs()[-1]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert len(promoted) == 2 and set(env["TRAIN_PINNED"].split(",")) == set(promoted)
+
+
+def test_the_job_takes_the_pod_templates_identity_and_pull_secrets_not_the_rest() -> None:
+    """An S3 store without keys uses the pods' service account (IRSA, Workload Identity), and an image
+    in a private registry needs its pull secret: the Job's pod gets both from spec.podTemplate, but not
+    what the template says of the backend's containers or volumes."""
+    spec = copy.deepcopy(SPEC)
+    spec["podTemplate"] = {"spec": {"serviceAccountName": "s3-reader", "imagePullSecrets": [{"name": "regcred"}],
+                                    "containers": [{"name": "backend", "image": "other"}], "volumes": [{"name": "x", "emptyDir": {}}]}}
+    world = World(spec)
+    started(world)
+    pod = world.jobs()[0]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "s3-reader" and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert [c["name"] for c in pod["containers"]] == ["train"] and "x" not in [v["name"] for v in pod["volumes"]]
+    assert pod["automountServiceAccountToken"] is False
+    plain = World()
+    started(plain)
+    assert not {"serviceAccountName", "imagePullSecrets"} & set(plain.jobs()[0]["spec"]["template"]["spec"])
+
+
 def test_a_newer_annotation_that_loses_to_its_tasks_ground_truth_is_not_counted_again_after_the_run() -> None:
     """Each task trains on its ground truth; a person's later annotation of it is seen by the run all
     the same, so it is not new at the next check (it would start the same run again and again)."""
@@ -255,8 +292,9 @@ def test_a_failed_job_says_why_in_status_and_a_warning(message: dict[str, Any] |
     assert world.training["phase"] == "Failed" and expected in world.training["message"] and "job" not in world.training
 
 
-def test_on_demand_triggers_start_one_run_each_and_clearing_one_starts_none() -> None:
-    world = World({**SPEC, "training": {**SPEC["training"], "afterAnnotations": None}})
+@pytest.mark.parametrize("on_demand_only", [None, 0])
+def test_on_demand_triggers_start_one_run_each_and_clearing_one_starts_none(on_demand_only: int | None) -> None:
+    world = World({**SPEC, "training": {**SPEC["training"], "afterAnnotations": on_demand_only}})
     world.ls.tasks[1] = [task(i) for i in range(1, 31)]
     world.step()
     assert world.jobs() == [] and world.training["message"] == "training runs on demand only"
