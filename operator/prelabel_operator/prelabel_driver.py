@@ -104,8 +104,6 @@ class Driver:
             # Read the counts back from Label Studio: what is stored is the truth, not what we sent.
             counts = [(p, v, *await self._count(ls, p, spec, v)) for p, v, _, _ in counts]
         self._set_counts(counts)
-        if not self.progress.pending and self.progress.completed is None:
-            self.progress.completed = _utcnow()
         self.progress.message = "; ".join(skipped)
         await self._report(force=True)
         if self.progress.pending > len(self.attempts.retrying()):
@@ -318,6 +316,9 @@ class Driver:
                                   for t, a in sorted(given_up.items())]
 
     async def _report(self, force: bool = False) -> None:
+        if self.progress.counted and not self.progress.pending and self.progress.completed is None:
+            # Stamped here, not at the pass's end: the report after the last batch already says Complete.
+            self.progress.completed = _utcnow()
         now = time.monotonic()
         if force or now - self._last_report >= REPORT_EVERY:
             self._last_report = now

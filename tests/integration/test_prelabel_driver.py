@@ -12,6 +12,7 @@ import pytest
 from label_studio_sdk.projects.client import AsyncProjectsClient
 
 from prelabel_backend import synthetic
+from prelabel_operator import prelabel, prelabel_driver
 from prelabel_operator.prelabel import Progress
 from prelabel_operator.prelabel_driver import Driver, Outage, Target
 from prelabel_operator.spec import PrelabelSpec
@@ -55,6 +56,22 @@ def test_unannotated_scope_skips_annotated_tasks(project, ls_client) -> None:  #
     assert run(driver, target, PrelabelSpec(tasks="Unannotated")) is None
     assert (driver.progress.total, driver.progress.predicted, driver.progress.phase()) == (4, 4, "Complete")
     assert sorted(t for t, _ in stored(ls_client, created.id)) == tasks[2:]
+
+
+def test_every_status_that_says_complete_says_when(project, monkeypatch) -> None:  # noqa: ANN001
+    """The report after the last batch already says Complete (the counts add up): completedAt comes
+    with it, not with the pass's final report (seen in CI: Complete without completedAt)."""
+    monkeypatch.setattr(prelabel_driver, "REPORT_EVERY", 0.0)  # every batch reports
+    reports: list[dict] = []
+
+    async def record(progress: Progress) -> None:
+        reports.append(prelabel.status(progress, 0.0))
+
+    *_, target = project
+    run(Driver("ns", "d", record), target, PrelabelSpec(batch_size=1, concurrency=1))
+    complete = [r for r in reports if r["phase"] == "Complete"]
+    assert len(complete) >= 2 and all("completedAt" in r for r in complete), reports
+    assert len({r["completedAt"] for r in complete}) == 1
 
 
 def test_keep_existing_predicts_only_tasks_without_any_prediction(project, ls_client) -> None:  # noqa: ANN001
