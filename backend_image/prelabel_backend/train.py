@@ -129,16 +129,17 @@ def fit_message(message: dict[str, Any], limit: int = MAX_MESSAGE) -> str:
     current = dict((metrics.get("current") or {}).get("recall") or {})
     candidate = dict((metrics.get("candidate") or {}).get("recall") or {})
     names = sorted(set(current) | set(candidate), key=lambda n: (candidate.get(n, 0.0) - current.get(n, 0.0), n))
-    kept = len(names)
-    while len(text.encode()) > limit and kept > 0:
-        kept = min(kept - 1, int(kept * limit / len(text.encode())))  # about as many as fit, then one by one
+    kept, size = len(names), len(text.encode())
+    while size > limit and kept > 0:
+        kept = min(kept - 1, int(kept * limit / size))  # about as many as fit, then one by one
         keep = set(names[:kept])
         cut = {**message, "truncated": f"per-class recall of the {kept} classes (of {len(names)}) whose recall fell most; "
                                        "the version's record in the store has every class",
                "metrics": {side: {**m, "recall": {n: v for n, v in (m.get("recall") or {}).items() if n in keep}} if m else m
                            for side, m in metrics.items()}}
         text = json.dumps(cut, separators=(",", ":"))
-    if len(text.encode()) > limit:  # no recall left and still too long: say so rather than cut the JSON
+        size = len(text.encode())
+    if size > limit:  # no recall left and still too long: say so rather than cut the JSON
         text = json.dumps({"run": message.get("run"), "error": f"the run's report is over {limit} bytes even without per-class recall"})
     return text
 

@@ -151,8 +151,9 @@ TRAINED_REASONS = {"Waiting": "WaitingForAnnotations", "Training": "Training", "
 
 def trained(training: dict[str, Any] | None) -> Condition | None:
     """The Trained condition from status.training: True once training has promoted a version (a pin
-    may serve another), False before; the reason is the loop's phase (the last verdict, or a run in progress), the message
-    what it said. Not part of Ready: a refused or failed run leaves the served model serving."""
+    may serve another), False before; the reason is the loop's phase (the last verdict, or a run in
+    progress), the message what it said. Not part of Ready: a refused or failed run leaves the served
+    model serving."""
     if not training:
         return None
     phase = str(training.get("phase") or "Waiting")

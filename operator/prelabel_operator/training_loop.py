@@ -199,7 +199,7 @@ class TrainingLoop:
         # the pin rolls back to it), and the versions promoted before it that history lists (the
         # rollback targets): keepLast counts refused candidates too.
         promoted = [h.get("candidate") for h in base.get("history") or [] if h.get("outcome") == "Promoted"]
-        pinned = sorted({str(v) for v in (serving, spec.weights.version, base.get("version"), *promoted) if v})
+        pinned = sorted({str(v) for v in (serving, base.get("version"), *promoted) if v})  # serving: the pin, if any
         body = training_job.snapshot(training_job.run_id(run, resource.uid), project, training.snapshot_digest(chosen), snapshot_at,
                                      [(a.task, a.id) for a in split.train], [(a.task, a.id) for a in split.validation])
         if self.kube.get("batch/v1", "Job", run, resource.namespace) is None:  # else a step that made it died before its status was written

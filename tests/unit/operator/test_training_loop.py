@@ -86,6 +86,14 @@ class World:
     def jobs(self) -> list[dict[str, Any]]:
         return [o for o in self.kube.applied if o["kind"] == "Job"]
 
+    def job_env(self, index: int = -1) -> dict[str, Any]:
+        """The train container's env of the `index`th Job applied: name -> value."""
+        return {e["name"]: e.get("value") for e in self.jobs()[index]["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The data snapshot of the first run's ConfigMap."""
+        return dict(json.loads(next(o for o in self.kube.applied if o["kind"] == "ConfigMap")["data"]["snapshot.json"]))
+
 
 def started(world: World, n: int = 30) -> str:
     world.ls.tasks[1] = [task(i) for i in range(1, n + 1)]
@@ -140,15 +148,15 @@ def test_the_job_gets_the_models_env_but_keeps_its_own_contract_and_names_its_ru
                             {"name": "TRAIN_EPOCHS", "value": "999"}, {"name": "MODEL_STORE", "value": "s3://elsewhere"}]
     world = World(spec)
     run = started(world)
-    env = {e["name"]: e.get("value") for e in world.jobs()[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = world.job_env(0)
     assert env["MEDIA_ALLOWED_HOSTS"] == "media.example.com" and env["MODEL_DETECT"] == "mine.pt"
     assert env["TRAIN_EPOCHS"] == "15" and env["MODEL_STORE"] == "s3://models/shapes"
-    snapshot = json.loads(next(o for o in world.kube.applied if o["kind"] == "ConfigMap")["data"]["snapshot.json"])
+    snapshot = world.snapshot()
     assert run == "shapes-train-1" and snapshot["run"] == f"shapes-train-1-{UID[:8]}"
     again = World(spec)
     again.ls.tasks[1] = world.ls.tasks[1]
     again.loop.step(Resource("shapes", "team", "0b9e-other-uid", 1, spec, {}, {"metadata": {"name": "shapes", "namespace": "team", "uid": "0b9e-other-uid"}}))
-    other = json.loads(next(o for o in again.kube.applied if o["kind"] == "ConfigMap")["data"]["snapshot.json"])
+    other = again.snapshot()
     assert other["run"] == "shapes-train-1-0b9e-oth" and other["train"] == snapshot["train"]
 
 
@@ -167,7 +175,7 @@ def test_versions_promoted_before_stay_out_of_pruning_however_many_candidates_we
             promoted.append(name)
     world.ls.tasks[1] = [task(i, updated="2026-12-09T10:00:00Z") for i in range(1, 31)]
     world.step()
-    env = {e["name"]: e.get("value") for e in world.jobs()[-1]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = world.job_env()
     assert len(promoted) == 2 and set(env["TRAIN_PINNED"].split(",")) == set(promoted)
 
 
@@ -200,7 +208,7 @@ def test_a_newer_annotation_that_loses_to_its_tasks_ground_truth_is_not_counted_
     world.ls.tasks[1] = tasks
     world.step()
     run = str(world.training["job"])
-    snapshot = json.loads(next(o for o in world.kube.applied if o["kind"] == "ConfigMap")["data"]["snapshot.json"])
+    snapshot = world.snapshot()
     assert {a for _, a in snapshot["train"] + snapshot["validation"]} == {5000 + i for i in range(1, 31)}
     job_said(world.kube, run, report(candidate=0.505, current=0.50))
     world.step()
@@ -237,7 +245,7 @@ def test_a_better_candidate_is_promoted_and_rolls_the_backend() -> None:
     # The next run fine-tunes the promoted version and keeps it in the store.
     world.ls.tasks[1] = [task(i, updated="2026-12-02T10:00:00Z") for i in range(1, 31)]
     world.step()
-    env = {e["name"]: e.get("value") for e in world.jobs()[-1]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = world.job_env()
     assert env["TRAIN_PARENT"] == t["version"] and env["TRAIN_PINNED"] == t["version"]
     # That run fails: its lastRun keeps nothing of the promoted run's (no deltas, metrics, candidate).
     job_said(world.kube, str(world.training["job"]), {"run": "x", "error": "OOMKilled"}, failed=True)
@@ -257,7 +265,7 @@ def test_a_run_under_a_pin_keeps_the_promoted_version_in_the_store() -> None:
     world.spec["model"]["weights"] = {"version": pin}
     world.ls.tasks[1] = [task(i, updated="2026-12-02T10:00:00Z") for i in range(1, 31)]
     world.step()
-    env = {e["name"]: e.get("value") for e in world.jobs()[-1]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = world.job_env()
     assert env["TRAIN_PARENT"] == pin and set(env["TRAIN_PINNED"].split(",")) == {pin, promoted}
 
 
