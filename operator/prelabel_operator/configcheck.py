@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .status import version_text
+
 
 @dataclass(frozen=True)
 class ConfigCheck:
@@ -33,8 +35,7 @@ def interpret(status_code: int, body: Any, text: str = "") -> ConfigCheck:
             return ConfigCheck(False, str(body.get("error") or "the labeling config has no control the backend serves"), None, True)
         warnings = body.get("warnings") or []
         message = "; ".join(str(w) for w in warnings) if isinstance(warnings, list) else str(warnings)
-        version = body.get("model_version")
-        return ConfigCheck(True, message, str(version) if version not in (None, "") else None, True)
+        return ConfigCheck(True, message, version_text(body.get("model_version")), True)
     if status_code in (400, 422):
         return ConfigCheck(False, str(body.get("error") or "labeling config not supported"), None, False)
     detail = str(body.get("error") or text).strip()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .spec import PrelabelSpec
-from .status import Condition, Event, with_condition
+from .status import Condition, Event, version_text, with_condition
 from .status import condition as condition_of
 
 CONDITION = "Prelabeled"
@@ -68,31 +68,55 @@ def done_query(spec: PrelabelSpec, version: str) -> str:
 @dataclass(frozen=True)
 class Sorted:
     """One /predict answer split: predictions to import, failed tasks with reasons, and tasks a pod
-    of another model version answered (mid-rollout): left for the next pass, neither stored nor failed."""
+    of another model version answered (mid-rollout): left for the next pass, neither stored nor
+    failed; `answered` holds those other versions (for the fault a version that never matches is)."""
 
     store: list[dict[str, Any]] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
     stale: list[int] = field(default_factory=list)
+    answered: set[str] = field(default_factory=set)
 
 
-def sort_results(task_ids: list[int], answer: Any, version: str) -> Sorted:
+def _score(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _short(got: int | str, sent: int) -> str:
+    hint = ("; a backend that predicts only tasks[0] needs spec.prelabel.batchSize: 1"
+            if isinstance(got, int) and 0 < got < sent else "")
+    return f"the backend answered {got} results for {sent} tasks (Label Studio's protocol: one per task, in order){hint}"
+
+
+def sort_results(task_ids: list[int], answer: Any, version: str, any_version: bool = False) -> Sorted:
     """task_ids: the tasks sent, in order; answer: the backend's JSON ({"results": [...]}, one per task,
     in order, Label Studio's ML-backend protocol). Predictions come out in Label Studio's import form
-    ({"task", "result", "score", "model_version"})."""
+    ({"task", "result", "score", "model_version"}).
+
+    A prediction's model version is its own `model_version`, else the answer's top-level one (Label
+    Studio's ML SDK puts it there only), else `version` (what /setup reported), in any JSON type, as a
+    string (status.version_text). It must equal `version` unless `any_version` (KeepExisting: any
+    prediction will do); else the task is stale. A missing or short `results` list fails every task
+    sent: the protocol matches results to tasks by position only, so none can be attributed."""
     results = answer.get("results") if isinstance(answer, dict) else None
     if not isinstance(results, list) or len(results) != len(task_ids):
         got = len(results) if isinstance(results, list) else "no"
-        return Sorted(failed=[(t, f"the backend answered {got} results for {len(task_ids)} tasks") for t in task_ids])
+        return Sorted(failed=[(t, _short(got, len(task_ids))) for t in task_ids])
+    top = version_text(answer.get("model_version")) if isinstance(answer, dict) else None
     out = Sorted()
     for task_id, result in zip(task_ids, results, strict=True):
-        if not isinstance(result, dict) or not isinstance(result.get("result"), list):
-            out.failed.append((task_id, "the backend's result is not a Label Studio prediction"))
-        elif result.get("errors"):  # the backend names why it could not read the task's media
+        regions = result.get("result") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
+            out.failed.append((task_id, "the backend's result is not a Label Studio prediction ({\"result\": [regions], ...})"))
+            continue
+        if result.get("errors"):  # the backend names why it could not read the task's media
             out.failed.append((task_id, "; ".join(str(e) for e in result["errors"])[:300]))
-        elif result.get("model_version") != version:
+            continue
+        own = version_text(result.get("model_version")) or top or version or None
+        if not any_version and own != version:
             out.stale.append(task_id)
+            out.answered.add(own or "none")
         else:
-            out.store.append({"task": task_id, "result": result["result"], "score": result.get("score"), "model_version": version})
+            out.store.append({"task": task_id, "result": regions, "score": _score(result.get("score")), "model_version": own})
     return out
 
 
@@ -125,6 +149,38 @@ def refused_reason(message: str) -> str:
     (1.23 answers 201 with `created: 0` for a prediction its validator drops)."""
     return (f"Label Studio refused the prediction: {message}" if message
             else "Label Studio refused the prediction: its import stored none of it (created: 0); its validator dropped the result")
+
+
+@dataclass
+class Mismatch:
+    """Passes in a row that stored nothing because every answer was of another model version than
+    /setup reports: a backend whose /predict and /setup disagree for good (or a rollout in progress).
+    The driver stops a pass at its first batch answered wholly stale, and waits `delay()` before the
+    next: one probe batch per wait, never the whole project resent in a loop."""
+
+    passes: int = 0
+    answered: tuple[str, ...] = ()
+
+    def record(self, stored: int, stale: int, answered: set[str]) -> None:
+        """After a pass: `stored` predictions stored, `stale` tasks answered by another version."""
+        if stale and not stored:
+            self.passes += 1
+            self.answered = tuple(sorted(answered))
+        else:
+            self.passes, self.answered = 0, ()
+
+    def delay(self) -> float | None:
+        """Seconds before the next pass (5, 10, 20, ... capped at 5 minutes); None without a mismatch."""
+        return retry_delay(self.passes) if self.passes else None
+
+    def fault(self, wanted: str) -> str:
+        """What status says while it lasts ("" without a mismatch)."""
+        if not self.passes:
+            return ""
+        return (f"the backend's /predict answers model version {', '.join(self.answered)} while its /setup reports {wanted}: "
+                "nothing is stored as the current version, and each pass now sends one batch, then waits (5 s doubling to 5 min). "
+                "A backend whose version changes "
+                "per request or per pod needs spec.prelabel.onNewModelVersion: KeepExisting")
 
 
 # -- retries -----------------------------------------------------------------------------------------
@@ -190,6 +246,7 @@ class Progress:
     last_progress: dt.datetime | None = None
     completed: dt.datetime | None = None
     message: str = ""
+    fault: str = ""  # a fault of the backend itself (Mismatch.fault): shown in the message, an Event once
     failures: list[dict[str, Any]] = field(default_factory=list)
     counted: bool = False  # the counts were read from Label Studio at least once
 
@@ -221,7 +278,7 @@ def status(progress: Progress, now_mono: float) -> dict[str, Any]:
         "tasksPerSecond": progress.rate(now_mono),
         "startedAt": _time(progress.run_started), "lastProgressAt": _time(progress.last_progress),
         "completedAt": _time(progress.completed) if not progress.pending else None,
-        "message": progress.message, "failures": progress.failures[:MAX_LISTED_FAILURES],
+        "message": "; ".join(m for m in (progress.fault, progress.message) if m), "failures": progress.failures[:MAX_LISTED_FAILURES],
     }
     return {k: v for k, v in body.items() if v not in (None, "")}
 

@@ -35,7 +35,7 @@ from label_studio_sdk.base_client import AsyncLabelStudioBase as AsyncLabelStudi
 from . import backend_client, metrics, prelabel
 from .errors import BackendUnreachable, KubeError
 from .keys import Keys
-from .prelabel import Attempts, Progress, Sorted, done_query, pending_query, scope_query, sort_results
+from .prelabel import Attempts, Mismatch, Progress, Sorted, done_query, pending_query, scope_query, sort_results
 from .spec import MLBackendSpec, PrelabelSpec, SpecError
 from .status import Event
 
@@ -64,6 +64,17 @@ class Target:
 Report = Callable[[Progress], Awaitable[None]]
 
 
+@dataclass
+class Tally:
+    """One pass's answers: predictions queued for storing, stale tasks and the versions they carried;
+    `stop` once a batch came back wholly stale before anything was stored (Mismatch)."""
+
+    stored: int = 0
+    stale: int = 0
+    answered: set[str] | None = None
+    stop: bool = False
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -76,6 +87,8 @@ class Driver:
         self.namespace, self.name, self.report = namespace, name, report
         self.progress = Progress()
         self.attempts: Attempts | None = None
+        self.mismatch = Mismatch()
+        self._tally = Tally()
         self._last_report = 0.0
 
     async def run_pass(self, target: Target, spec: PrelabelSpec, stopped: Any) -> float | None:
@@ -90,8 +103,9 @@ class Driver:
                     httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10)) as ls_http):
             ls = AsyncLabelStudio(base_url=target.label_studio_url, api_key=target.api_key, httpx_client=ls_http)
             counts, skipped = [], []
+            self._tally = Tally(answered=set())
             for project_id in target.projects:
-                version, refusal = await self._version(ls, backend, project_id)
+                version, refusal = await self._version(ls, backend, project_id, spec)
                 if refusal:  # nothing in this project's config to predict (yet): ConfigCompatible says why
                     skipped.append(f"project {project_id} skipped: {refusal}")
                     continue
@@ -105,16 +119,25 @@ class Driver:
             counts = [(p, v, *await self._count(ls, p, spec, v)) for p, v, _, _ in counts]
         self._set_counts(counts)
         self.progress.message = "; ".join(skipped)
+        self.mismatch.record(self._tally.stored, self._tally.stale, self._tally.answered or set())
+        fault = self.mismatch.fault(self.progress.model_version)
+        if fault and fault != self.progress.fault:
+            log.warning("%s/%s: %s", self.namespace, self.name, fault)
+        self.progress.fault = fault
         await self._report(force=True)
+        backing_off = self.mismatch.delay()
+        if backing_off is not None:
+            return backing_off
         if self.progress.pending > len(self.attempts.retrying()):
             return 1.0
         return self.attempts.next_retry(time.monotonic())
 
     # -- Label Studio and backend calls --------------------------------------------------------
-    async def _version(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int) -> tuple[str, str]:
+    async def _version(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, spec: PrelabelSpec) -> tuple[str, str]:
         """(the backend's model version for this project's labeling config, "") from its /setup answer
         (read as the reconcile reads it: backend_client), or ("", why) when the config has nothing the
-        backend predicts (e.g. not set yet)."""
+        backend predicts (e.g. not set yet). A backend that reports no version (a foreign one may not)
+        is served with KeepExisting only: Repredict cannot tell its current predictions."""
         project = await _ls(ls.projects.get(project_id), f"read project {project_id}")
         try:
             check = await backend_client.check_config(backend, project_id, project.label_config or "")
@@ -125,7 +148,10 @@ class Driver:
         if check.compatible is None:
             raise Outage(f"the {check.message}")
         if not check.model_version:
-            raise Outage("the backend's /setup answered no model_version")
+            if spec.on_new_model_version == "KeepExisting":
+                return "", ""
+            raise Outage("the backend's /setup answered no model_version, so no prediction can be told current: "
+                         "set spec.prelabel.onNewModelVersion: KeepExisting")
         return check.model_version, ""
 
     async def _count(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec, version: str) -> tuple[int, int]:
@@ -154,15 +180,19 @@ class Driver:
                     tasks = list(page.items or [])
                     if not tasks:
                         break
+                    if self._tally.stop:  # Mismatch: this pass has seen enough
+                        break
                     after_id = max(int(t.id) for t in tasks)
                     now = time.monotonic()
                     due = [{"id": int(t.id), "data": t.data or {}} for t in tasks if self.attempts.due(int(t.id), now)]
                     for start in range(0, len(due), spec.batch_size):
                         await slots.acquire()
-                        if stopped:
+                        if stopped or self._tally.stop:
                             slots.release()
                             break
-                        task = group.create_task(self._predict(backend, project_id, version, due[start:start + spec.batch_size], stored))
+                        batch = due[start:start + spec.batch_size]
+                        any_version = spec.on_new_model_version == "KeepExisting"
+                        task = group.create_task(self._predict(backend, project_id, version, any_version, batch, stored))
                         running.add(task)
                         task.add_done_callback(running.discard)
                         task.add_done_callback(lambda _: slots.release())
@@ -267,9 +297,10 @@ class Driver:
                 log.warning("%s/%s: task %s failed for good: %s", self.namespace, self.name, task_id, reason)
         self._refresh_failures()
 
-    async def _predict(self, backend: httpx.AsyncClient, project_id: int, version: str, tasks: list[dict[str, Any]],
+    async def _predict(self, backend: httpx.AsyncClient, project_id: int, version: str, any_version: bool, tasks: list[dict[str, Any]],
                        stored: asyncio.Queue[list[dict[str, Any]] | None]) -> None:
-        """One /predict; its predictions go to the importer's queue, its failures are counted here."""
+        """One /predict; its predictions go to the importer's queue, its failures are counted here.
+        any_version: store a prediction of any model version (KeepExisting)."""
         assert self.attempts is not None
         ids = [t["id"] for t in tasks]
         started = time.monotonic()
@@ -281,7 +312,17 @@ class Driver:
             reason = f"the backend refused the batch (HTTP {answer.status_code}): {_error_text(answer)}"
             sorted_ = Sorted(failed=[(t, reason) for t in ids])
         else:
-            sorted_ = sort_results(ids, answer.json(), version)
+            try:
+                body = answer.json()
+            except ValueError:
+                body = None  # not JSON: no results, each task fails with that reason
+            sorted_ = sort_results(ids, body, version, any_version)
+        if sorted_.stale and not sorted_.store and not self._tally.stored:
+            self._tally.stop = True
+        self._tally.stored += len(sorted_.store)
+        self._tally.stale += len(sorted_.stale)
+        if self._tally.answered is not None:
+            self._tally.answered |= sorted_.answered
         if sorted_.store:
             await stored.put(sorted_.store)
         self._count_failures(project_id, sorted_.failed)
@@ -393,6 +434,7 @@ async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, 
     any restart. An outage (Label Studio, the backend, the Kubernetes API) is shown in status and
     retried with backoff; no task counts as failed for it."""
     last_phase: list[str | None] = [None]
+    last_fault = [""]
 
     async def report(progress: Progress) -> None:
         if stopped:  # paused or removed: the reconcile now owns what status says
@@ -404,6 +446,9 @@ async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, 
         if event is not None:
             resource.emit(event)
         last_phase[0] = patch["prelabel"]["phase"]
+        if progress.fault and progress.fault != last_fault[0]:  # once per fault, not per pass
+            resource.emit(Event("ModelVersionMismatch", progress.fault, warning=True))
+        last_fault[0] = progress.fault
 
     driver = make_driver(resource.namespace, resource.name, report)
     outages = 0

@@ -12,10 +12,20 @@ run never makes the backend look unready.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 CONDITION_TYPES = ("Available", "Registered", "ConfigCompatible")
+
+
+def version_text(value: object) -> str | None:
+    """A model version as status and Label Studio hold it (a string), from any JSON value a backend
+    sends (Label Studio's ML SDK answers an integer after its first fit()): a string as is, any other
+    value as its compact JSON text (1796529612 -> "1796529612", true -> "true"); None for null or ""."""
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -186,5 +196,5 @@ def status(observed: Observed, previous: list[dict[str, Any]] | None, now: dt.da
     if observed.url:
         body["url"] = observed.url
     if observed.model_version:
-        body["modelVersion"] = observed.model_version
+        body["modelVersion"] = version_text(observed.model_version)  # the CRD's type: a string, whatever was observed
     return body

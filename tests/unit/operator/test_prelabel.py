@@ -49,7 +49,8 @@ def test_sort_results_stores_good_predictions_fails_errors_and_leaves_other_vers
     out = sort_results([1, 2, 3, 4, 5], answer, V)
     assert out.store == [{"task": 1, "result": [{"type": "rectanglelabels"}], "score": 0.9, "model_version": V},
                          {"task": 4, "result": [], "score": 0.0, "model_version": V}]
-    assert out.failed == [(2, "field 'image': GET ... answered HTTP 404"), (5, "the backend's result is not a Label Studio prediction")]
+    assert out.failed == [(2, "field 'image': GET ... answered HTTP 404"),
+                          (5, "the backend's result is not a Label Studio prediction ({\"result\": [regions], ...})")]
     assert out.stale == [3]
 
 
@@ -58,6 +59,58 @@ def test_an_answer_of_the_wrong_shape_fails_every_task_with_a_reason(answer: obj
     out = sort_results([7, 8], answer, V)
     assert [t for t, _ in out.failed] == [7, 8] and not out.store
     assert "results for 2 tasks" in out.failed[0][1]
+
+
+# -- what any protocol-conforming backend answers (issue 26) -------------------------------------
+def test_a_prediction_without_its_own_version_takes_the_answers_then_setups() -> None:
+    # Label Studio's ML SDK puts model_version at the top of the answer only, or nowhere.
+    top = sort_results([1, 2], {"model_version": V, "results": [{"result": []}, {"result": [], "model_version": V}]}, V)
+    assert [p["task"] for p in top.store] == [1, 2] and {p["model_version"] for p in top.store} == {V} and not top.stale
+    bare = sort_results([3], {"results": [{"result": [{"type": "choices", "value": {"choices": ["spam"]}}]}]}, V)
+    assert bare.store == [{"task": 3, "result": [{"type": "choices", "value": {"choices": ["spam"]}}], "score": None, "model_version": V}]
+    other = sort_results([4], {"model_version": "v2", "results": [{"result": []}]}, V)
+    assert other.stale == [4] and other.answered == {"v2"}  # the answer's own version still counts
+
+
+def test_a_version_of_any_json_type_is_a_string() -> None:
+    # After the SDK's first fit(), /setup and /predict answer a JSON integer.
+    out = sort_results([1], {"model_version": 1796529612, "results": [{"result": [], "score": "high"}]}, "1796529612")
+    assert out.store == [{"task": 1, "result": [], "score": None, "model_version": "1796529612"}]  # a non-number score is none
+    assert [status_module.version_text(v) for v in (1796529612, 1.5, True, "v1", None, "")] == ["1796529612", "1.5", "true", "v1", None, None]
+    body = status_module.status(status_module.Observed(generation=1, model_version=1796529612), None)  # type: ignore[arg-type]
+    assert body["modelVersion"] == "1796529612"  # the CRD's type: status is never refused with a 422
+
+
+def test_keep_existing_stores_a_prediction_of_any_version_under_its_own() -> None:
+    out = sort_results([1, 2], {"results": [{"result": [], "model_version": 7}, {"result": []}]}, "", any_version=True)
+    assert out.store == [{"task": 1, "result": [], "score": None, "model_version": "7"},
+                         {"task": 2, "result": [], "score": None, "model_version": None}]
+    assert not out.stale
+
+
+def test_a_short_results_list_fails_each_task_naming_the_batch_size_fix() -> None:
+    out = sort_results([1, 2, 3], {"results": [{"result": [], "model_version": V}]}, V)
+    assert [t for t, _ in out.failed] == [1, 2, 3] and not out.store
+    assert "answered 1 results for 3 tasks" in out.failed[0][1] and "spec.prelabel.batchSize: 1" in out.failed[0][1]
+    regions_not_dicts = sort_results([1], {"results": [{"result": ["a box"]}]}, V)
+    assert regions_not_dicts.failed and not regions_not_dicts.store  # Label Studio's import would refuse it
+
+
+def test_a_version_that_never_matches_backs_off_and_says_so_once_per_fault() -> None:
+    mismatch = prelabel.Mismatch()
+    assert mismatch.delay() is None and mismatch.fault(V) == ""
+    mismatch.record(stored=0, stale=16, answered={"v2"})
+    mismatch.record(stored=0, stale=16, answered={"v2"})
+    assert mismatch.delay() == 10.0
+    fault = mismatch.fault(V)
+    assert "answers model version v2 while its /setup reports " + V in fault and "KeepExisting" in fault
+    for _ in range(10):
+        mismatch.record(stored=0, stale=16, answered={"v2"})
+    assert mismatch.delay() == 300.0 and mismatch.fault(V) == fault  # capped; the same text, so one Event
+    mismatch.record(stored=3, stale=13, answered={"v2"})  # a rollout: some pods answer the current version
+    assert mismatch.delay() is None and mismatch.fault(V) == ""
+    progress = Progress(model_version=V, total=5, counted=True, fault=fault, message="project 2 skipped")
+    assert prelabel.status(progress, 0.0)["message"] == fault + "; project 2 skipped"
 
 
 def test_attempts_back_off_and_give_up_after_max() -> None:

@@ -154,3 +154,21 @@ def test_failed_tasks_make_a_warning_event() -> None:
     failing.run(waits=1)
     assert (failing.events[-1].reason, failing.events[-1].warning) == ("PrelabelFailed", True)
     assert "task 9: not an image" in failing.events[-1].message
+
+
+def test_a_model_version_fault_is_one_warning_event_while_it_lasts() -> None:
+    harness = Harness(REGISTERED, results=[])
+    two, three = ("the backend's /predict answers model version 2 while its /setup reports 1",
+                  "the backend's /predict answers model version 3 while its /setup reports 1")
+    faults = [two, two, "", three]
+
+    class Mismatched(FakeDriver):
+        async def run_pass(self, target: Target, spec: PrelabelSpec, stopped: Any) -> float | None:
+            await self.report(Progress(model_version="1", total=2, counted=True, fault=faults.pop(0)))
+            return 5.0
+
+    harness.driver = lambda ns, name, report: Mismatched(ns, name, report, [])  # type: ignore[method-assign]
+    harness.run(waits=4)
+    mismatches = [e for e in harness.events if e.reason == "ModelVersionMismatch"]
+    assert [e.message[-30:] for e in mismatches] == ["n 2 while its /setup reports 1", "n 3 while its /setup reports 1"]
+    assert all(e.warning for e in mismatches)

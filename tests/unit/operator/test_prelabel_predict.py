@@ -1,0 +1,59 @@
+"""One /predict of the pre-labeling driver against fake backends that speak Label Studio's ML-backend
+protocol as third-party backends do (httpx's MockTransport: no Label Studio is involved in this step):
+what is queued for storing, what fails with which reason, and when a pass stops sending."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from prelabel_operator.prelabel import Attempts
+from prelabel_operator.prelabel_driver import Driver, Tally
+
+TASKS = [{"id": 11, "data": {"text": "buy now"}}, {"id": 12, "data": {"text": "hello"}}]
+
+
+async def _nothing(progress: object) -> None:
+    return None
+
+
+def predict(answer: Any, version: str = "1796529612", any_version: bool = False, status: int = 200) -> tuple[Driver, list[Any]]:
+    def backend(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=answer) if not isinstance(answer, str) else httpx.Response(status, text=answer)
+
+    driver = Driver("team", "sdk", _nothing)
+    driver.attempts, driver._tally = Attempts(max_attempts=1), Tally(answered=set())
+    queue: asyncio.Queue[list[dict[str, Any]] | None] = asyncio.Queue()
+
+    async def go() -> list[Any]:
+        async with httpx.AsyncClient(base_url="http://backend", transport=httpx.MockTransport(backend)) as client:
+            await driver._predict(client, 1, version, any_version, TASKS, queue)
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
+    return driver, asyncio.run(go())
+
+
+def test_text_tasks_answered_as_the_sdk_answers_are_stored_under_the_reported_version() -> None:
+    choice = {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["spam"]}}
+    driver, queued = predict({"results": [{"result": [choice], "score": 0.8}, {"result": []}]})  # no model_version anywhere
+    assert queued == [[{"task": 11, "result": [choice], "score": 0.8, "model_version": "1796529612"},
+                       {"task": 12, "result": [], "score": None, "model_version": "1796529612"}]]
+    assert driver._tally.stored == 2 and not driver._tally.stop
+
+
+def test_a_batch_answered_wholly_by_another_version_stops_the_pass() -> None:
+    driver, queued = predict({"model_version": 1796529700, "results": [{"result": []}, {"result": []}]})
+    assert queued == [] and driver._tally.stop and driver._tally.answered == {"1796529700"}
+    assert driver.progress.failed == 0  # stale is not failed: the tasks wait for the version to settle
+    kept, stored = predict({"model_version": 1796529700, "results": [{"result": []}, {"result": []}]}, version="", any_version=True)
+    assert [p["model_version"] for p in stored[0]] == ["1796529700"] * 2 and not kept._tally.stop  # KeepExisting stores it
+
+
+def test_an_answer_that_is_not_json_or_is_short_fails_the_tasks_with_the_reason() -> None:
+    driver, _ = predict("<html>oops</html>")
+    assert [f["task"] for f in driver.progress.failures] == [11, 12]
+    assert "answered no results for 2 tasks" in driver.progress.failures[0]["reason"]
+    short, _ = predict({"results": [{"result": []}]})
+    assert "spec.prelabel.batchSize: 1" in short.progress.failures[0]["reason"]
