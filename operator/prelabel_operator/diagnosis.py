@@ -18,6 +18,9 @@ from typing import Any
 
 PULL_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
 CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+# What a process says when it may not write somewhere (Python's OSError texts for EACCES, EROFS, EPERM;
+# the kernel's for a non-root user binding a port below 1024): an image built to run as root.
+NOT_WRITABLE = ("Permission denied", "Read-only file system", "Operation not permitted")
 TAIL = 300  # characters of a termination message or probe output kept in the condition's message
 
 
@@ -55,6 +58,11 @@ def _container(pod: dict[str, Any], status: dict[str, Any]) -> Diagnosis | None:
         return Diagnosis("ContainerConfigError", f"container {name} cannot be created ({waiting['reason']}): {_tail(waiting.get('message'))}")
     if waiting.get("reason") == "CrashLoopBackOff" or (terminated and terminated.get("exitCode") not in (None, 0) and not status.get("ready")):
         said = _tail(terminated.get("message"))
+        if any(sign in said for sign in NOT_WRITABLE):
+            return Diagnosis("PermissionDenied", f"container {name} exits at start, unable to write as the user it runs as on a read-only "
+                                                 f"root filesystem ({restarts} restart(s)); its last words: {said}; declare the directories "
+                                                 "it writes in spec.backend.writableDirs (each an emptyDir), or, for an image that must run "
+                                                 "as root, set spec.backend.runAsUser: 0")
         return Diagnosis("CrashLoopBackOff", f"container {name} exits at start: exit code {terminated.get('exitCode', '?')} "
                                              f"({terminated.get('reason') or 'Error'}), {restarts} restart(s)"
                                              + (f"; its last words: {said}" if said else "")

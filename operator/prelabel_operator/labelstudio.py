@@ -138,7 +138,7 @@ class Client:
         gone = set(decided.delete_ids) | {registration_id}
         in_use = {r.url for r in existing if r.id not in gone} | {desired.url}
         released = {r.url for r in existing if r.id in gone and not same_url(r.url, desired.url)}
-        self.tidy_webhooks(project_id, uid, in_use, released, desired.url)
+        self.tidy_webhooks(project_id, uid, in_use, released, desired.url, desired.webhook_actions)
         return registration_id, decided
 
     def remove(self, project_id: int, registration_id: int) -> None:
@@ -157,21 +157,24 @@ class Client:
 
     def webhooks(self, project_id: int) -> list[Webhook]:
         hooks = self._call(f"list the webhooks of project {project_id}", self.sdk.webhooks.list, project=str(project_id))
-        return [Webhook(int(h.id), str(h.url), dict(h.headers) if isinstance(h.headers, dict) else {}) for h in hooks]
+        return [Webhook(int(h.id), str(h.url), dict(h.headers) if isinstance(h.headers, dict) else {},
+                        h.send_for_all_actions is not False, tuple(str(a) for a in h.actions or ())) for h in hooks]
 
-    def tidy_webhooks(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None) -> None:
+    def tidy_webhooks(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None,
+                      actions: tuple[str, ...] = ()) -> None:
         """Applies registration.plan_webhooks: deletes this resource's webhooks at addresses no
         registration uses, stamps the current one with the owner header, and makes it when Label
         Studio made none (it does only on create, not when an update changes the address)."""
-        decided = plan_webhooks(self.webhooks(project_id), in_use, uid, released, current)
+        decided = plan_webhooks(self.webhooks(project_id), in_use, uid, released, current, actions)
         for hook_id in decided.delete_ids:
             self._call(f"delete webhook {hook_id}", self.sdk.webhooks.delete, hook_id)
-        for hook_id in decided.stamp_ids:
-            self._call(f"mark webhook {hook_id}", self.sdk.webhooks.update, hook_id, headers={OWNER_HEADER: uid})
+        for hook_id in decided.stamp_ids:  # the owner header, and only the events the backend needs (webhook_actions)
+            self._call(f"mark webhook {hook_id}", self.sdk.webhooks.update, hook_id, headers={OWNER_HEADER: uid},
+                       send_for_all_actions=False, actions=list(actions))
         if decided.create_url:
             # What Label Studio itself makes for a new registration (ml/models.py create_ml_webhook).
             self._call(f"create the webhook of project {project_id}", self.sdk.webhooks.create, project=project_id,
-                       url=decided.create_url, send_payload=True, send_for_all_actions=True, headers={OWNER_HEADER: uid},
+                       url=decided.create_url, send_payload=True, send_for_all_actions=False, actions=list(actions), headers={OWNER_HEADER: uid},
                        request_options=ONCE)
 
     def set_model_version(self, project: Project, model_version: str) -> None:

@@ -176,8 +176,79 @@ def weights_volume(spec: MLBackendSpec, version: str | None) -> tuple[list[dict[
     return [], [], []
 
 
+def foreign_env(spec: MLBackendSpec) -> list[dict[str, Any]]:
+    """What any Label Studio ML backend reads (Label Studio's ML SDK: label_studio_ml): where Label
+    Studio is and its key (to fetch task media), PORT, MODEL_DIR, basic auth; HOME on the writable
+    /tmp (libraries that write ~/.cache); then spec.backend.env, which wins."""
+    assert spec.backend is not None
+    ls = spec.label_studio
+    out: list[dict[str, Any]] = [
+        {"name": "LABEL_STUDIO_URL", "value": ls.url},
+        secret_env("LABEL_STUDIO_API_KEY", ls.api_key.name, ls.api_key.key),
+        {"name": "PORT", "value": str(spec.backend.port)},
+        {"name": "MODEL_DIR", "value": spec.backend.model_dir},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if spec.basic_auth:
+        out += [secret_env("BASIC_AUTH_USER", spec.basic_auth.name, spec.basic_auth.username_key),
+                secret_env("BASIC_AUTH_PASS", spec.basic_auth.name, spec.basic_auth.password_key)]
+    declared = {e["name"] for e in spec.backend.env}
+    return [e for e in out if e["name"] not in declared] + [dict(e) for e in spec.backend.env]
+
+
+def foreign_security(run_as_user: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(container, pod) securityContext: Kubernetes' restricted Pod Security for any user but 0;
+    user 0 (declared: spec.backend.runAsUser) drops runAsNonRoot and only that."""
+    if run_as_user == 0:
+        container = {**CONTAINER_SECURITY, "runAsNonRoot": False, "runAsUser": 0}
+        return container, {"runAsNonRoot": False, "seccompProfile": {"type": "RuntimeDefault"}}
+    return ({**CONTAINER_SECURITY, "runAsUser": run_as_user},
+            {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": run_as_user})
+
+
+def foreign_pod(spec: MLBackendSpec) -> dict[str, Any]:
+    """The pod spec of any Label Studio ML backend (spec.backend): its command, port and health path;
+    an emptyDir at /tmp, at MODEL_DIR and at each declared writable directory on a read-only root."""
+    b = spec.backend
+    assert b is not None
+    dirs = list(dict.fromkeys(["/tmp", b.model_dir, *b.writable_dirs]))
+    volumes = [{"name": f"writable-{i}", "emptyDir": {"sizeLimit": "2Gi"}} for i in range(len(dirs))]
+    mounts = [{"name": f"writable-{i}", "mountPath": d} for i, d in enumerate(dirs)]
+    probe = {"httpGet": {"path": b.health_path, "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    resources = copy.deepcopy(spec.resources or {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}})
+    if b.gpu:
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = b.gpu
+    container_security, pod_security = foreign_security(b.run_as_user)
+    container: dict[str, Any] = {
+        "name": "backend",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "ports": [{"name": "http", "containerPort": b.port, "protocol": "TCP"}],
+        "env": foreign_env(spec),
+        "resources": resources,
+        "readinessProbe": {**probe, "failureThreshold": 3},
+        "startupProbe": {**probe, "failureThreshold": 60},
+        "livenessProbe": {**probe, "failureThreshold": 6},
+        "securityContext": container_security,
+        "terminationMessagePolicy": "FallbackToLogsOnError",  # a crash's last lines reach the condition (diagnosis)
+        "volumeMounts": mounts,
+    }
+    if b.command:
+        container["command"] = list(b.command)
+    if b.args:
+        container["args"] = list(b.args)
+    return {"containers": [container], "automountServiceAccountToken": False, "securityContext": pod_security, "volumes": volumes}
+
+
 def deployment(name: str, spec: MLBackendSpec, secrets_digest: str, version: str | None = None) -> dict[str, Any]:
-    """The backend's Deployment; `version`: the store version it serves (serving_version), if any."""
+    """The backend's Deployment; `version`: the store version it serves (serving_version), if any.
+    With spec.backend, any Label Studio ML backend's (foreign_pod)."""
+    pod_spec = foreign_pod(spec) if spec.backend is not None else own_pod(spec, version)
+    return _deployment(name, spec, secrets_digest, pod_spec)
+
+
+def own_pod(spec: MLBackendSpec, version: str | None) -> dict[str, Any]:
+    """The pod spec of Prelabel's own backend."""
     probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
     weight_volumes, weight_mounts, init_containers = weights_volume(spec, version)
     container = {
@@ -205,6 +276,10 @@ def deployment(name: str, spec: MLBackendSpec, secrets_digest: str, version: str
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers
+    return pod_spec
+
+
+def _deployment(name: str, spec: MLBackendSpec, secrets_digest: str, pod_spec: dict[str, Any]) -> dict[str, Any]:
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spec import PrelabelSpec
+from .spec import MLBackendSpec, PrelabelSpec
 from .status import Condition, Event, version_text, with_condition
 from .status import condition as condition_of
 
@@ -249,12 +249,16 @@ class Progress:
     fault: str = ""  # a fault of the backend itself (Mismatch.fault): shown in the message, an Event once
     failures: list[dict[str, Any]] = field(default_factory=list)
     counted: bool = False  # the counts were read from Label Studio at least once
+    refused: str = ""  # why no task is sent at all (bulk_refusal()): phase Refused
+
 
     @property
     def pending(self) -> int:
         return max(0, self.total - self.predicted - self.failed)
 
     def phase(self) -> str:
+        if self.refused:
+            return "Refused"
         if self.pending or not self.counted:
             return "Progressing"
         return "Failed" if self.failed else "Complete"
@@ -278,7 +282,7 @@ def status(progress: Progress, now_mono: float) -> dict[str, Any]:
         "tasksPerSecond": progress.rate(now_mono),
         "startedAt": _time(progress.run_started), "lastProgressAt": _time(progress.last_progress),
         "completedAt": _time(progress.completed) if not progress.pending else None,
-        "message": "; ".join(m for m in (progress.fault, progress.message) if m), "failures": progress.failures[:MAX_LISTED_FAILURES],
+        "message": "; ".join(m for m in (progress.refused, progress.fault, progress.message) if m), "failures": progress.failures[:MAX_LISTED_FAILURES],
     }
     return {k: v for k, v in body.items() if v not in (None, "")}
 
@@ -293,6 +297,8 @@ def condition(prelabel_status: dict[str, Any] | None, paused: bool) -> tuple[str
     phase = prelabel_status.get("phase", "Progressing")
     summary = prelabel_status.get("summary", "0/0")
     version = prelabel_status.get("modelVersion", "")
+    if phase == "Refused":
+        return "False", "Refused", str(prelabel_status.get("message") or "")
     if phase == "Complete":
         return "True", "Complete", f"{summary} tasks hold a prediction of {version}"
     if phase == "Failed":
@@ -326,6 +332,17 @@ def phase_event(patch: dict[str, Any], last_phase: str | None) -> Event | None:
     if phase == "Failed":
         return Event("PrelabelFailed", message, warning=True)
     return None
+
+
+def bulk_refusal(spec: MLBackendSpec) -> str:
+    """Why spec.prelabel sends no task at all ("" when it may): a backend registered as interactive
+    (spec.labelStudio.interactive: SAM and the like, which want a person's clicks with each task)
+    is not bulk-run unless spec.prelabel.interactive says so."""
+    if spec.label_studio.interactive and spec.prelabel is not None and not spec.prelabel.interactive:
+        return ("refused: the backend is registered as interactive (spec.labelStudio.interactive), and an interactive backend "
+                "predicts from a person's clicks while labeling; set spec.prelabel.interactive: true to pre-label every task with it "
+                "anyway, or remove spec.prelabel")
+    return ""
 
 
 def target(status: dict[str, Any]) -> tuple[str | None, tuple[int, ...], str]:

@@ -456,6 +456,11 @@ async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, 
         try:
             parsed = MLBackendSpec.parse(dict(resource.spec))
             section = parsed.prelabel or PrelabelSpec()
+            driver.progress.refused = prelabel.bulk_refusal(parsed)
+            if driver.progress.refused:
+                await report(driver.progress)
+                await stopped.wait(section.poll_seconds)
+                continue
             url, projects, waiting = prelabel.target(dict(resource.status))
             if url is None:
                 driver.progress.message = waiting

@@ -19,7 +19,7 @@ from .configcheck import ConfigCheck
 from .errors import BackendUnreachable, KubeError, LabelStudioError, SecretMissing
 from .memory import Memory, Remembered
 from .ports import Backend, Kube, LabelStudioFor
-from .registration import Desired, marker, ours, unchanged, webhook_url
+from .registration import Desired, marker, ours, unchanged, webhook_actions, webhook_url
 from .spec import MLBackendSpec, SpecError
 from .status import Event, Observed, ProjectStatus, condition, deployment_available, rolled_out, trained
 from .status import status as status_body
@@ -112,6 +112,7 @@ class Reconciler:
             if problem := manifests.name_problem(name):
                 raise SpecError(problem)
             parsed = MLBackendSpec.parse(dict(resource.spec))
+            observed.foreign = parsed.foreign
         except SpecError as exc:
             observed.spec_error = str(exc)
             return Outcome(_changed(resource.status, status_body(observed, previous)), retry_in=None, error=str(exc), permanent=True)
@@ -218,7 +219,7 @@ class Reconciler:
         client = self.label_studio(spec.label_studio.url, found.api_key)
         desired = Desired(url=observed.url, title=spec.label_studio.title, description=marker(resource.namespace, resource.name, uid),
                           is_interactive=spec.label_studio.interactive, timeout=spec.label_studio.timeout_seconds,
-                          auth_user=auth[0] if auth else None)
+                          auth_user=auth[0] if auth else None, webhook_actions=webhook_actions(spec.foreign))
         before = self.memory.remembered.get(uid)
         known = before.projects if before is not None and before.fingerprint == fingerprint and light else {}
         remembered = Remembered(fingerprint, observed.model_version)

@@ -39,6 +39,7 @@ class Desired:
     timeout: float
     auth_user: str | None = None
     auth_changed: bool = False  # the basic-auth password rotated: Label Studio never shows it back
+    webhook_actions: tuple[str, ...] = ()  # the events its webhook sends (webhook_actions())
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,29 @@ def ours(existing: list[Registration], uid: str) -> list[int]:
 # registrations with this header so it finds them again after an address change, a crash or a restart.
 OWNER_HEADER = "X-Prelabel-Owner"
 
+# Label Studio makes the webhook with send_for_all_actions (ml/models.py create_ml_webhook): every
+# project update and annotation reaches the backend, and a backend made with Label Studio's ML SDK
+# runs fit() on each annotation event (label_studio_ml/api.py TRAIN_EVENTS), each fit() a new model
+# version. The operator narrows it to what the backend needs. "Start Training" is not among them:
+# Label Studio posts START_TRAINING to /webhook itself (ml/api_connector.py train), not through this.
+SDK_TRAIN_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+
+
+def webhook_actions(foreign: bool) -> tuple[str, ...]:
+    """The events a registration's webhook sends: none to Prelabel's own backend (it learns through
+    the operator's training loop, which counts annotations in Label Studio itself); the annotation
+    events an ML SDK backend trains on to any other (never PROJECT_UPDATED, which the operator's own
+    model-version setting sends, nor task imports)."""
+    return SDK_TRAIN_ACTIONS if foreign else ()
+
 
 @dataclass(frozen=True)
 class Webhook:
     id: int
     url: str
     headers: dict[str, str] = field(default_factory=dict)
+    all_actions: bool = True  # send_for_all_actions, as Label Studio makes it
+    actions: tuple[str, ...] = ()
 
     def owner(self) -> str | None:
         return self.headers.get(OWNER_HEADER) if isinstance(self.headers, dict) else None
@@ -118,17 +136,19 @@ def owner_of(description: str) -> str | None:
 @dataclass(frozen=True)
 class WebhookPlan:
     delete_ids: tuple[int, ...] = ()
-    stamp_ids: tuple[int, ...] = ()  # ours by URL but not stamped yet
+    stamp_ids: tuple[int, ...] = ()  # ours by URL but not stamped yet, or sending other events than the wanted ones
     create_url: str | None = None  # the registration's webhook, missing (Label Studio made none on update)
 
 
-def plan_webhooks(hooks: list[Webhook], in_use: set[str], uid: str, released: set[str], current: str | None) -> WebhookPlan:
+def plan_webhooks(hooks: list[Webhook], in_use: set[str], uid: str, released: set[str], current: str | None,
+                  actions: tuple[str, ...] = ()) -> WebhookPlan:
     """What to do with a project's webhooks so none of ours points at an address that no
     registration uses any more.
 
     in_use: the URLs of every registration left in the project (ours or not: a webhook at a URL
     someone still uses stays); released: URLs this resource's registration just left (an address
-    change, a deletion); current: this resource's registration URL (None when deregistering)."""
+    change, a deletion); current: this resource's registration URL (None when deregistering);
+    actions: the events the current one must send, and only those (webhook_actions)."""
     used = {webhook_url(u) for u in in_use}
     released_hooks = {webhook_url(u) for u in released}
     mine = webhook_url(current) if current else None
@@ -140,7 +160,7 @@ def plan_webhooks(hooks: list[Webhook], in_use: set[str], uid: str, released: se
             continue
         if not any(same_url(url, u) for u in used):
             delete.append(hook.id)
-        elif url == mine and hook.owner() != uid:
+        elif url == mine and (hook.owner() != uid or hook.all_actions or set(hook.actions) != set(actions)):
             stamp.append(hook.id)
     create = mine if mine and not any(same_url(h.url, mine) for h in hooks) else None
     return WebhookPlan(tuple(delete), tuple(stamp), create)

@@ -89,20 +89,24 @@ class PrelabelSpec:
     concurrency: int = 2  # /predict requests in flight at once
     poll_seconds: int = 15  # how often, once complete, to look for new tasks
     max_attempts: int = 3  # tries per task before it counts as failed
+    interactive: bool = False  # pre-label all tasks even with a backend registered as interactive (spec.labelStudio.interactive)
 
     @classmethod
-    def parse(cls, raw: dict[str, Any] | None) -> PrelabelSpec | None:
-        """None when the section is absent (pre-labeling off)."""
+    def parse(cls, raw: dict[str, Any] | None, foreign: bool = False) -> PrelabelSpec | None:
+        """None when the section is absent (pre-labeling off). foreign (spec.backend): an unset
+        onNewModelVersion is KeepExisting (a version that changes on every annotation, or per pod,
+        must not re-predict the project each time), Repredict otherwise."""
         if raw is None:
             return None
         return cls(
             paused=bool(raw.get("paused", False)),
             tasks=raw.get("tasks", "All"),
-            on_new_model_version=raw.get("onNewModelVersion", "Repredict"),
+            on_new_model_version=raw.get("onNewModelVersion", "KeepExisting" if foreign else "Repredict"),
             batch_size=int(raw.get("batchSize", 16)),
             concurrency=int(raw.get("concurrency", 2)),
             poll_seconds=int(raw.get("pollSeconds", 15)),
             max_attempts=int(raw.get("maxAttempts", 3)),
+            interactive=bool(raw.get("interactive", False)),
         )
 
 
@@ -222,6 +226,49 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class BackendSpec:
+    """spec.backend: spec.image is any Label Studio ML backend (one made with Label Studio's ML SDK,
+    one of HumanSignal's examples), not Prelabel's own. Absent: Prelabel's backend, configured by
+    spec.model. What Prelabel's backend gets for free is declared here: how to start it, where it
+    listens and answers health, what it may write (each path an emptyDir; the root stays read-only),
+    the user it runs as, GPUs."""
+
+    command: tuple[str, ...] = ()  # the container's command (the image's ENTRYPOINT when empty)
+    args: tuple[str, ...] = ()
+    port: int = 9090  # the port it listens on; also passed as PORT (Label Studio's ML SDK reads it)
+    health_path: str = "/health"  # answers 200 once the model serves (readiness, startup and liveness)
+    env: tuple[dict[str, Any], ...] = ()
+    model_dir: str = "/data/models"  # an emptyDir there, passed as MODEL_DIR (the SDK's cache and job results)
+    writable_dirs: tuple[str, ...] = ()  # more emptyDirs (caches, HOME); /tmp always is one
+    run_as_user: int = 10001  # 0: the image runs as root (no restricted Pod Security then)
+    gpu: int = 0  # nvidia.com/gpu in the container's limits
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> BackendSpec | None:
+        """None when the section is absent (Prelabel's own backend)."""
+        if raw is None:
+            return None
+        health = str(raw.get("healthPath", "/health"))
+        if not health.startswith("/"):
+            raise SpecError(f"spec.backend.healthPath {health!r} must be a path starting with '/'")
+        dirs = tuple(str(d).rstrip("/") or "/" for d in raw.get("writableDirs") or ())
+        for d in (str(raw.get("modelDir", "/data/models")), *dirs):
+            if not d.startswith("/") or d == "/":
+                raise SpecError(f"spec.backend.modelDir and writableDirs need absolute paths below '/', not {d!r}")
+        return cls(
+            command=tuple(str(c) for c in raw.get("command") or ()),
+            args=tuple(str(a) for a in raw.get("args") or ()),
+            port=int(raw.get("port", 9090)),
+            health_path=health,
+            env=tuple(raw.get("env") or ()),
+            model_dir=str(raw.get("modelDir", "/data/models")).rstrip("/"),
+            writable_dirs=dirs,
+            run_as_user=int(raw.get("runAsUser", 10001)),
+            gpu=int(raw.get("gpu", 0)),
+        )
+
+
+@dataclass(frozen=True)
 class MLBackendSpec:
     label_studio: LabelStudioSpec
     image: str = f"ghcr.io/prelabel/prelabel-backend:{__version__}"
@@ -244,6 +291,12 @@ class MLBackendSpec:
     prelabel: PrelabelSpec | None = None
     store: ModelStore | None = None
     training: TrainingSpec | None = None
+    backend: BackendSpec | None = None  # any Label Studio ML backend; None: Prelabel's own
+
+    @property
+    def foreign(self) -> bool:
+        """spec.image is not Prelabel's backend: its /setup fields, env and training are not there."""
+        return self.backend is not None
 
     @classmethod
     def parse(cls, spec: dict[str, Any]) -> MLBackendSpec:
@@ -270,6 +323,11 @@ class MLBackendSpec:
             raise SpecError("spec.model.weights.version names a stored version: set spec.model.store too")
         if store is None and spec.get("training") is not None:
             raise SpecError("spec.training puts its candidates in a model store: set spec.model.store")
+        backend = BackendSpec.parse(spec.get("backend"))
+        if backend is not None and spec.get("training") is not None:
+            raise SpecError("spec.training fine-tunes Prelabel's own backend: remove it, or spec.backend (any Label Studio ML backend)")
+        if backend is not None and spec.get("image", cls.image) == cls.image:
+            raise SpecError("spec.backend runs any Label Studio ML backend: set spec.image to its image")
         return cls(
             label_studio=LabelStudioSpec(
                 url=str(ls["url"]).rstrip("/"),
@@ -304,7 +362,8 @@ class MLBackendSpec:
             ),
             pod_template=dict(spec.get("podTemplate") or {}),
             deletion_policy=spec.get("deletionPolicy", "Deregister"),
-            prelabel=PrelabelSpec.parse(spec.get("prelabel")),
+            prelabel=PrelabelSpec.parse(spec.get("prelabel"), foreign=backend is not None),
             store=store,
             training=TrainingSpec.parse(spec.get("training")),
+            backend=backend,
         )

@@ -69,6 +69,11 @@ class Observed:
     label_studio_error: tuple[str, str] | None = None  # (reason, message)
     prelabel: tuple[str, str, str] | None = None  # the Prelabeled condition (status, reason, message), if declared
     training: Condition | None = None  # the Trained condition (trained()), with spec.training or a trained version
+    foreign: bool = False  # spec.backend: any Label Studio ML backend, without Prelabel's /setup fields
+
+
+FOREIGN_CONFIG = ("not checked: spec.backend runs a backend that is not Prelabel's, and the labeling-config check reads "
+                  "Prelabel's own /setup fields; the backend's /setup answered 200, so Label Studio connects it")
 
 
 def deployment_available(deployment: dict[str, Any] | None) -> tuple[bool, str]:
@@ -122,6 +127,8 @@ def conditions(observed: Observed) -> list[Condition]:
     unknown = any(p.compatible is None for p in projects)
     if incompatible:
         compat = Condition("ConfigCompatible", "False", "IncompatibleLabelConfig", "; ".join(f"project {p.id}: {p.message}" for p in incompatible))
+    elif observed.foreign and projects and not unknown:
+        compat = Condition("ConfigCompatible", "True", "NotApplicable", FOREIGN_CONFIG)
     elif unknown or not projects:
         compat = Condition("ConfigCompatible", "Unknown", "NotChecked", "checked once the backend is available")
     else:

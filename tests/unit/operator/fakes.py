@@ -136,7 +136,8 @@ class FakeLabelStudio:
         self._call("remove")
         self.registered[project_id] = [r for r in self.registered.get(project_id, []) if r.id != registration_id]
 
-    def tidy_webhooks(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None) -> None:
+    def tidy_webhooks(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None,
+                      actions: tuple[str, ...] = ()) -> None:
         self._call("tidy_webhooks")
 
     def annotated_tasks(self, project_id: int) -> list[dict[str, Any]]:

@@ -34,6 +34,10 @@ UNSCHEDULABLE = pod(conditions=[{"type": "PodScheduled", "status": "False", "rea
                                  "message": "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available."}])
 CRASHING = pod([status({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}},
                        {"terminated": {"exitCode": 3, "reason": "Error", "message": "MODEL_DIR /nope is not writable\n"}}, restarts=2)])
+# An image built to run as root (the ML SDK's Dockerfile has no USER), run as 10001 on a read-only root.
+ROOT_ONLY = pod([status({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                        {"terminated": {"exitCode": 1, "reason": "Error", "message": "Traceback ...\nPermissionError: [Errno 13] "
+                                                                                     "Permission denied: '/app/cache.db'\n"}}, restarts=1)])
 OOM = pod([status({"running": {}}, {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}, restarts=1)], limits={"memory": "128Mi"})
 CONFIG = pod([status({"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "ls-key" not found'}})])
 RUNNING = pod([status({"running": {"startedAt": "2026-12-06T06:00:05Z"}})], limits={"memory": "300Mi"})
@@ -47,6 +51,7 @@ PROBE_EVENT = {"involvedObject": {"kind": "Pod", "name": "shapes-backend-7d9-abc
     ([CRASHING], "CrashLoopBackOff", ["exit code 3", "2 restart(s)", "MODEL_DIR /nope is not writable", "--previous"]),
     ([OOM], "OOMKilled", ["limit 128Mi", "spec.resources.limits.memory"]),
     ([CONFIG], "ContainerConfigError", ['secret "ls-key" not found']),
+    ([ROOT_ONLY], "PermissionDenied", ["[Errno 13] Permission denied: '/app/cache.db'", "spec.backend.writableDirs", "spec.backend.runAsUser: 0"]),
 ])
 def test_each_kind_of_fault_has_its_reason_and_says_what_to_fix(pods: list[dict[str, Any]], reason: str, words: list[str]) -> None:
     found = diagnose(DEPLOYMENT, pods, [])

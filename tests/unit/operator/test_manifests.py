@@ -185,3 +185,57 @@ def test_owner_uid_is_the_owning_mlbackend_from_kopf_adopt() -> None:
     assert manifests.owner_uid(deployment) == "u-1"
     deployment["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "u-2"}]
     assert manifests.owner_uid(deployment) is None  # another kind's owner is no MLBackend's
+
+
+# -- any Label Studio ML backend (spec.backend, issue 26) --------------------------------------------
+def foreign(**backend: object) -> MLBackendSpec:
+    return MLBackendSpec.parse({**RAW, "image": "team/sdk-backend:1", "basicAuthSecretRef": {"name": "auth"}, "backend": backend})
+
+
+def test_a_foreign_backend_runs_as_declared_on_a_read_only_root_with_its_writable_dirs() -> None:
+    spec = foreign(command=["gunicorn"], args=["--bind", ":8000", "_wsgi:app"], port=8000, healthPath="/ready",
+                   writableDirs=["/home/app/.cache"], gpu=1, env=[{"name": "MODEL_DIR", "value": "/data/m2"}, {"name": "EXTRA", "value": "1"}])
+    pod = manifests.deployment("sdk", spec, "digest")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert (container["image"], container["command"], container["args"]) == ("team/sdk-backend:1", ["gunicorn"], ["--bind", ":8000", "_wsgi:app"])
+    assert container["ports"][0]["containerPort"] == 8000 and container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"/tmp", "/data/models", "/home/app/.cache"} and len(pod["volumes"]) == 3
+    assert all("emptyDir" in v for v in pod["volumes"])
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and security["runAsNonRoot"] and security["runAsUser"] == 10001
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["MODEL_DIR"] == "/data/m2" and env["EXTRA"] == "1" and env["PORT"] == "8000" and env["HOME"] == "/tmp"  # declared env wins
+    assert env["LABEL_STUDIO_API_KEY"] == {"secretKeyRef": {"name": "ls-key", "key": "api-key"}}
+    assert env["BASIC_AUTH_PASS"] == {"secretKeyRef": {"name": "auth", "key": "password"}}
+    assert "MODEL_SCORE_THRESHOLD" not in env and "DEVICE" not in env  # Prelabel's own variables stay out
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_root_is_only_what_is_declared_and_the_own_backend_is_the_default() -> None:
+    root = manifests.deployment("sdk", foreign(runAsUser=0), "d")["spec"]["template"]["spec"]
+    assert root["containers"][0]["securityContext"]["runAsUser"] == 0 and root["securityContext"]["runAsNonRoot"] is False
+    assert root["containers"][0]["securityContext"]["readOnlyRootFilesystem"]  # still read-only
+    own = MLBackendSpec.parse(RAW)
+    assert own.backend is None and not own.foreign and own.prelabel is None
+    assert manifests.deployment("x", own, "d")["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUser"] == 10001
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    ({**RAW, "backend": {}}, "set spec.image"),
+    ({**RAW, "image": "team/sdk:1", "backend": {}, "training": {}, "model": {"store": {"pvc": {"claimName": "m"}}}}, "spec.training"),
+    ({**RAW, "image": "team/sdk:1", "backend": {"healthPath": "health"}}, "spec.backend.healthPath"),
+    ({**RAW, "image": "team/sdk:1", "backend": {"writableDirs": ["cache"]}}, "writableDirs"),
+])
+def test_a_foreign_spec_that_cannot_run_says_which_field(raw: dict[str, object], words: str) -> None:
+    with pytest.raises(SpecError, match=words):
+        MLBackendSpec.parse(raw)
+
+
+def test_a_foreign_backend_keeps_existing_predictions_unless_told_otherwise() -> None:
+    assert MLBackendSpec.parse({**RAW, "prelabel": {}}).prelabel.on_new_model_version == "Repredict"  # type: ignore[union-attr]
+    sdk = {**RAW, "image": "team/sdk:1", "backend": {}}
+    assert MLBackendSpec.parse({**sdk, "prelabel": {}}).prelabel.on_new_model_version == "KeepExisting"  # type: ignore[union-attr]
+    told = MLBackendSpec.parse({**sdk, "prelabel": {"onNewModelVersion": "Repredict"}})
+    assert told.prelabel.on_new_model_version == "Repredict"  # type: ignore[union-attr]

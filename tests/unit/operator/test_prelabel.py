@@ -180,3 +180,22 @@ def test_spec_prelabel_defaults_and_absence() -> None:
     parsed = MLBackendSpec.parse({**base, "prelabel": {"paused": True, "tasks": "Unannotated", "onNewModelVersion": "KeepExisting",
                                                        "batchSize": 8, "concurrency": 4, "pollSeconds": 5, "maxAttempts": 2}}).prelabel
     assert parsed == PrelabelSpec(True, "Unannotated", "KeepExisting", 8, 4, 5, 2)
+
+
+def test_an_interactive_backend_is_not_bulk_run_unless_said() -> None:
+    raw = {"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "k"}, "projects": [{"id": 1}], "interactive": True},
+           "image": "team/sam:1", "backend": {}, "prelabel": {}}
+    why = prelabel.bulk_refusal(MLBackendSpec.parse(raw))
+    assert "registered as interactive" in why and "spec.prelabel.interactive: true" in why
+    assert prelabel.bulk_refusal(MLBackendSpec.parse({**raw, "prelabel": {"interactive": True}})) == ""
+    body = prelabel.status(Progress(refused=why), 0.0)
+    assert body["phase"] == "Refused" and prelabel.condition(body, paused=False) == ("False", "Refused", why)
+
+
+def test_a_foreign_backend_says_the_config_check_is_left_out_not_failed() -> None:
+    observed = status_module.Observed(generation=1, available=True, url="http://b:9090", foreign=True,
+                                      projects=[status_module.ProjectStatus(1, "p", 5, "Connected", compatible=True)])
+    conds = {c.type: c for c in status_module.conditions(observed)}
+    assert (conds["ConfigCompatible"].status, conds["ConfigCompatible"].reason) == ("True", "NotApplicable")
+    assert "Prelabel's own /setup fields" in conds["ConfigCompatible"].message
+    assert status_module.ready(list(conds.values())).status == "True"

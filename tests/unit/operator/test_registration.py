@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from prelabel_operator.registration import OWNER_HEADER, Desired, Registration, Webhook, marker, ours, owner_of, plan, plan_webhooks
+from prelabel_operator.registration import (
+    OWNER_HEADER,
+    Desired,
+    Registration,
+    Webhook,
+    marker,
+    ours,
+    owner_of,
+    plan,
+    plan_webhooks,
+    webhook_actions,
+)
 
 UID = "0b5e-uid"
 MARK = marker("ml", "shapes", UID)
@@ -52,7 +63,8 @@ OLD, NEW = "http://127.99.0.7:9090", "http://127.99.0.9:9090"
 
 
 def hook(id: int, url: str, owner: str | None = None) -> Webhook:  # noqa: A002
-    return Webhook(id, url + "/webhook", {OWNER_HEADER: owner} if owner else {})
+    # Stamped: the operator has narrowed its events too (send_for_all_actions off, Prelabel's backend: none).
+    return Webhook(id, url + "/webhook", {OWNER_HEADER: owner} if owner else {}, all_actions=not owner)
 
 
 def test_owner_is_read_from_the_marker() -> None:
@@ -82,3 +94,16 @@ def test_deregistering_deletes_every_webhook_of_ours_that_nothing_uses() -> None
     hooks = [hook(1, OLD, UID), hook(2, NEW), hook(3, "http://other:9090")]
     decided = plan_webhooks(hooks, in_use={"http://other:9090"}, uid=UID, released={NEW}, current=None)
     assert decided.delete_ids == (1, 2) and decided.create_url is None
+
+
+def test_the_webhook_sends_only_the_events_the_backend_needs() -> None:
+    # Label Studio makes it with send_for_all_actions: PROJECT_UPDATED (sent when the operator sets the
+    # project's model version) and every annotation would reach the backend.
+    fresh = Webhook(1, NEW + "/webhook", {OWNER_HEADER: UID}, all_actions=True)
+    assert plan_webhooks([fresh], in_use={NEW}, uid=UID, released=set(), current=NEW).stamp_ids == (1,)
+    sdk = webhook_actions(foreign=True)
+    assert "PROJECT_UPDATED" not in sdk and set(sdk) == {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
+    assert webhook_actions(foreign=False) == ()  # Prelabel's backend: its training loop counts annotations itself
+    narrowed = Webhook(1, NEW + "/webhook", {OWNER_HEADER: UID}, all_actions=False, actions=sdk)
+    assert plan_webhooks([narrowed], in_use={NEW}, uid=UID, released=set(), current=NEW, actions=sdk).stamp_ids == ()
+    assert plan_webhooks([narrowed], in_use={NEW}, uid=UID, released=set(), current=NEW, actions=()).stamp_ids == (1,)

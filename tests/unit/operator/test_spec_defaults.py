@@ -46,7 +46,7 @@ def test_the_parser_means_what_the_schema_defaults_to() -> None:
     schema = spec_schema()
     for raw in (MINIMAL, {**MINIMAL, "prelabel": {}}, {**MINIMAL, "basicAuthSecretRef": {"name": "auth"}},
                 {**MINIMAL, "model": {}, "service": {}, "autoscaling": {}},
-                {**MINIMAL, "model": {"store": STORE}, "training": {}}):
+                {**MINIMAL, "model": {"store": STORE}, "training": {}}, {**MINIMAL, "image": "team/sdk-backend:1", "backend": {}}):
         filled = defaulted(schema, raw)
         assert filled != raw  # the schema did fill something in
         assert MLBackendSpec.parse(copy.deepcopy(raw)) == MLBackendSpec.parse(filled), raw
@@ -56,7 +56,7 @@ def test_every_schema_default_is_exercised() -> None:
     """Each default of the schema lies on a path the test above fills in: a new default is compared too."""
     schema = spec_schema()
     filled = defaulted(schema, {**MINIMAL, "prelabel": {}, "basicAuthSecretRef": {"name": "auth"}, "model": {"store": STORE}, "service": {},
-                                "autoscaling": {}, "training": {}})
+                                "autoscaling": {}, "training": {}, "backend": {}})  # (backend and training exclude each other: schema only)
 
     def present(obj: Any, parts: list[str]) -> bool:
         for part in parts:
