@@ -57,8 +57,9 @@ def serve_files(files: dict[str, bytes], token: str | None = None, content_type:
         httpd.server_close()
 
 
-def wait_for(what: str, check, timeout: float = 120):  # noqa: ANN001, ANN201
-    """Polls check() each second until it returns something truthy, which it returns."""
+def wait_for(what: str, check, timeout: float = 120, why=None):  # noqa: ANN001, ANN201
+    """Polls check() each second until it returns something truthy, which it returns; on timeout,
+    the AssertionError adds what why() says (logs, say), if given."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -66,7 +67,7 @@ def wait_for(what: str, check, timeout: float = 120):  # noqa: ANN001, ANN201
         if last:
             return last
         time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+    raise AssertionError(f"timed out waiting for {what}; last: {last}" + (f"; {why()}" if why else ""))
 
 
 def grants(role: dict) -> set[tuple[str, str, str]]:
@@ -189,7 +190,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 # Modules that run this machine's one real node (a lock) or build the images: one worker runs them.
-REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_lifecycle", "test_images", "test_training"}
+REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_lifecycle", "test_images", "test_training",
+                     "test_ml_sdk_backend"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups

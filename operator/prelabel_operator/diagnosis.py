@@ -18,9 +18,9 @@ from typing import Any
 
 PULL_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
 CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
-# What a process says when it may not write somewhere (Python's OSError texts for EACCES, EROFS, EPERM;
-# the kernel's for a non-root user binding a port below 1024): an image built to run as root.
-NOT_WRITABLE = ("Permission denied", "Read-only file system", "Operation not permitted")
+# What a process says when the user it runs as may not read or write a file, or bind a port below
+# 1024 (Python's OSError texts for EACCES, EROFS, EPERM): an image built to run as root.
+DENIED = ("Permission denied", "Read-only file system", "Operation not permitted")
 TAIL = 300  # characters of a termination message or probe output kept in the condition's message
 
 
@@ -42,6 +42,16 @@ def _memory_limit(pod: dict[str, Any], container: str) -> str:
     return "none"
 
 
+def _run_as(pod: dict[str, Any], container: str) -> str:
+    """The user a container runs as: its own securityContext, else the pod's, else the image's."""
+    spec = pod.get("spec") or {}
+    for c in spec.get("containers", []) + spec.get("initContainers", []):
+        if c.get("name") == container and (c.get("securityContext") or {}).get("runAsUser") is not None:
+            return f"runAsUser {c['securityContext']['runAsUser']}"
+    pod_user = (spec.get("securityContext") or {}).get("runAsUser")
+    return "the image's user" if pod_user is None else f"runAsUser {pod_user}"
+
+
 def _container(pod: dict[str, Any], status: dict[str, Any]) -> Diagnosis | None:
     """The cause one container status shows, if any."""
     name, image = status.get("name", "?"), status.get("image", "?")
@@ -58,11 +68,12 @@ def _container(pod: dict[str, Any], status: dict[str, Any]) -> Diagnosis | None:
         return Diagnosis("ContainerConfigError", f"container {name} cannot be created ({waiting['reason']}): {_tail(waiting.get('message'))}")
     if waiting.get("reason") == "CrashLoopBackOff" or (terminated and terminated.get("exitCode") not in (None, 0) and not status.get("ready")):
         said = _tail(terminated.get("message"))
-        if any(sign in said for sign in NOT_WRITABLE):
-            return Diagnosis("PermissionDenied", f"container {name} exits at start, unable to write as the user it runs as on a read-only "
-                                                 f"root filesystem ({restarts} restart(s)); its last words: {said}; declare the directories "
-                                                 "it writes in spec.backend.writableDirs (each an emptyDir), or, for an image that must run "
-                                                 "as root, set spec.backend.runAsUser: 0")
+        if any(sign in said for sign in DENIED):
+            run_as = _run_as(pod, name)
+            return Diagnosis("PermissionDenied", f"container {name} exits at start, denied a file or port as the user it runs as "
+                                                 f"({run_as}, read-only root filesystem; {restarts} restart(s)); its last words: {said}; "
+                                                 "declare the directories it writes in spec.backend.writableDirs (each an emptyDir), "
+                                                 "or, for an image that must run as root, set spec.backend.runAsUser: 0")
         return Diagnosis("CrashLoopBackOff", f"container {name} exits at start: exit code {terminated.get('exitCode', '?')} "
                                              f"({terminated.get('reason') or 'Error'}), {restarts} restart(s)"
                                              + (f"; its last words: {said}" if said else "")

@@ -59,6 +59,15 @@ def test_each_kind_of_fault_has_its_reason_and_says_what_to_fix(pods: list[dict[
     assert all(w in found.message for w in words), found.message
 
 
+def test_permission_denied_names_the_user_the_container_ran_as() -> None:
+    as_user = copy.deepcopy(ROOT_ONLY)
+    as_user["spec"]["containers"][0]["securityContext"] = {"runAsUser": 10001}
+    found = diagnose(DEPLOYMENT, [as_user], [])
+    assert found is not None and "runAsUser 10001" in found.message, found
+    found = diagnose(DEPLOYMENT, [ROOT_ONLY], [])
+    assert found is not None and "the image's user" in found.message, found
+
+
 def test_a_running_pod_that_is_not_ready_is_explained_by_its_own_health_answer() -> None:
     assert running_unready(RUNNING) and health_endpoint(RUNNING) == "http://10.244.0.12:9090/health"
     name = RUNNING["metadata"]["name"]
