@@ -199,8 +199,13 @@ class Driver:
                 if running:
                     await asyncio.wait(running)
                 await stored.put(None)  # the importer stores what is queued, then ends
-        except* Outage as group_error:
-            raise group_error.exceptions[0] from None
+        except BaseExceptionGroup as group_error:
+            # Not `except*`: CPython 3.11.0-3.11.3 (Debian bookworm's 3.11.2) wraps what such a clause
+            # raises in a new ExceptionGroup, which would end the daemon instead of showing the outage.
+            outage = _first(group_error, Outage)
+            if outage is None:
+                raise
+            raise outage from None
 
     async def _importer(self, ls: AsyncLabelStudio, project_id: int, queue: asyncio.Queue[list[dict[str, Any]] | None]) -> None:
         """Stores predictions in bulk: a request once IMPORT_MIN have come back, once the oldest has
@@ -365,6 +370,15 @@ class Driver:
             self._last_report = now
             metrics.PRELABEL_PENDING.labels(self.namespace, self.name).set(self.progress.pending)
             await self.report(self.progress)
+
+
+def _first(group: BaseExceptionGroup[Any], kind: type[Outage]) -> Outage | None:
+    """The first `kind` in a task group's exceptions, nested groups included."""
+    for exc in group.exceptions:
+        found = _first(exc, kind) if isinstance(exc, BaseExceptionGroup) else exc if isinstance(exc, kind) else None
+        if found is not None:
+            return found
+    return None
 
 
 async def _ls(call: Awaitable[Any], action: str) -> Any:

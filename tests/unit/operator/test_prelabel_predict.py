@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from prelabel_operator.prelabel import Attempts
 from prelabel_operator.prelabel_driver import Driver, Tally
@@ -57,3 +58,50 @@ def test_an_answer_that_is_not_json_or_is_short_fails_the_tasks_with_the_reason(
     assert "answered no results for 2 tasks" in driver.progress.failures[0]["reason"]
     short, _ = predict({"results": [{"result": []}]})
     assert "spec.prelabel.batchSize: 1" in short.progress.failures[0]["reason"]
+
+
+def test_a_backend_error_inside_a_pass_is_an_outage_not_a_crash_of_the_daemon() -> None:
+    """/predict answering 500 inside the pass's task group (a model raising, as an ML SDK backend's
+    user code can) reaches the daemon's loop as Outage, which it shows in status and retries: an
+    ExceptionGroup would end the daemon, and status would keep saying what it said before (as it did
+    on the images' CPython 3.11.2, which wraps what an `except*` clause raises)."""
+    from label_studio_sdk import AsyncLabelStudio
+
+    from prelabel_operator.prelabel_driver import Outage
+    from prelabel_operator.spec import PrelabelSpec
+
+    pages = iter([{"tasks": TASKS, "total": 2}])
+
+    def label_studio(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=next(pages, {"tasks": [], "total": 2}))
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, json={"detail": "AttributeError: 'WordSentiment' object has no attribute 'label_interface'"})
+
+    driver = Driver("team", "sdk", _nothing)
+    driver.attempts, driver._tally = Attempts(max_attempts=3), Tally(answered=set())
+
+    async def go() -> None:
+        async with (httpx.AsyncClient(transport=httpx.MockTransport(label_studio)) as ls_http,
+                    httpx.AsyncClient(base_url="http://backend", transport=httpx.MockTransport(backend)) as client):
+            ls = AsyncLabelStudio(base_url="http://ls", api_key="k", httpx_client=ls_http)
+            await driver._project(ls, client, 1, "1", PrelabelSpec(), stopped=False)
+
+    with pytest.raises(Outage, match=r"HTTP 500 to /predict: .*label_interface"):
+        asyncio.run(go())
+
+
+def test_no_except_star_clause_raises_a_new_exception() -> None:
+    """CPython 3.11.0-3.11.3 (Debian bookworm's python3, the base of the images built here) wraps an
+    exception raised inside `except*` in a new ExceptionGroup; later versions do not. Code that must
+    behave the same on both never raises a new exception there (a bare `raise` is fine)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    found = []
+    for path in [*(root / "operator").rglob("*.py"), *(root / "backend_image").rglob("*.py"), *(root / "local").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.TryStar):
+                found += [f"{path.name}:{r.lineno}" for h in node.handlers for r in ast.walk(h) if isinstance(r, ast.Raise) and r.exc is not None]
+    assert found == []
