@@ -22,7 +22,7 @@ from .status import condition as condition_of
 CONDITION = "Prelabeled"
 MAX_LISTED_FAILURES = 20  # failures shown in status; the count covers all of them
 STATUS_KEYS = ("phase", "summary", "modelVersion", "total", "predicted", "failed", "pending", "tasksPerSecond",
-               "startedAt", "lastProgressAt", "completedAt", "message", "failures")
+               "startedAt", "lastProgressAt", "completedAt", "message", "failures", "fault")
 
 
 # -- which tasks: Label Studio Data Manager filters ------------------------------------------------
@@ -283,6 +283,7 @@ def status(progress: Progress, now_mono: float) -> dict[str, Any]:
         "startedAt": _time(progress.run_started), "lastProgressAt": _time(progress.last_progress),
         "completedAt": _time(progress.completed) if not progress.pending else None,
         "message": "; ".join(m for m in (progress.refused, progress.fault, progress.message) if m), "failures": progress.failures[:MAX_LISTED_FAILURES],
+        "fault": progress.fault,
     }
     return {k: v for k, v in body.items() if v not in (None, "")}
 
@@ -304,6 +305,8 @@ def condition(prelabel_status: dict[str, Any] | None, paused: bool) -> tuple[str
     if phase == "Failed":
         listed = "; ".join(f"task {f['task']}: {f['reason']}" for f in prelabel_status.get("failures", [])[:3])
         return "False", "Failed", f"{prelabel_status.get('failed', 0)} task(s) failed, the others are pre-labeled ({summary}): {listed}"
+    if prelabel_status.get("fault"):  # the backend's versions disagree: a reason of its own, not "Progressing"
+        return "False", "ModelVersionMismatch", f"{summary} pre-labeled with {version}: {prelabel_status['fault']}"
     extra = prelabel_status.get("message") or f"{prelabel_status.get('pending', '?')} pending, {prelabel_status.get('tasksPerSecond', 0)} tasks/s"
     return "False", "Progressing", f"{summary} pre-labeled with {version or 'the backend'}: {extra}"
 

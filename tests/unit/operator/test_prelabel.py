@@ -110,7 +110,11 @@ def test_a_version_that_never_matches_backs_off_and_says_so_once_per_fault() -> 
     mismatch.record(stored=3, stale=13, answered={"v2"})  # a rollout: some pods answer the current version
     assert mismatch.delay() is None and mismatch.fault(V) == ""
     progress = Progress(model_version=V, total=5, counted=True, fault=fault, message="project 2 skipped")
-    assert prelabel.status(progress, 0.0)["message"] == fault + "; project 2 skipped"
+    body = prelabel.status(progress, 0.0)
+    assert body["message"] == fault + "; project 2 skipped" and body["fault"] == fault
+    assert prelabel.condition(body, paused=False) == ("False", "ModelVersionMismatch", f"0/5 pre-labeled with {V}: {fault}")
+    cleared = prelabel.status_patch(Progress(model_version=V, total=5, counted=True), 0.0, [], 1)
+    assert cleared["prelabel"]["fault"] is None  # the merge patch removes it once the versions agree
 
 
 def test_attempts_back_off_and_give_up_after_max() -> None:
