@@ -52,6 +52,19 @@ def _run_as(pod: dict[str, Any], container: str) -> str:
     return "the image's user" if pod_user is None else f"runAsUser {pod_user}"
 
 
+def _denied(name: str, run_as: str, restarts: int, said: str) -> str:
+    """What to fix for a container the filesystem or kernel refused: a write on the read-only root
+    wants an emptyDir there; a file it may not read, a port below 1024 or a privileged call wants
+    another user, a readable image, or a port of 1024 or more (all capabilities are dropped, for root too)."""
+    head = (f"container {name} exits at start, refused by the filesystem or kernel as the user it runs as ({run_as}, "
+            f"read-only root filesystem; {restarts} restart(s)); its last words: {said}; ")
+    if "Read-only file system" in said:
+        return head + "declare the directories it writes in spec.backend.writableDirs (each an emptyDir)"
+    return head + ("if it cannot read its own files, rebuild the image with them readable by all (chmod -R a+rX) or set "
+                   "spec.backend.runAsUser to their owner (0 for root); if it binds a port below 1024, set spec.backend.port "
+                   "to one of 1024 or more; if it writes a directory, declare it in spec.backend.writableDirs")
+
+
 def _container(pod: dict[str, Any], status: dict[str, Any]) -> Diagnosis | None:
     """The cause one container status shows, if any."""
     name, image = status.get("name", "?"), status.get("image", "?")
@@ -69,11 +82,7 @@ def _container(pod: dict[str, Any], status: dict[str, Any]) -> Diagnosis | None:
     if waiting.get("reason") == "CrashLoopBackOff" or (terminated and terminated.get("exitCode") not in (None, 0) and not status.get("ready")):
         said = _tail(terminated.get("message"))
         if any(sign in said for sign in DENIED):
-            run_as = _run_as(pod, name)
-            return Diagnosis("PermissionDenied", f"container {name} exits at start, denied a file or port as the user it runs as "
-                                                 f"({run_as}, read-only root filesystem; {restarts} restart(s)); its last words: {said}; "
-                                                 "declare the directories it writes in spec.backend.writableDirs (each an emptyDir), "
-                                                 "or, for an image that must run as root, set spec.backend.runAsUser: 0")
+            return Diagnosis("PermissionDenied", _denied(name, _run_as(pod, name), restarts, said))
         return Diagnosis("CrashLoopBackOff", f"container {name} exits at start: exit code {terminated.get('exitCode', '?')} "
                                              f"({terminated.get('reason') or 'Error'}), {restarts} restart(s)"
                                              + (f"; its last words: {said}" if said else "")

@@ -202,7 +202,7 @@ def foreign_security(run_as_user: int) -> tuple[dict[str, Any], dict[str, Any]]:
     if run_as_user == 0:
         container = {**CONTAINER_SECURITY, "runAsNonRoot": False, "runAsUser": 0}
         return container, {"runAsNonRoot": False, "seccompProfile": {"type": "RuntimeDefault"}}
-    return ({**CONTAINER_SECURITY, "runAsUser": run_as_user},
+    return ({**CONTAINER_SECURITY, "runAsUser": run_as_user, "runAsGroup": run_as_user},
             {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": run_as_user})
 
 

@@ -38,6 +38,9 @@ CRASHING = pod([status({"waiting": {"reason": "CrashLoopBackOff", "message": "ba
 ROOT_ONLY = pod([status({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
                         {"terminated": {"exitCode": 1, "reason": "Error", "message": "Traceback ...\nPermissionError: [Errno 13] "
                                                                                      "Permission denied: '/app/cache.db'\n"}}, restarts=1)])
+READ_ONLY = pod([status({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                         {"terminated": {"exitCode": 1, "reason": "Error", "message": "OSError: [Errno 30] Read-only file system: '/app/cache'\n"}},
+                         restarts=2)])
 OOM = pod([status({"running": {}}, {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}, restarts=1)], limits={"memory": "128Mi"})
 CONFIG = pod([status({"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "ls-key" not found'}})])
 RUNNING = pod([status({"running": {"startedAt": "2026-12-06T06:00:05Z"}})], limits={"memory": "300Mi"})
@@ -51,12 +54,19 @@ PROBE_EVENT = {"involvedObject": {"kind": "Pod", "name": "shapes-backend-7d9-abc
     ([CRASHING], "CrashLoopBackOff", ["exit code 3", "2 restart(s)", "MODEL_DIR /nope is not writable", "--previous"]),
     ([OOM], "OOMKilled", ["limit 128Mi", "spec.resources.limits.memory"]),
     ([CONFIG], "ContainerConfigError", ['secret "ls-key" not found']),
-    ([ROOT_ONLY], "PermissionDenied", ["[Errno 13] Permission denied: '/app/cache.db'", "spec.backend.writableDirs", "spec.backend.runAsUser: 0"]),
+    ([ROOT_ONLY], "PermissionDenied", ["[Errno 13] Permission denied: '/app/cache.db'", "spec.backend.runAsUser to their owner (0 for root)",
+                                       "chmod -R a+rX", "spec.backend.port", "spec.backend.writableDirs"]),
+    ([READ_ONLY], "PermissionDenied", ["Read-only file system: '/app/cache'", "spec.backend.writableDirs"]),
 ])
 def test_each_kind_of_fault_has_its_reason_and_says_what_to_fix(pods: list[dict[str, Any]], reason: str, words: list[str]) -> None:
     found = diagnose(DEPLOYMENT, pods, [])
     assert found is not None and found.reason == reason
     assert all(w in found.message for w in words), found.message
+
+
+def test_a_write_refused_by_the_read_only_root_is_told_to_declare_the_directory_only() -> None:
+    found = diagnose(DEPLOYMENT, [READ_ONLY], [])
+    assert found is not None and "runAsUser" not in found.message.split("its last words")[1], found.message
 
 
 def test_permission_denied_names_the_user_the_container_ran_as() -> None:

@@ -203,7 +203,7 @@ def test_a_foreign_backend_runs_as_declared_on_a_read_only_root_with_its_writabl
     assert mounts == {"/tmp", "/data/models", "/home/app/.cache"} and len(pod["volumes"]) == 3
     assert all("emptyDir" in v for v in pod["volumes"])
     security = container["securityContext"]
-    assert security["readOnlyRootFilesystem"] and security["runAsNonRoot"] and security["runAsUser"] == 10001
+    assert security["readOnlyRootFilesystem"] and security["runAsNonRoot"] and security["runAsUser"] == security["runAsGroup"] == 10001
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["MODEL_DIR"] == "/data/m2" and env["EXTRA"] == "1" and env["PORT"] == "8000" and env["HOME"] == "/tmp"  # declared env wins

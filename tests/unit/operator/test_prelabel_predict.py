@@ -55,7 +55,9 @@ def test_a_batch_answered_wholly_by_another_version_stops_the_pass() -> None:
 def test_an_answer_that_is_not_json_or_is_short_fails_the_tasks_with_the_reason() -> None:
     driver, _ = predict("<html>oops</html>")
     assert [f["task"] for f in driver.progress.failures] == [11, 12]
-    assert "answered no results for 2 tasks" in driver.progress.failures[0]["reason"]
+    assert "answer is not JSON" in driver.progress.failures[0]["reason"] and "<html>oops" in driver.progress.failures[0]["reason"]
+    empty, _ = predict({"model_version": "1"})  # JSON without results
+    assert "answered no results for 2 tasks" in empty.progress.failures[0]["reason"]
     short, _ = predict({"results": [{"result": []}]})
     assert "spec.prelabel.batchSize: 1" in short.progress.failures[0]["reason"]
 
