@@ -76,8 +76,10 @@ def test_prelabel_turned_on_with_an_empty_section_gets_its_defaults(crd) -> None
     done, name = apply(crd, body)
     assert done.returncode == 0, done.stderr
     spec = json.loads(crd.kubectl("get", "mlb", name, "-o", "json").stdout)["spec"]
-    assert spec["prelabel"] == {"paused": False, "tasks": "All", "onNewModelVersion": "Repredict", "batchSize": 16,
-                                "concurrency": 2, "pollSeconds": 15, "maxAttempts": 3}
+    # No onNewModelVersion: the operator's default depends on spec.backend (Repredict for Prelabel's
+    # own backend, KeepExisting for any other), which a CRD default cannot see.
+    assert spec["prelabel"] == {"paused": False, "tasks": "All", "batchSize": 16, "concurrency": 2, "pollSeconds": 15, "maxAttempts": 3,
+                                "interactive": False}
 
 
 @pytest.mark.parametrize(
