@@ -318,10 +318,12 @@ class Driver:
             sorted_ = Sorted(failed=[(t, reason) for t in ids])
         else:
             try:
-                sorted_ = sort_results(ids, answer.json(), version, any_version)
+                body = answer.json()
             except ValueError:
                 reason = f"the backend's /predict answer is not JSON (Label Studio's protocol: {{\"results\": [...]}}): {_error_text(answer)}"
                 sorted_ = Sorted(failed=[(t, reason) for t in ids])
+            else:
+                sorted_ = sort_results(ids, body, version, any_version)
         if sorted_.stale and not sorted_.store and not self._tally.stored:
             self._tally.stop = True
         self._tally.stored += len(sorted_.store)
