@@ -158,7 +158,7 @@ class Client:
     def webhooks(self, project_id: int) -> list[Webhook]:
         hooks = self._call(f"list the webhooks of project {project_id}", self.sdk.webhooks.list, project=str(project_id))
         return [Webhook(int(h.id), str(h.url), dict(h.headers) if isinstance(h.headers, dict) else {},
-                        h.send_for_all_actions is not False, tuple(str(a) for a in h.actions or ())) for h in hooks]
+                        h.send_for_all_actions is not False, tuple(str(a) for a in h.actions or ()), h.is_active is not False) for h in hooks]
 
     def tidy_webhooks(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None,
                       actions: tuple[str, ...] = ()) -> None:
@@ -170,7 +170,7 @@ class Client:
             self._call(f"delete webhook {hook_id}", self.sdk.webhooks.delete, hook_id)
         for hook_id in decided.stamp_ids:  # the owner header, and only the events the backend needs (webhook_actions)
             self._call(f"mark webhook {hook_id}", self.sdk.webhooks.update, hook_id, headers={OWNER_HEADER: uid},
-                       send_for_all_actions=False, actions=list(actions))
+                       send_for_all_actions=False, actions=list(actions), is_active=True)
         if decided.create_url:
             # What Label Studio itself makes for a new registration (ml/models.py create_ml_webhook).
             self._call(f"create the webhook of project {project_id}", self.sdk.webhooks.create, project=project_id,

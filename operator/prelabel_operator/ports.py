@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .configcheck import ConfigCheck
-from .registration import Desired, Plan, Registration
+from .registration import Desired, Plan, Registration, Webhook
 from .spec import ProjectRef
 
 
@@ -45,6 +45,7 @@ class LabelStudio(Protocol):
     def remove(self, project_id: int, registration_id: int) -> None: ...
     def tidy_webhooks(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None,
                       actions: tuple[str, ...] = ()) -> None: ...
+    def webhooks(self, project_id: int) -> list[Webhook]: ...
     def annotated_tasks(self, project_id: int) -> list[dict[str, Any]]: ...
 
 

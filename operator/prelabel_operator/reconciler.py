@@ -19,7 +19,7 @@ from .configcheck import ConfigCheck
 from .errors import BackendUnreachable, KubeError, LabelStudioError, SecretMissing
 from .memory import Memory, Remembered
 from .ports import Backend, Kube, LabelStudioFor
-from .registration import Desired, marker, ours, unchanged, webhook_actions, webhook_url
+from .registration import Desired, marker, ours, unchanged, webhook_actions, webhook_unchanged, webhook_url
 from .spec import MLBackendSpec, SpecError
 from .status import Event, Observed, ProjectStatus, condition, deployment_available, rolled_out, trained
 from .status import status as status_body
@@ -139,7 +139,8 @@ class Reconciler:
             fingerprint = (observed.generation, found.digest, observed.url, version, rolled_out(deployment))
             outcome.events += self._register(observed, parsed, found, resource, fingerprint, light)
         if not light:
-            self.memory.drift.track(uid, len(parsed.label_studio.projects), self.clock())
+            # A backend of spec.backend's checks read the webhooks too: counted as twice the projects.
+            self.memory.drift.track(uid, len(parsed.label_studio.projects) * (2 if parsed.foreign else 1), self.clock())
         observed.training = trained(resource.status.get("training"))
         if parsed.prelabel is not None:
             current = resource.status.get("prelabel")
@@ -228,7 +229,10 @@ class Reconciler:
             try:
                 last = known.get(ref)
                 if last is not None and last.state == "Connected" and last.id is not None and last.ml_backend_id is not None:
-                    if unchanged(client.registrations(last.id), desired, uid, last.ml_backend_id):
+                    # A backend that learns from the webhook's events (webhook_actions) also needs it
+                    # active and as set: Label Studio switches a failing webhook off (one request more).
+                    if unchanged(client.registrations(last.id), desired, uid, last.ml_backend_id) and (
+                            not desired.webhook_actions or webhook_unchanged(client.webhooks(last.id), desired, uid)):
                         observed.projects.append(last)
                         remembered.projects[ref] = last
                         observed.model_version = (before.model_version if before else None) or observed.model_version

@@ -116,6 +116,7 @@ class Webhook:
     headers: dict[str, str] = field(default_factory=dict)
     all_actions: bool = True  # send_for_all_actions, as Label Studio makes it
     actions: tuple[str, ...] = ()
+    active: bool = True  # is_active: Label Studio may switch a failing webhook off (SDK: consecutive_failures)
 
     def owner(self) -> str | None:
         return self.headers.get(OWNER_HEADER) if isinstance(self.headers, dict) else None
@@ -136,8 +137,15 @@ def owner_of(description: str) -> str | None:
 @dataclass(frozen=True)
 class WebhookPlan:
     delete_ids: tuple[int, ...] = ()
-    stamp_ids: tuple[int, ...] = ()  # ours by URL but not stamped yet, or sending other events than the wanted ones
+    stamp_ids: tuple[int, ...] = ()  # ours by URL but not stamped yet, sending other events than the wanted ones, or inactive
     create_url: str | None = None  # the registration's webhook, missing (Label Studio made none on update)
+
+
+def webhook_unchanged(hooks: list[Webhook], desired: Desired, uid: str) -> bool:
+    """Whether the current registration's webhook is as the last pass left it: there, ours, active and
+    sending only desired.webhook_actions (a drift check's answer; anything else needs a full pass)."""
+    decided = plan_webhooks(hooks, {desired.url}, uid, set(), desired.url, desired.webhook_actions)
+    return not (decided.stamp_ids or decided.create_url or decided.delete_ids)
 
 
 def plan_webhooks(hooks: list[Webhook], in_use: set[str], uid: str, released: set[str], current: str | None,
@@ -160,7 +168,7 @@ def plan_webhooks(hooks: list[Webhook], in_use: set[str], uid: str, released: se
             continue
         if not any(same_url(url, u) for u in used):
             delete.append(hook.id)
-        elif url == mine and (hook.owner() != uid or hook.all_actions or set(hook.actions) != set(actions)):
+        elif url == mine and (hook.owner() != uid or hook.all_actions or set(hook.actions) != set(actions) or not hook.active):
             stamp.append(hook.id)
     create = mine if mine and not any(same_url(h.url, mine) for h in hooks) else None
     return WebhookPlan(tuple(delete), tuple(stamp), create)

@@ -175,6 +175,12 @@ def test_an_annotation_trains_the_sdk_model_once_and_doubles_no_prediction(world
     assert condition(s, "Ready")["status"] == "True" and s["modelVersion"] in ("INITIAL", version), s
     assert s["prelabel"]["predicted"] == 210 and s["prelabel"]["failed"] == 0, s["prelabel"]
     assert "ModelVersionMismatch" not in cluster.kubectl("get", "events", "-n", NS, "-o", "jsonpath={.items[*].reason}").stdout
+    # Label Studio switches a failing webhook off (auto-disable): the model would stop learning. The
+    # next light drift check (every resync, 30 s here) sees it and restores it.
+    [hook] = [h for h in ls.webhooks.list(project=project) if h.url == f"{s['url']}/webhook"]
+    ls.webhooks.update(hook.id, is_active=False)
+    wait_for("the webhook active again", lambda: any(h.id == hook.id and h.is_active for h in ls.webhooks.list(project=project)), 90,
+             why=lambda: backend_side(world, project))
     cluster.kubectl("delete", "mlb", "words", "-n", NS, "--timeout=120s")
     assert ls.ml.list(project=project) == []
     assert [h for h in ls.webhooks.list(project=project) if h.url.endswith("/webhook")] == []

@@ -11,7 +11,7 @@ from typing import Any
 
 from prelabel_operator.configcheck import ConfigCheck
 from prelabel_operator.errors import BackendUnreachable, LabelStudioError, SecretMissing
-from prelabel_operator.registration import Desired, Plan, Registration, plan
+from prelabel_operator.registration import OWNER_HEADER, Desired, Plan, Registration, Webhook, plan, plan_webhooks
 from prelabel_operator.spec import ProjectRef
 
 VIEW = '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image"><Label value="circle"/></RectangleLabels></View>'
@@ -95,6 +95,7 @@ class FakeLabelStudio:
     fail: LabelStudioError | None = None
     next_id: int = 100
     tasks: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # project -> annotated tasks (Label Studio's JSON)
+    hooks: dict[int, list[Webhook]] = field(default_factory=dict)  # project -> its webhooks
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -126,6 +127,7 @@ class FakeLabelStudio:
             if decided.update_id is not None:
                 existing[:] = [replace(wanted, id=r.id) if r.id == decided.update_id else r for r in existing]
         existing[:] = [r for r in existing if r.id not in decided.delete_ids]
+        self._tidy(project_id, uid, {r.url for r in existing}, set(), desired.url, desired.webhook_actions)  # ensure does, in one call
         return registration_id, decided
 
     def set_model_version(self, project: Any, model_version: str) -> None:
@@ -138,7 +140,22 @@ class FakeLabelStudio:
 
     def tidy_webhooks(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None,
                       actions: tuple[str, ...] = ()) -> None:
+        """As labelstudio.LabelStudio.tidy_webhooks does it, on `hooks`."""
         self._call("tidy_webhooks")
+        self._tidy(project_id, uid, in_use, released, current, actions)
+
+    def _tidy(self, project_id: int, uid: str, in_use: set[str], released: set[str], current: str | None, actions: tuple[str, ...]) -> None:
+        hooks = self.hooks.setdefault(project_id, [])
+        decided = plan_webhooks(hooks, in_use, uid, released, current, actions)
+        stamped = Webhook(0, "", {OWNER_HEADER: uid}, all_actions=False, actions=actions, active=True)
+        hooks[:] = [replace(stamped, id=h.id, url=h.url) if h.id in decided.stamp_ids else h for h in hooks if h.id not in decided.delete_ids]
+        if decided.create_url:
+            self.next_id += 1
+            hooks.append(replace(stamped, id=self.next_id, url=decided.create_url))
+
+    def webhooks(self, project_id: int) -> list[Webhook]:
+        self._call("webhooks")
+        return list(self.hooks.get(project_id, []))
 
     def annotated_tasks(self, project_id: int) -> list[dict[str, Any]]:
         self._call("annotated_tasks")

@@ -5,6 +5,7 @@ and what deregistration removes. No cluster, no Label Studio: milliseconds each.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -187,6 +188,28 @@ def test_a_light_drift_check_lists_only_and_a_deleted_registration_is_made_again
     repaired = world.reconcile(timer=True, light=True)
     assert "ensure" in world.ls.calls and len(world.ours(2)) == 1
     assert [e.reason for e in repaired.events] == ["Registered"]
+
+
+def test_an_inactive_webhook_of_a_backend_that_learns_from_it_is_restored_at_the_next_light_check() -> None:
+    """Label Studio switches a failing webhook off (label-studio-sdk: consecutive_failures, auto-disable
+    after 50). An ML SDK backend learns from its events: the light check reads the webhooks too (one
+    request more a project) and a full pass for that project restores it. Prelabel's own backend,
+    which its webhook sends nothing, keeps one request a project."""
+    world = World(spec={**SPEC, "image": "team/sdk:1", "backend": {}})
+    world.reconcile()
+    [hook] = world.ls.hooks[1]
+    assert hook.active and not hook.all_actions and set(hook.actions) == {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
+    world.ls.calls.clear()
+    world.reconcile(timer=True, light=True)
+    assert world.ls.calls == ["registrations", "webhooks", "registrations", "webhooks"]
+    world.ls.hooks[1] = [replace(hook, active=False)]  # Label Studio gave up on it
+    world.reconcile(timer=True, light=True)
+    assert [h.active for h in world.ls.hooks[1]] == [True] and [h.id for h in world.ls.hooks[1]] == [hook.id]
+    own = World()
+    own.reconcile()
+    own.ls.calls.clear()
+    own.reconcile(timer=True, light=True)
+    assert own.ls.calls == ["registrations", "registrations"]
 
 
 def test_a_finished_rollout_asks_the_new_pods_for_the_model_version() -> None:
