@@ -57,6 +57,19 @@ def serve_files(files: dict[str, bytes], token: str | None = None, content_type:
         httpd.server_close()
 
 
+def stop_real_node(request: pytest.FixtureRequest, worker, cluster, *servers) -> None:  # noqa: ANN001, ANN002
+    """A real-node fixture's teardown: its servers (None: not started), then the node and its control
+    plane, logs kept (and said where) when a test of the session failed."""
+    failed = getattr(request.session, "prelabel_failed", False)
+    for server in servers:
+        if server is not None:
+            server.stop(keep=failed)
+    worker.stop(keep_logs=failed)
+    cluster.stop(keep_logs=failed)
+    if failed:
+        print(f"\nlogs kept in {worker.log_dir} and {cluster.workdir / 'logs'}")
+
+
 def wait_for(what: str, check, timeout: float = 120, why=None):  # noqa: ANN001, ANN201
     """Polls check() each second until it returns something truthy, which it returns; on timeout,
     the AssertionError adds what why() says (logs, say), if given."""

@@ -28,7 +28,7 @@ import yaml
 from prelabel_local import chart, images, ml_sdk, node
 from prelabel_local.label_studio_server import LabelStudio
 from prelabel_operator.status import condition
-from tests.conftest import wait_for
+from tests.conftest import stop_real_node, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 HERE = Path(__file__).parent / "ml_sdk_backend"
@@ -69,11 +69,7 @@ def world(cluster_bin: Path, tmp_path_factory: pytest.TempPathFactory, request: 
         yield {"cluster": cluster, "label_studio": label_studio, "refs": refs, "state": {},
                "ls": Client(base_url=label_studio.url, api_key=label_studio.token)}
     finally:
-        failed = getattr(request.session, "prelabel_failed", False)
-        if label_studio is not None:
-            label_studio.stop(keep=failed)
-        worker.stop(keep_logs=failed)
-        cluster.stop(keep_logs=failed)
+        stop_real_node(request, worker, cluster, label_studio)
     assert node.leftovers() == []
 
 

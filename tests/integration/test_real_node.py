@@ -32,7 +32,7 @@ from prelabel_backend import synthetic
 from prelabel_local import chart, images, node
 from prelabel_local.label_studio_server import LabelStudio
 from prelabel_operator.status import condition
-from tests.conftest import SEED_CONFIG, scenes, wait_for
+from tests.conftest import SEED_CONFIG, scenes, stop_real_node, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 BACKEND_SELECTOR = "app.kubernetes.io/managed-by=prelabel-operator"
@@ -58,13 +58,7 @@ def real(cluster_bin: Path, request: pytest.FixtureRequest) -> Iterator[dict[str
         label_studio = LabelStudio(host=node.GATEWAY).start()
         yield {"cluster": cluster, "node": worker, "label_studio": label_studio, "refs": refs}
     finally:
-        failed = getattr(request.session, "prelabel_failed", False)
-        if label_studio is not None:
-            label_studio.stop(keep=failed)
-        worker.stop(keep_logs=failed)
-        cluster.stop(keep_logs=failed)
-        if failed:
-            print(f"\nlogs kept in {worker.log_dir} and {cluster.workdir / 'logs'}")
+        stop_real_node(request, worker, cluster, label_studio)
     assert node.leftovers() == []
 
 

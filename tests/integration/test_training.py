@@ -32,7 +32,7 @@ from prelabel_local.label_studio_server import LabelStudio
 from prelabel_local.s3 import SeaweedFS
 from prelabel_operator import agreement
 from prelabel_operator.status import condition
-from tests.conftest import TRAINING_RULES, assert_least_privilege, wait_for
+from tests.conftest import TRAINING_RULES, assert_least_privilege, stop_real_node, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 TASKS, ANNOTATED = 100, 80  # people annotate the first 80; recall is measured on the other 20
@@ -67,12 +67,7 @@ def world(cluster_bin: Path, request: pytest.FixtureRequest) -> Iterator[dict[st
                         f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}")
         yield {"cluster": cluster, "label_studio": label_studio, "s3": s3, "bucket": client, "refs": refs, "state": {}}
     finally:
-        failed = getattr(request.session, "prelabel_failed", False)
-        for server in (s3, label_studio):
-            if server is not None:
-                server.stop(keep=failed)
-        worker.stop(keep_logs=failed)
-        cluster.stop(keep_logs=failed)
+        stop_real_node(request, worker, cluster, s3, label_studio)
     assert node.leftovers() == []
 
 
