@@ -49,6 +49,9 @@ BASE_DROPPED = ("var/lib/apt/lists", "var/cache/apt", "var/log", "usr/share/doc"
                 "usr/share/locale")
 # The host's trust store, for pip in RUN steps only (a build-time mount: it stays out of the image).
 TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt"
+# Every `podman build` here: docker format, layers cached, never a pull (no registry), RUN steps on the
+# host's network (no bridge, no iptables rules to leave behind) with its trust store.
+BUILD = ("build", "--format", "docker", "--layers", "--pull=never", "--network", "host", "-v", f"{TRUST_STORE}:{TRUST_STORE}:ro")
 
 CONTAINERS_CONF = """\
 # Written by prelabel_local.images: podman for the project's images only (not the user's config).
@@ -204,9 +207,7 @@ def build(which: Image) -> str:
     base = base_image()
     ref = tag(which)
     print(f"[images] building {ref}", file=sys.stderr)
-    _long(["podman", "build", "--format", "docker", "--layers", "--pull=never", "--network", "host",
-           "-v", f"{TRUST_STORE}:{TRUST_STORE}:ro", "--build-arg", f"PYTHON_IMAGE={base}",
-           "-f", str(REPO / f"Dockerfile.{which}"), "-t", ref, str(REPO)],
+    _long(["podman", *BUILD, "--build-arg", f"PYTHON_IMAGE={base}", "-f", str(REPO / f"Dockerfile.{which}"), "-t", ref, str(REPO)],
           f"podman build of Dockerfile.{which}", env=env(), stdout=sys.stderr)
     return ref
 

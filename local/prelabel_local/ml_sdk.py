@@ -68,8 +68,7 @@ def stand_in(name: str) -> str:
     ref = name if "/" in name.split(":")[0] else f"docker.io/library/{name}"
     with tempfile.TemporaryDirectory(prefix="stand-in-") as context:
         (Path(context) / "Containerfile").write_text(STAND_IN.format(base=images.base_image()))
-        images.podman("build", "--format", "docker", "--layers", "--pull=never", "--network", "host", "-t", ref, context,
-                      timeout=600)
+        images.podman(*images.BUILD, "-t", ref, context, timeout=600)
     return ref
 
 
@@ -78,6 +77,5 @@ def build(project: Path, ref: str) -> str:
     (pip) reach PyPI through the host's network and trust store, as images.build's do. Returns `ref`."""
     stand_in(base_of(project / "Dockerfile"))
     print(f"[ml-sdk] building {ref} from {project}", file=sys.stderr)
-    images.podman("build", "--format", "docker", "--layers", "--pull=never", "--network", "host",
-                  "-v", f"{images.TRUST_STORE}:{images.TRUST_STORE}:ro", "-t", ref, str(project), capture=False, timeout=1200)
+    images.podman(*images.BUILD, "-t", ref, str(project), capture=False, timeout=1200)
     return ref
