@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 help:  ## this list: every target and what it does
 	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_-]+:[^#]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: env cluster node argocd label-studio images s3 test test-unit demo bench bench-learning bench-prelabel bench-ls-db bench-fuzz bench-chaos bench-scale lint format clean
+.PHONY: env cluster node argocd label-studio images s3 test test-unit demo bench bench-learning bench-prelabel bench-ls-db bench-50k bench-fuzz bench-chaos bench-scale lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
@@ -48,7 +48,7 @@ s3:  ## build (or reuse) SeaweedFS's weed, the real S3 server the model store's 
 	@local/build/build-seaweedfs.sh >/dev/null
 
 label-studio: env  ## install (or reuse) Label Studio in its own virtualenv (with gunicorn), and Debian's postgresql for it
-	@$(PY) -c "from prelabel_local import label_studio_server; label_studio_server.ensure_gunicorn()"
+	@$(PY) -c "from prelabel_local import label_studio_server; label_studio_server.ensure_all()"
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || $(APT) install -y -qq --no-install-recommends postgresql >/dev/null \
 	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends postgresql >/dev/null; }
 
@@ -75,6 +75,9 @@ bench-prelabel: env label-studio  ## pre-labeling a project: backend alone, the 
 
 bench-ls-db: env label-studio  ## Label Studio's ceiling for the operator's registrations on SQLite, PostgreSQL, and PostgreSQL under gunicorn, side by side
 	$(PY) bench/ls_db_bench.py
+
+bench-50k: env label-studio  ## a 50,000-task project pre-labeled: what a resync and a poll cost Label Studio, and how long 10 new tasks wait
+	$(PY) bench/ls_50k_bench.py
 
 bench-fuzz: env  ## hostile input to the backend: 10,000 schemathesis requests against its openapi.yaml, bombs, huge bodies, slow-loris; RSS throughout
 	$(PY) bench/fuzz_bench.py

@@ -165,11 +165,14 @@ def start_backend(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture(scope="session")
-def label_studio() -> Iterator:
-    """One real Label Studio for the session (first start ~70 s: migrations on a fresh SQLite)."""
+def label_studio(request: pytest.FixtureRequest) -> Iterator:
+    """One real Label Studio per version and worker (first start ~70 s: migrations on a fresh SQLite): the
+    newest supported release, or each one for the version matrix's modules (pytest_generate_tests);
+    "<version>/postgresql" on a PostgreSQL of its own."""
     from prelabel_local.label_studio_server import LabelStudio
 
-    server = LabelStudio().start()
+    version, _, database = request.param.partition("/")
+    server = LabelStudio(version=version, database=database or "sqlite").start()
     yield server
     server.stop()
 
@@ -207,14 +210,39 @@ REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_lifecycle
                      "test_ml_sdk_backend"}
 
 
+# The version matrix (docs/label-studio-versions.md): these modules run on every supported Label Studio
+# release (label_studio_server.SUPPORTED) on SQLite, and on the newest on PostgreSQL as production runs it:
+# registration, drift repair, deletion, predictions stored and refused, pre-labeling counted, by the
+# operator on a control plane. The rest of the suite runs on the newest, on SQLite.
+VERSION_MATRIX_MODULES = {"test_registration_in_label_studio", "test_label_studio_faults", "test_prelabel_driver", "test_operator"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses Label Studio names its version: one parameter value per release, so a worker
+    keeps one server per version (pytest caches a session fixture by its parameter's value)."""
+    if "label_studio" not in metafunc.fixturenames:
+        return
+    from prelabel_local.label_studio_server import SUPPORTED, VERSION
+
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    versions = (*SUPPORTED, f"{VERSION}/postgresql") if module in VERSION_MATRIX_MODULES else (VERSION,)
+    metafunc.parametrize("label_studio", versions, indirect=True, scope="session", ids=[f"ls{v.replace('/', '-')}" for v in versions])
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`make test` runs three pytest-xdist workers (--dist loadgroup): the tests wait on servers far more
     than they compute. A module's tests run in order in one worker, on its module-scoped cluster; the
-    real-node modules share one group."""
+    real-node modules share one group, and so do the version matrix's tests of each older Label Studio."""
+    from prelabel_local.label_studio_server import VERSION
+
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
-        item.add_marker(pytest.mark.xdist_group("real-node" if module in REAL_NODE_MODULES else module))
+        callspec = getattr(item, "callspec", None)
+        version = callspec.params.get("label_studio", VERSION) if callspec else VERSION
+        # The version matrix's other Label Studios: one group each, so each starts once (about a minute).
+        group = "real-node" if module in REAL_NODE_MODULES else module if version == VERSION else f"label-studio-{version.replace('/', '-')}"
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(trylast=True)

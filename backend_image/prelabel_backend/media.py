@@ -15,6 +15,7 @@ import binascii
 import datetime as dt
 import email.utils
 import io
+import json
 import logging
 import sys
 import tempfile
@@ -64,6 +65,18 @@ def looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2 and token.startswith("eyJ")
 
 
+def access_lifetime(access: str, now: float | None = None) -> float:
+    """Seconds to reuse an access token: until 30 s before its own `exp` (the JWT payload, read without
+    verifying: Label Studio verifies it), at most 240 s (Label Studio's default lifetime is 5 minutes,
+    simplejwt's ACCESS_TOKEN_LIFETIME, and a server may set it shorter); 0 for a token past it."""
+    try:
+        payload = access.split(".")[1]
+        expires = float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return 240.0
+    return max(0.0, min(240.0, expires - (time.time() if now is None else now) - 30))
+
+
 @dataclass
 class LabelStudioSource:
     """Where Label Studio is and how to authenticate to it: env first, else what /setup sent."""
@@ -106,7 +119,7 @@ class LabelStudioAuth:
             raise MediaError(f"Label Studio refused the personal access token (HTTP {response.status_code}): check LABEL_STUDIO_API_KEY")
         access = response.json().get("access", "")
         with self._lock:
-            self._access[key] = (access, time.monotonic() + 240)  # access tokens live 5 minutes
+            self._access[key] = (access, time.monotonic() + access_lifetime(access))
         return {"Authorization": f"Bearer {access}"}
 
 

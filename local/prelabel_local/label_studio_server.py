@@ -32,28 +32,38 @@ from .postgres import Postgres
 from .venv import CACHE, uv
 from .venv import create as create_venv
 
-VERSION = "1.23.2"
+# The support range (docs/label-studio-versions.md): the newest release of each of the last three minor
+# versions on PyPI. The whole suite runs on the newest; tests/integration's version matrix on each.
+SUPPORTED = ("1.21.0", "1.22.0", "1.23.2")
+VERSION = SUPPORTED[-1]
 GUNICORN = "gunicorn==27.0.1"  # the backend image's pin (backend_image/requirements.lock)
 
 
-def venv_dir() -> Path:
-    return CACHE / "venvs" / f"label-studio-{VERSION}"
+def venv_dir(version: str = VERSION) -> Path:
+    return CACHE / "venvs" / f"label-studio-{version}"
 
 
-def ensure_installed() -> Path:
-    """Installs label-studio into its own venv with uv (cached); returns the `label-studio` executable."""
-    venv = venv_dir()
+def ensure_installed(version: str = VERSION) -> Path:
+    """Installs label-studio==`version` into its own venv with uv (cached); returns the `label-studio` executable."""
+    venv = venv_dir(version)
     exe, done = venv / "bin" / "label-studio", venv / ".prelabel-complete"
     if done.exists():
         return exe
-    print(f"[label-studio] installing label-studio=={VERSION} into {venv} (first time: a few minutes)", file=sys.stderr)
-    create_venv(venv, f"label-studio=={VERSION}")
+    print(f"[label-studio] installing label-studio=={version} into {venv} (first time: a few minutes)", file=sys.stderr)
+    create_venv(venv, f"label-studio=={version}")
     done.touch()
     return exe
 
 
+def ensure_all() -> None:
+    """Every supported version (what `make label-studio` prepares for the tests), and gunicorn beside the newest."""
+    for version in SUPPORTED:
+        ensure_installed(version)
+    ensure_gunicorn()
+
+
 def ensure_gunicorn() -> Path:
-    """gunicorn in Label Studio's venv (cached; Label Studio does not depend on it); returns its executable."""
+    """gunicorn in the newest Label Studio's venv (cached; Label Studio does not depend on it); returns its executable."""
     exe = ensure_installed().parent / "gunicorn"
     if not exe.exists():
         env = {**os.environ, "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(CACHE / "uv"))}
@@ -75,6 +85,14 @@ class LabelStudio:
     workers: int = 0  # 0: `label-studio start`; N: gunicorn with N worker processes of `threads` threads
     threads: int = 1
     postgres: Postgres | None = None  # started with Label Studio when database is "postgresql"
+    version: str = VERSION  # one of SUPPORTED (another is installed on demand too)
+    access_token_seconds: int | None = None  # the lifetime of the access tokens a personal access token gets (default 5 min)
+
+    @property
+    def release(self) -> tuple[int, int]:
+        """(major, minor) of the version served: what tests compare where Label Studio's behaviour changed."""
+        major, minor = self.version.split(".")[:2]
+        return int(major), int(minor)
 
     @property
     def url(self) -> str:
@@ -85,7 +103,7 @@ class LabelStudio:
         return self.workdir / "label-studio.log"
 
     def start(self, timeout: float = 240) -> LabelStudio:
-        exe = ensure_installed()
+        exe = ensure_installed(self.version)
         self.port = self.port or free_port()
         env = {
             "PATH": f"{exe.parent}:{os.environ.get('PATH', '')}",
@@ -103,6 +121,7 @@ class LabelStudio:
             "SENTRY_DSN": "",
             "FRONTEND_SENTRY_DSN": "",
             **self._database_env(),
+            **self._settings_env(),
             **self.extra_env,
         }
         (self.workdir / "home").mkdir(parents=True, exist_ok=True)
@@ -114,12 +133,31 @@ class LabelStudio:
             # and database from here on, as Label Studio's image does (its core.wsgi, its settings).
             stop_group(self.process)
             app_dir = next(exe.parent.parent.glob("lib/python*/site-packages/label_studio"))
+            if self.version != VERSION or self.access_token_seconds is not None:
+                raise ValueError(f"gunicorn serves Label Studio {VERSION} with its own settings only")
             argv = [str(ensure_gunicorn()), "core.wsgi:application", "--chdir", str(app_dir), "--bind", f"{self.host}:{self.port}",
                     "--workers", str(self.workers), "--threads", str(self.threads), "--timeout", "120"]
             env["DJANGO_SETTINGS_MODULE"] = "core.settings.label_studio"
             self.process = processes.spawn("label-studio", argv, log=self.log, env=env, cwd=self.workdir)
             self._wait_ready(timeout)
         return self
+
+    def _settings_env(self) -> dict[str, str]:
+        """Label Studio's own settings module with the access-token lifetime changed (simplejwt's
+        SIMPLE_JWT, which Label Studio leaves at its 5-minute default and reads nowhere from its env)."""
+        if self.access_token_seconds is None:
+            return {}
+        settings = self.workdir / "settings"
+        settings.mkdir(parents=True, exist_ok=True)
+        (settings / "prelabel_ls_settings.py").write_text(
+            # Label Studio's settings read django.conf.settings while they load, which then loads them by
+            # their own name (what DJANGO_SETTINGS_MODULE says at that moment): this module's name is set back after.
+            "import datetime, os\n"
+            "os.environ['DJANGO_SETTINGS_MODULE'] = 'label_studio.core.settings.label_studio'\n"
+            "from label_studio.core.settings.label_studio import *  # noqa: F403, E402\n"
+            "os.environ['DJANGO_SETTINGS_MODULE'] = 'prelabel_ls_settings'\n"
+            f"SIMPLE_JWT = {{**globals().get('SIMPLE_JWT', {{}}), 'ACCESS_TOKEN_LIFETIME': datetime.timedelta(seconds={self.access_token_seconds})}}\n")
+        return {"PYTHONPATH": str(settings), "DJANGO_SETTINGS_MODULE": "prelabel_ls_settings"}
 
     def _database_env(self) -> dict[str, str]:
         """Label Studio's database settings (label_studio/core/settings/base.py reads these names)."""

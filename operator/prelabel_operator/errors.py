@@ -29,3 +29,13 @@ class LabelStudioError(Exception):
 
 class BackendUnreachable(Exception):
     """The backend's HTTP endpoint could not be reached (backend_client.py); the message says how."""
+
+
+def key_refused(action: str, status: int, detail: str) -> str:
+    """What to do when Label Studio refuses the API key (HTTP 401/403), with its own words (`detail`).
+    A personal access token (a JWT refresh token) dies at once when its user rotates or revokes it
+    (POST /api/token/rotate/): the SDK's exchange for an access token then answers "Token is blacklisted"."""
+    said = f": {detail[:200]}" if detail else ""
+    return (f"Label Studio refused the API key while trying to {action} (HTTP {status}{said}): put a valid key in the Secret "
+            "named in spec.labelStudio.apiKeySecretRef; a personal access token rotated or revoked in Label Studio must be "
+            "replaced there (the backend pods then roll), and a legacy token works only while legacy tokens are enabled in Label Studio")

@@ -16,7 +16,7 @@ from label_studio_sdk._extensions.pager_ext import SyncPagerExt
 from label_studio_sdk.base_client import LabelStudioBase
 from label_studio_sdk.core.api_error import ApiError
 
-from .errors import LabelStudioError
+from .errors import LabelStudioError, key_refused
 from .registration import OWNER_HEADER, Desired, Plan, Registration, Webhook, owner_of, plan, plan_webhooks, same_url
 from .spec import ProjectRef
 
@@ -42,8 +42,7 @@ def _explain(exc: Exception, action: str, url: str) -> LabelStudioError:
     if isinstance(exc, ApiError):
         body = _detail(exc.body)
         if exc.status_code == 401:
-            return LabelStudioError("Unauthorized", f"Label Studio refused the API key while trying to {action}: check the Secret named in "
-                                    "spec.labelStudio.apiKeySecretRef (legacy tokens must be enabled in Label Studio)", False)
+            return LabelStudioError("Unauthorized", key_refused(action, 401, body), False)
         if exc.status_code == 403 and "reserved network address" in body:
             return LabelStudioError("BackendAddressBlocked", f"Label Studio refuses backend URLs in private or loopback ranges ({url}): start Label Studio "
                                     "with LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false, or register a public address (spec.labelStudio.address)", False)
@@ -77,6 +76,10 @@ class Client:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every failure is turned into a reason
             raise _explain(exc, action, backend_url) from None
+
+    def server_version(self) -> str:
+        """Label Studio's release, as GET /api/version answers it ("1.23.2"; "" when it gives none)."""
+        return str(self._call("read Label Studio's version", self.sdk.versions.get).release or "")
 
     # -- projects -------------------------------------------------------------------------------
     def resolve(self, ref: ProjectRef) -> Project:

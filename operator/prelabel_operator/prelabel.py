@@ -144,11 +144,17 @@ def refusal(body: Any) -> str:
     return str(body)[:300]
 
 
-def refused_reason(message: str) -> str:
+BRUSH_REFUSED = ("; Label Studio before 1.23 refuses most valid brush masks (its validator read the RLE bytes as value/count "
+                 "pairs; fixed in label-studio 8711e39): pre-labeling brushes needs Label Studio 1.23 or later")
+
+
+def refused_reason(message: str, result: Any = None) -> str:
     """Why a stored prediction failed: Label Studio's message, or what its import answered without one
-    (1.23 answers 201 with `created: 0` for a prediction its validator drops)."""
-    return (f"Label Studio refused the prediction: {message}" if message
-            else "Label Studio refused the prediction: its import stored none of it (created: 0); its validator dropped the result")
+    (every supported version answers 201 with `created: 0` for a prediction its validator drops), and
+    for a brush mask (`result`, Label Studio's result list) the validator's known fault before 1.23."""
+    said = message or "its import stored none of it (created: 0); its validator dropped the result"
+    brush = isinstance(result, list) and any(isinstance(r, dict) and r.get("type") == "brushlabels" for r in result)
+    return f"Label Studio refused the prediction: {said}" + (BRUSH_REFUSED if brush else "")
 
 
 @dataclass

@@ -27,13 +27,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 # The SDK's generated client, as in labelstudio.py (label_studio_sdk.AsyncLabelStudio's extensions
-# would bring pandas into the image); tasks are listed with fields="all" as that extension does.
+# would bring pandas into the image); tasks are listed with fields="all" as that extension does, and
+# resolve_uri=False: Label Studio's default resolves every listed task's media URLs (a presigned link
+# per cloud-storage task, label-studio-sdk #658); the backend resolves what it fetches itself, as it
+# does for the tasks Label Studio sends it (unresolved).
 import httpx
 from label_studio_sdk import PredictionRequest
 from label_studio_sdk.base_client import AsyncLabelStudioBase as AsyncLabelStudio
 
 from . import backend_client, metrics, prelabel
-from .errors import BackendUnreachable, KubeError
+from .errors import BackendUnreachable, KubeError, key_refused
 from .keys import Keys
 from .prelabel import Attempts, Mismatch, Progress, Sorted, done_query, pending_query, scope_query, sort_results
 from .spec import MLBackendSpec, PrelabelSpec, SpecError
@@ -90,14 +93,24 @@ class Driver:
         self.mismatch = Mismatch()
         self._tally = Tally()
         self._last_report = 0.0
+        self._credentials: tuple[str, tuple[str, str] | None] | None = None
+
+    def _renew_attempts(self, target: Target, spec: PrelabelSpec) -> Attempts:
+        """Fresh tries for every task when maxAttempts or the keys changed: a task that failed for good
+        under a key since replaced (a personal access token rotated in Label Studio: the backend's media
+        fetches were refused) is worth trying with the new one."""
+        credentials = (target.api_key, target.backend_auth)
+        if self.attempts is None or self.attempts.max_attempts != spec.max_attempts or credentials != self._credentials:
+            self.attempts = Attempts(spec.max_attempts)
+        self._credentials = credentials
+        return self.attempts
 
     async def run_pass(self, target: Target, spec: PrelabelSpec, stopped: Any) -> float | None:
         """One pass over every project. Returns the seconds until the next pass is worth making: soon
         when tasks were left (added meanwhile, or answered by a pod of another model version), when a
         failed task is due again, or None when nothing is left (then poll). Raises Outage when Label
         Studio or the backend is down."""
-        if self.attempts is None or self.attempts.max_attempts != spec.max_attempts:
-            self.attempts = Attempts(spec.max_attempts)
+        attempts = self._renew_attempts(target, spec)
         auth = httpx.BasicAuth(*target.backend_auth) if target.backend_auth else None
         async with (httpx.AsyncClient(base_url=target.backend_url, auth=auth, timeout=httpx.Timeout(600, connect=10)) as backend,
                     httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10)) as ls_http):
@@ -128,9 +141,9 @@ class Driver:
         backing_off = self.mismatch.delay()
         if backing_off is not None:
             return backing_off
-        if self.progress.pending > len(self.attempts.retrying()):
+        if self.progress.pending > len(attempts.retrying()):
             return 1.0
-        return self.attempts.next_retry(time.monotonic())
+        return attempts.next_retry(time.monotonic())
 
     # -- Label Studio and backend calls --------------------------------------------------------
     async def _version(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, spec: PrelabelSpec) -> tuple[str, str]:
@@ -156,8 +169,10 @@ class Driver:
 
     async def _count(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec, version: str) -> tuple[int, int]:
         """(tasks in scope, of which done) in one project, from Label Studio's Data Manager."""
-        total = await _ls(ls.tasks.list(project=project_id, query=scope_query(spec), page_size=1, include="id", fields="all"), "count tasks")
-        done = await _ls(ls.tasks.list(project=project_id, query=done_query(spec, version), page_size=1, include="id", fields="all"), "count predicted tasks")
+        total = await _ls(ls.tasks.list(project=project_id, query=scope_query(spec), page_size=1, include="id", fields="all", resolve_uri=False),
+                          "count tasks")
+        done = await _ls(ls.tasks.list(project=project_id, query=done_query(spec, version), page_size=1, include="id", fields="all",
+                                       resolve_uri=False), "count predicted tasks")
         return int(total.response.total), int(done.response.total)
 
     async def _project(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, version: str,
@@ -176,7 +191,7 @@ class Driver:
                 after_id = 0
                 while not stopped:
                     page = await _ls(ls.tasks.list(project=project_id, query=pending_query(spec, version, after_id), page_size=PAGE_SIZE,
-                                                   include="id,data", fields="all"), f"list the tasks of project {project_id}")
+                                                   include="id,data", fields="all", resolve_uri=False), f"list the tasks of project {project_id}")
                     tasks = list(page.items or [])
                     if not tasks:
                         break
@@ -247,8 +262,8 @@ class Driver:
 
     async def _store(self, ls: AsyncLabelStudio, project_id: int, batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
         """(stored, refused with Label Studio's reason) for one bulk import. Label Studio's validator may
-        refuse a prediction (label-studio PR #8062): 1.23 drops it from the bulk and answers 201 with a
-        smaller `created`, later versions refuse the whole request with 400 and the validator's message.
+        refuse a prediction (label-studio PR #8062): 1.21 to 1.23 drop it from the bulk and answer 201 with
+        a smaller `created`; a server may refuse the whole request with 400 and the validator's message.
         Either way the tasks that hold no prediction of the version are read back (so nothing stored is
         sent twice) and imported again in halves, down to one prediction alone: Label Studio's answer to
         that one is its reason. Raises Outage as `_ls` does for anything but a refusal."""
@@ -267,7 +282,7 @@ class Driver:
         if created >= len(batch):
             return batch, []
         if len(batch) == 1:
-            return [], [(batch[0]["task"], prelabel.refused_reason(message))]
+            return [], [(batch[0]["task"], prelabel.refused_reason(message, batch[0].get("result")))]
         version = batch[0]["model_version"]
         holding = await self._holding(ls, project_id, version, [item["task"] for item in batch]) if created else set()
         stored = [item for item in batch if item["task"] in holding]
@@ -286,7 +301,7 @@ class Driver:
         first, last = min(task_ids), max(task_ids)
         # One page of the whole id range (the SDK's pager would ask for a page past the last, a 404).
         page = await _ls(ls.tasks.list(project=project_id, query=prelabel.holding_query(version, first, last), page_size=last - first + 1,
-                                       include="id,predictions_model_versions", fields="all"),
+                                       include="id,predictions_model_versions", fields="all", resolve_uri=False),
                          f"read back the predictions of project {project_id}")
         wanted = set(task_ids)
         found = {int(t.id) for t in page.items or [] if int(t.id) in wanted and prelabel.holds(version, getattr(t, "predictions_model_versions", None))}
@@ -390,11 +405,15 @@ async def _ls(call: Awaitable[Any], action: str) -> Any:
         return await call
     except ApiError as exc:
         if exc.status_code in (401, 403):
-            raise Outage(f"Label Studio refused the API key while trying to {action} (HTTP {exc.status_code}): "
-                         "check the Secret named in spec.labelStudio.apiKeySecretRef") from None
+            raise Outage(key_refused(action, exc.status_code, _said(exc.body))) from None
         raise Outage(f"Label Studio answered HTTP {exc.status_code} while trying to {action}: {str(exc.body)[:200]}") from None
     except (httpx.HTTPError, OSError) as exc:
         raise Outage(f"Label Studio unreachable while trying to {action}: {type(exc).__name__}") from None
+
+
+def _said(body: Any) -> str:
+    """Label Studio's own words in an error body ({"detail": ...}), else the body."""
+    return str(body.get("detail") or body) if isinstance(body, dict) else str(body or "")
 
 
 async def _raise(exc: Exception) -> Any:

@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import diagnosis, drift, keys, manifests, metrics, prelabel
+from . import diagnosis, drift, keys, manifests, metrics, prelabel, support
 from .configcheck import ConfigCheck
 from .errors import BackendUnreachable, KubeError, LabelStudioError, SecretMissing
 from .memory import Memory, Remembered
-from .ports import Backend, Kube, LabelStudioFor
+from .ports import Backend, Kube, LabelStudio, LabelStudioFor
 from .registration import Desired, marker, ours, unchanged, webhook_actions, webhook_unchanged, webhook_url
 from .spec import MLBackendSpec, SpecError
 from .status import Event, Observed, ProjectStatus, condition, deployment_available, rolled_out, trained
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 FATAL = {"Unauthorized", "LabelStudioUnreachable"}  # stop trying the other projects this round
 ORPHAN_HINT = "; to let go without deregistering, set spec.deletionPolicy: Orphan"
 DEREGISTER_TIMEOUT = 120.0  # seconds a deletion retries while Label Studio or the API cannot be reached
+VERSION_CHECK = 600.0  # seconds a Label Studio's release is trusted before it is read again (an upgrade shows within this)
 RETRY_WHILE_DELETING = 15.0  # at most this many seconds between two tries during a deletion
 
 
@@ -89,6 +90,7 @@ class Reconciler:
                  wall: Callable[[], float] = time.time, deregister_timeout: float = DEREGISTER_TIMEOUT) -> None:
         self.kube, self.label_studio, self.backend, self.memory = kube, label_studio, backend, memory
         self.adopt, self.clock, self.wall, self.deregister_timeout = adopt, clock, wall, deregister_timeout
+        self._versions: dict[str, tuple[str, float]] = {}  # Label Studio URL -> (its release, when read)
 
     # -- reconcile -------------------------------------------------------------------------------
     def reconcile(self, resource: Resource, retry: int = 0, timer: bool = False, light: bool = False) -> Outcome:
@@ -142,6 +144,12 @@ class Reconciler:
             # A backend of spec.backend's checks read the webhooks too: counted as twice the projects.
             self.memory.drift.track(uid, len(parsed.label_studio.projects) * (2 if parsed.foreign else 1), self.clock())
         observed.training = trained(resource.status.get("training"))
+        observed.label_studio_version = observed.label_studio_version or resource.status.get("labelStudioVersion")
+        if observed.label_studio_version:
+            observed.supported = support.supported(observed.label_studio_version)
+            said = condition(dict(resource.status), observed.supported.type)
+            if observed.supported.status != "True" and said.get("reason") != observed.supported.reason:
+                outcome.events.append(Event(observed.supported.reason, observed.supported.message, warning=True))
         if parsed.prelabel is not None:
             current = resource.status.get("prelabel")
             observed.prelabel = prelabel.condition(current, parsed.prelabel.paused)
@@ -218,6 +226,7 @@ class Reconciler:
         assert observed.url
         uid, auth = resource.uid, found.auth
         client = self.label_studio(spec.label_studio.url, found.api_key)
+        observed.label_studio_version = self._version(client, spec.label_studio.url)
         desired = Desired(url=observed.url, title=spec.label_studio.title, description=marker(resource.namespace, resource.name, uid),
                           is_interactive=spec.label_studio.interactive, timeout=spec.label_studio.timeout_seconds,
                           auth_user=auth[0] if auth else None, webhook_actions=webhook_actions(spec.foreign))
@@ -266,6 +275,19 @@ class Reconciler:
         remembered.model_version = observed.model_version
         self.memory.remembered[uid] = remembered
         return events
+
+    def _version(self, client: LabelStudio, url: str) -> str | None:
+        """The server's release, read once per VERSION_CHECK per Label Studio; None while it cannot be
+        read (a registration's own requests then say why Label Studio failed)."""
+        known = self._versions.get(url)
+        if known is not None and self.clock() - known[1] < VERSION_CHECK:
+            return known[0]
+        try:
+            version = client.server_version()
+        except LabelStudioError:
+            return known[0] if known else None
+        self._versions[url] = (version, self.clock())
+        return version or None
 
     # -- a backend Deployment changed ---------------------------------------------------------------
     def wakes(self, owner_uid: str, deployment: dict[str, Any], backend: Resource) -> bool:

@@ -6,7 +6,8 @@ project's labeling config has a control the backend serves), and Ready (all thre
 spec.training, also Trained (trained(): from status.training, written by the training loop). With
 spec.prelabel, also Prelabeled: written by the pre-labeling driver as it goes, carried over here
 (derived from status.prelabel) so a reconcile never drops it; it is not part of Ready, so a long
-run never makes the backend look unready.
+run never makes the backend look unready. Once Label Studio's release is read, LabelStudioSupported
+(support.supported): not part of Ready either, as an untested server is still served.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Observed:
     label_studio_error: tuple[str, str] | None = None  # (reason, message)
     prelabel: tuple[str, str, str] | None = None  # the Prelabeled condition (status, reason, message), if declared
     training: Condition | None = None  # the Trained condition (trained()), with spec.training or a trained version
+    label_studio_version: str | None = None  # the server's release (/api/version), once read
+    supported: Condition | None = None  # the LabelStudioSupported condition (support.supported), once read
     foreign: bool = False  # spec.backend: any Label Studio ML backend, without Prelabel's /setup fields
 
 
@@ -191,6 +194,8 @@ def status(observed: Observed, previous: list[dict[str, Any]] | None, now: dt.da
     extra = [Condition("Prelabeled", *observed.prelabel)] if observed.prelabel else []
     if observed.training:
         extra.append(observed.training)
+    if observed.supported:
+        extra.append(observed.supported)
     rendered = [render(c, before.get(c.type), observed.generation, now) for c in [ready(conds), *conds, *extra]]
     connected = sum(1 for p in observed.projects if p.state == "Connected")
     body: dict[str, Any] = {
@@ -204,4 +209,6 @@ def status(observed: Observed, previous: list[dict[str, Any]] | None, now: dt.da
         body["url"] = observed.url
     if observed.model_version:
         body["modelVersion"] = version_text(observed.model_version)  # the CRD's type: a string, whatever was observed
+    if observed.label_studio_version:
+        body["labelStudioVersion"] = observed.label_studio_version
     return body

@@ -96,19 +96,23 @@ def run_pass(label_studio, project_id: int, results: dict[int, list[dict[str, An
 @pytest.mark.parametrize("batch_size", [6, 1])
 def test_a_prediction_label_studio_refuses_fails_its_task_with_the_reason_and_the_others_are_stored(
         label_studio, ls_client, project, batch_size: int) -> None:  # noqa: ANN001
-    """Fault 5: Label Studio's import validator refuses a prediction (a label the config does not have);
-    1.23 drops it from the bulk and answers 201 with a smaller `created`. That task counts as failed
-    with the reason, never as stored; the rest of the bulk is stored once: an empty result, an odd-length
-    brush RLE (label-studio 8711e39), several regions, a rectangle."""
+    """Fault 5, on every supported version: Label Studio's import validator refuses a prediction (a label
+    the config does not have), and drops it from the bulk with a smaller `created`. That task counts as
+    failed with the reason, never as stored; the rest of the bulk is stored once: an empty result, a brush
+    RLE, several regions, a rectangle. Before 1.23 the validator also refuses valid brush masks (an RLE of
+    odd length or with a zero at an odd place; label-studio 8711e39): those tasks fail the same way, and
+    their reason says to upgrade."""
     project_id, tasks = project
-    refused = tasks[2]
-    results = {tasks[0]: [], tasks[1]: [BRUSH], refused: [box("NoSuchLabel")], tasks[3]: [box("Square"), box("Circle", 50)],
+    brushes = {tasks[1], tasks[5]}
+    refused = {tasks[2]} | (brushes if label_studio.release < (1, 23) else set())
+    results = {tasks[0]: [], tasks[1]: [BRUSH], tasks[2]: [box("NoSuchLabel")], tasks[3]: [box("Square"), box("Circle", 50)],
                tasks[4]: [box("Triangle")], tasks[5]: [box("Square"), BRUSH]}
     driver = run_pass(label_studio, project_id, results, PrelabelSpec(batch_size=batch_size, max_attempts=1))
-    assert stored(ls_client, project_id) == collections.Counter({(t, VERSION): 1 for t in tasks if t != refused})
-    assert (driver.progress.predicted, driver.progress.failed, driver.progress.total) == (5, 1, 6)
-    [failure] = driver.progress.failures
-    assert failure["task"] == refused and failure["reason"].startswith("Label Studio refused the prediction")
+    assert stored(ls_client, project_id) == collections.Counter({(t, VERSION): 1 for t in tasks if t not in refused})
+    assert (driver.progress.predicted, driver.progress.failed, driver.progress.total) == (6 - len(refused), len(refused), 6)
+    reasons = {f["task"]: f["reason"] for f in driver.progress.failures}
+    assert set(reasons) == refused and all(r.startswith("Label Studio refused the prediction") for r in reasons.values())
+    assert {t for t, r in reasons.items() if "needs Label Studio 1.23 or later" in r} == refused & brushes
 
 
 def test_foreign_predictions_are_left_alone_and_every_task_gets_one_of_prelabel_s(label_studio, ls_client, project) -> None:  # noqa: ANN001

@@ -136,3 +136,25 @@ def test_local_files_are_read_under_the_document_root_only(tmp_path: Path) -> No
 def test_unsupported_schemes_are_refused() -> None:
     with pytest.raises(MediaError, match="unsupported media reference scheme 'file'"):
         MediaFetcher(Settings()).fetch("file:///etc/passwd", 1, None)
+
+
+def _jwt(payload: dict) -> str:
+    import base64
+    import json
+
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
+def test_an_access_token_is_reused_until_shortly_before_its_own_expiry() -> None:
+    """A Label Studio may issue access tokens shorter-lived than its 5-minute default: a cached token
+    past its `exp` would make every media fetch fail with 401 until the cache's own deadline."""
+    from prelabel_backend.media import access_lifetime
+
+    now = 1_000_000.0
+    assert access_lifetime(_jwt({"exp": now + 300}), now) == 240.0  # the default lifetime: capped
+    assert access_lifetime(_jwt({"exp": now + 60}), now) == 30.0  # a short one: until 30 s before it expires
+    assert access_lifetime(_jwt({"exp": now + 10}), now) == 0.0  # nearly expired: refreshed at the next fetch
+    assert access_lifetime("not-a-jwt", now) == 240.0 and access_lifetime(_jwt({"sub": 1}), now) == 240.0

@@ -96,6 +96,8 @@ class FakeLabelStudio:
     next_id: int = 100
     tasks: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # project -> annotated tasks (Label Studio's JSON)
     hooks: dict[int, list[Webhook]] = field(default_factory=dict)  # project -> its webhooks
+    version: str = "1.23.2"  # what /api/version answers as `release`
+    version_reads: int = 0  # not in `calls`: read once per reconciler.VERSION_CHECK, outside the drift budget
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -152,6 +154,12 @@ class FakeLabelStudio:
         if decided.create_url:
             self.next_id += 1
             hooks.append(replace(stamped, id=self.next_id, url=decided.create_url))
+
+    def server_version(self) -> str:
+        if self.fail is not None:
+            raise self.fail
+        self.version_reads += 1
+        return self.version
 
     def webhooks(self, project_id: int) -> list[Webhook]:
         self._call("webhooks")

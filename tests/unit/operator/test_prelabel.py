@@ -203,3 +203,12 @@ def test_a_foreign_backend_says_the_config_check_is_left_out_not_failed() -> Non
     assert (conds["ConfigCompatible"].status, conds["ConfigCompatible"].reason) == ("True", "NotApplicable")
     assert "Prelabel's own /setup fields" in conds["ConfigCompatible"].message
     assert status_module.ready(list(conds.values())).status == "True"
+
+
+def test_a_refused_brush_mask_names_the_label_studio_version_that_stores_it() -> None:
+    brush = [{"type": "brushlabels", "value": {"format": "rle", "rle": [1, 0, 3], "brushlabels": ["Car"]}}]
+    box = [{"type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 2, "height": 2, "rectanglelabels": ["Car"]}}]
+    assert "needs Label Studio 1.23 or later" in prelabel.refused_reason("", brush)
+    assert prelabel.refused_reason("", box) == ("Label Studio refused the prediction: its import stored none of it (created: 0); "
+                                                "its validator dropped the result")
+    assert prelabel.refused_reason("Invalid label 'Bus'", box) == "Label Studio refused the prediction: Invalid label 'Bus'"

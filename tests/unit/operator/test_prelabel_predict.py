@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from prelabel_operator.prelabel import Attempts
-from prelabel_operator.prelabel_driver import Driver, Tally
+from prelabel_operator.prelabel_driver import Driver, Tally, Target
+from prelabel_operator.spec import PrelabelSpec
 
 TASKS = [{"id": 11, "data": {"text": "buy now"}}, {"id": 12, "data": {"text": "hello"}}]
 
@@ -107,3 +108,18 @@ def test_no_except_star_clause_raises_a_new_exception() -> None:
             if isinstance(node, ast.TryStar):
                 found += [f"{path.name}:{r.lineno}" for h in node.handlers for r in ast.walk(h) if isinstance(r, ast.Raise) and r.exc is not None]
     assert found == []
+
+
+def test_a_replaced_key_gives_tasks_that_failed_for_good_their_tries_again() -> None:
+    """Fault 4: tasks whose media the backend could not fetch under a rotated token failed for good;
+    once the Secret holds the new token, they are tried again. The same key keeps them failed."""
+    driver = Driver("ns", "name", _nothing)
+    spec = PrelabelSpec(max_attempts=1)
+    old, new = (Target("http://ls", key, "http://backend", None, (1,)) for key in ("old-token", "new-token"))
+    driver._renew_attempts(old, spec)
+    assert driver.attempts is not None
+    driver.attempts.fail(1, 7, "Label Studio refused the personal access token (HTTP 401)", now=0.0)
+    driver._renew_attempts(old, spec)
+    assert set(driver.attempts.given_up()) == {7}
+    driver._renew_attempts(new, spec)
+    assert driver.attempts.given_up() == {} and driver.attempts.due(7, now=0.0)

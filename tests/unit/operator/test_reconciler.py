@@ -394,3 +394,33 @@ def test_a_secret_deleted_while_the_backend_runs_is_seen_at_the_next_check() -> 
     world.kube.secrets.clear()
     outcome = world.reconcile(timer=True, light=True)  # a drift check: the Secret is read each time
     assert condition(world.status, "Ready")["reason"] == "SecretMissing" and outcome.retry_in is not None
+
+
+def test_label_studio_s_release_is_read_once_per_check_and_an_old_one_is_said_once() -> None:
+    world = World()
+    world.ls.version = "1.19.0"
+    outcome = world.reconcile()
+    supported = condition(world.status, "LabelStudioSupported")
+    assert (supported["status"], supported["reason"]) == ("False", "UnsupportedVersion") and "1.19.0" in supported["message"]
+    assert world.status["labelStudioVersion"] == "1.19.0"
+    assert condition(world.status, "Ready")["status"] == "True"  # an untested server is still served
+    assert [e.reason for e in outcome.events if e.warning] == ["UnsupportedVersion"]
+    assert world.ls.version_reads == 1
+    again = world.reconcile(timer=True, light=True)
+    assert world.ls.version_reads == 1 and not again.events and "labelStudioVersion" not in again.status
+    # Label Studio upgraded: the next read after VERSION_CHECK says so.
+    world.ls.version = "1.23.2"
+    world.clock += 601
+    world.reconcile()
+    assert world.ls.version_reads == 2 and world.status["labelStudioVersion"] == "1.23.2"
+    assert condition(world.status, "LabelStudioSupported")["status"] == "True"
+
+
+def test_a_version_that_cannot_be_read_keeps_what_status_said() -> None:
+    world = World()
+    world.reconcile()
+    world.ls.fail = LabelStudioError("LabelStudioUnreachable", "down")
+    world.clock += 601
+    world.reconcile()
+    assert world.status["labelStudioVersion"] == "1.23.2"
+    assert condition(world.status, "LabelStudioSupported")["reason"] == "Supported"
