@@ -82,6 +82,11 @@ class Client:
         return str(self._call("read Label Studio's version", self.sdk.versions.get).release or "")
 
     # -- projects -------------------------------------------------------------------------------
+    def list_projects(self) -> list[Project]:
+        """Every project the key's user can see (paged)."""
+        found = self._call("list projects", lambda: list(SyncPagerExt.from_sync_pager(self.sdk.projects.list())))
+        return [Project(int(p.id), str(p.title or ""), str(p.label_config or ""), str(p.model_version or "")) for p in found]
+
     def resolve(self, ref: ProjectRef) -> Project:
         """The declared project, by id or by its exact title."""
         project_id = ref.id

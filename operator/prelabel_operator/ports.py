@@ -4,7 +4,7 @@ The handlers pass the real clients; unit tests pass fakes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .configcheck import ConfigCheck
@@ -39,6 +39,7 @@ class LabelStudio(Protocol):
     """One Label Studio, one API key. Raises errors.LabelStudioError with a reason and what to fix."""
 
     def server_version(self) -> str: ...
+    def list_projects(self) -> Sequence[Project]: ...
     def resolve(self, ref: ProjectRef) -> Project: ...
     def registrations(self, project_id: int) -> list[Registration]: ...
     def ensure(self, project_id: int, desired: Desired, uid: str, auth_password: str | None = None) -> tuple[int, Plan]: ...

@@ -2,7 +2,8 @@
 Label Studio Data Manager query), what to store from a /predict answer, when a failed task is tried
 again, and what status.prelabel and the Prelabeled condition say. No I/O: `prelabel_driver` does it.
 
-The declared state: every task in scope (all, or those without annotations) holds a prediction of
+The declared state: every task in scope (all, or those without annotations; within spec.prelabel.subset:
+a Data Manager filter, a saved tab, a stable sample) holds a prediction of
 the backend's current model version (`Repredict`), or holds any prediction (`KeepExisting`). The
 work left is always read back from Label Studio, so a restart of the operator or of Label Studio
 resumes where the stored predictions are, and a task already holding one is never predicted again.
@@ -11,7 +12,10 @@ resumes where the stored predictions are, and a task already holding one is neve
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import heapq
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +34,23 @@ def _filter(column: str, operator: str, kind: str, value: Any) -> dict[str, Any]
     return {"filter": f"filter:tasks:{column}", "operator": operator, "type": kind, "value": value}
 
 
-def _scope(spec: PrelabelSpec) -> list[dict[str, Any]]:
-    return [_filter("total_annotations", "equal", "Number", 0)] if spec.tasks == "Unannotated" else []
+def _scope(spec: PrelabelSpec, subset: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """spec.prelabel.tasks as a filter, and the subset's filter items (subset_filters())."""
+    return [*([_filter("total_annotations", "equal", "Number", 0)] if spec.tasks == "Unannotated" else []), *subset]
+
+
+def subset_filters(spec: PrelabelSpec, view: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The subset's Data Manager filter items: spec.prelabel.subset.filters, or those of the project's
+    view (its `data` as Label Studio stores it: {"filters": {"conjunction", "items"}, ...}). Raises
+    ValueError for a view whose items are joined with "or": Label Studio's filters are one flat list."""
+    if view is None:
+        return list(spec.subset.filters)
+    filters = view.get("filters") or {}
+    items = [dict(item) for item in filters.get("items") or []]
+    if filters.get("conjunction", "and") == "or" and len(items) > 1:
+        raise ValueError("its filters are joined with 'or', which cannot be combined with the operator's own: "
+                         "save the tab with 'and', or name its filters in spec.prelabel.subset.filters")
+    return items
 
 
 def _done(spec: PrelabelSpec, version: str, negate: bool) -> dict[str, Any]:
@@ -48,20 +67,35 @@ def _query(items: list[dict[str, Any]], ordered: bool = False) -> str:
     return json.dumps(query)
 
 
-def pending_query(spec: PrelabelSpec, version: str, after_id: int) -> str:
+def pending_query(spec: PrelabelSpec, version: str, after_id: int, subset: Sequence[dict[str, Any]] = ()) -> str:
     """Tasks in scope lacking the wanted prediction with id > after_id, by id: a cursor, so a page
     never skips or repeats a task while predictions are being stored (offsets would shift)."""
-    return _query([*_scope(spec), _done(spec, version, negate=True), _filter("id", "greater", "Number", after_id)], ordered=True)
+    return _query([*_scope(spec, subset), _done(spec, version, negate=True), _filter("id", "greater", "Number", after_id)], ordered=True)
 
 
-def scope_query(spec: PrelabelSpec) -> str:
-    """Every task in scope (for the total)."""
-    return _query(_scope(spec))
+def scope_query(spec: PrelabelSpec, subset: Sequence[dict[str, Any]] = (), after_id: int | None = None) -> str:
+    """Every task in scope (for the total); with after_id, those past it by id (a cursor)."""
+    cursor = [] if after_id is None else [_filter("id", "greater", "Number", after_id)]
+    return _query([*_scope(spec, subset), *cursor], ordered=after_id is not None)
 
 
-def done_query(spec: PrelabelSpec, version: str) -> str:
+def done_query(spec: PrelabelSpec, version: str, subset: Sequence[dict[str, Any]] = ()) -> str:
     """Tasks in scope already holding the wanted prediction (for the predicted count)."""
-    return _query([*_scope(spec), _done(spec, version, negate=False)])
+    return _query([*_scope(spec, subset), _done(spec, version, negate=False)])
+
+
+def is_done(spec: PrelabelSpec, version: str, task: Any) -> bool:
+    """What done_query selects, for one task listed with include=id,total_predictions,predictions_model_versions."""
+    if spec.on_new_model_version == "KeepExisting":
+        return int(getattr(task, "total_predictions", 0) or 0) > 0
+    return holds(version, getattr(task, "predictions_model_versions", None))
+
+
+def sample(task_ids: Iterable[int], n: int, key: str) -> set[int]:
+    """The n task ids of a sample (all of them when fewer): those with the smallest sha256 of
+    "<key>:<id>". The same ids after any restart; a new task enters only if its hash is smaller.
+    key: the resource ("<namespace>/<name>"), so two MLBackends sample differently."""
+    return set(heapq.nsmallest(n, task_ids, key=lambda t: hashlib.sha256(f"{key}:{t}".encode()).digest()))
 
 
 # -- what to store -----------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from .status import Event
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 200  # task ids per Data Manager page: small enough for a quick query, large enough to pipeline
+SAMPLE_PAGE_SIZE = 1000  # tasks per page when a sample lists the whole subset (ids and prediction versions only)
 # Label Studio 1.23's default import path recounts every task of the project per request: few,
 # large requests. IMPORT_LATENCY bounds how long a prediction waits before it is stored (and counted).
 IMPORT_MIN, IMPORT_LATENCY = 250, 2.0
@@ -76,6 +77,16 @@ class Tally:
     stale: int = 0
     answered: set[str] | None = None
     stop: bool = False
+
+
+@dataclass
+class Plan:
+    """One project's part of a pass: its model version, the subset's Data Manager filter items
+    (prelabel.subset_filters) and, with spec.prelabel.subset.sample, the sampled task ids (from the last count)."""
+
+    version: str
+    subset: list[dict[str, Any]]
+    chosen: set[int] | None = None
 
 
 def _utcnow() -> dt.datetime:
@@ -116,20 +127,25 @@ class Driver:
                     httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10)) as ls_http):
             ls = AsyncLabelStudio(base_url=target.label_studio_url, api_key=target.api_key, httpx_client=ls_http)
             counts, skipped = [], []
+            plans: dict[int, Plan] = {}
             self._tally = Tally(answered=set())
             for project_id in target.projects:
                 version, refusal = await self._version(ls, backend, project_id, spec)
+                subset: list[dict[str, Any]] = []
+                if not refusal:
+                    subset, refusal = await self._subset(ls, project_id, spec)
                 if refusal:  # nothing in this project's config to predict (yet): ConfigCompatible says why
                     skipped.append(f"project {project_id} skipped: {refusal}")
                     continue
-                counts.append((project_id, version, *await self._count(ls, project_id, spec, version)))
+                plans[project_id] = Plan(version, subset)
+                counts.append((project_id, version, *await self._count(ls, project_id, spec, plans[project_id])))
             self._start_run_if_new(counts)
-            for project_id, version, _, _ in counts:
+            for project_id, _, _, _ in counts:
                 if stopped:
                     return None
-                await self._project(ls, backend, project_id, version, spec, stopped)
+                await self._project(ls, backend, project_id, plans[project_id], spec, stopped)
             # Read the counts back from Label Studio: what is stored is the truth, not what we sent.
-            counts = [(p, v, *await self._count(ls, p, spec, v)) for p, v, _, _ in counts]
+            counts = [(p, v, *await self._count(ls, p, spec, plans[p])) for p, v, _, _ in counts]
         self._set_counts(counts)
         self.progress.message = "; ".join(skipped)
         self.mismatch.record(self._tally.stored, self._tally.stale, self._tally.answered or set())
@@ -167,21 +183,55 @@ class Driver:
                          "set spec.prelabel.onNewModelVersion: KeepExisting")
         return check.model_version, ""
 
-    async def _count(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec, version: str) -> tuple[int, int]:
-        """(tasks in scope, of which done) in one project, from Label Studio's Data Manager."""
-        total = await _ls(ls.tasks.list(project=project_id, query=scope_query(spec), page_size=1, include="id", fields="all", resolve_uri=False),
-                          "count tasks")
-        done = await _ls(ls.tasks.list(project=project_id, query=done_query(spec, version), page_size=1, include="id", fields="all",
-                                       resolve_uri=False), "count predicted tasks")
+    async def _subset(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec) -> tuple[list[dict[str, Any]], str]:
+        """(the subset's filter items for this project, "") or ([], why the project is skipped): a
+        spec.prelabel.subset.view read from the project's Data Manager tabs (one request)."""
+        view = spec.subset.view
+        if view is None:
+            return prelabel.subset_filters(spec), ""
+        views = await _ls(ls.views.list(project=project_id), f"list the Data Manager tabs of project {project_id}")
+        found = [v for v in views if (v.id == view if isinstance(view, int) else (v.data or {}).get("title") == view)]
+        if not found:
+            return [], f"it has no Data Manager tab {'with id' if isinstance(view, int) else 'titled'} {view!r} (spec.prelabel.subset.view)"
+        try:
+            return prelabel.subset_filters(spec, dict(found[0].data or {})), ""
+        except ValueError as exc:
+            return [], f"its Data Manager tab {view!r}: {exc}"
+
+    async def _count(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec, plan: Plan) -> tuple[int, int]:
+        """(tasks in scope, of which done) in one project, from Label Studio's Data Manager: two counts,
+        or with a sample, every task of the subset listed by pages (which also draws the sample)."""
+        if spec.subset.sample is not None:
+            return await self._count_sample(ls, project_id, spec, plan, spec.subset.sample)
+        total = await _ls(ls.tasks.list(project=project_id, query=scope_query(spec, plan.subset), page_size=1, include="id", fields="all",
+                                        resolve_uri=False), "count tasks")
+        done = await _ls(ls.tasks.list(project=project_id, query=done_query(spec, plan.version, plan.subset), page_size=1, include="id",
+                                       fields="all", resolve_uri=False), "count predicted tasks")
         return int(total.response.total), int(done.response.total)
 
-    async def _project(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, version: str,
+    async def _count_sample(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec, plan: Plan, n: int) -> tuple[int, int]:
+        done: dict[int, bool] = {}
+        after_id = 0
+        while True:
+            page = await _ls(ls.tasks.list(project=project_id, query=scope_query(spec, plan.subset, after_id), page_size=SAMPLE_PAGE_SIZE,
+                                           include="id,total_predictions,predictions_model_versions", fields="all", resolve_uri=False),
+                             f"list the tasks of project {project_id} to sample")
+            tasks = list(page.items or [])
+            if not tasks:
+                break
+            done |= {int(t.id): prelabel.is_done(spec, plan.version, t) for t in tasks}
+            after_id = max(int(t.id) for t in tasks)
+        plan.chosen = prelabel.sample(done, n, f"{self.namespace}/{self.name}")
+        return len(plan.chosen), sum(done[t] for t in plan.chosen)
+
+    async def _project(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, plan: Plan,
                        spec: PrelabelSpec, stopped: Any) -> None:
         """Two stages in one task group: pages of tasks lacking a prediction (id cursor) go to /predict
         in batches, at most spec.concurrency at once, the next page read while batches are in flight;
         one importer stores what came back in few, large requests (see `_importer`). A full import
         queue holds the predict slots: memory stays bounded. Any stage failing cancels the others."""
         assert self.attempts is not None
+        version = plan.version
         slots = asyncio.Semaphore(spec.concurrency)
         stored: asyncio.Queue[list[dict[str, Any]] | None] = asyncio.Queue(maxsize=2 * spec.concurrency)
         try:
@@ -190,7 +240,7 @@ class Driver:
                 running: set[asyncio.Task[None]] = set()
                 after_id = 0
                 while not stopped:
-                    page = await _ls(ls.tasks.list(project=project_id, query=pending_query(spec, version, after_id), page_size=PAGE_SIZE,
+                    page = await _ls(ls.tasks.list(project=project_id, query=pending_query(spec, version, after_id, plan.subset), page_size=PAGE_SIZE,
                                                    include="id,data", fields="all", resolve_uri=False), f"list the tasks of project {project_id}")
                     tasks = list(page.items or [])
                     if not tasks:
@@ -199,7 +249,8 @@ class Driver:
                         break
                     after_id = max(int(t.id) for t in tasks)
                     now = time.monotonic()
-                    due = [{"id": int(t.id), "data": t.data or {}} for t in tasks if self.attempts.due(int(t.id), now)]
+                    due = [{"id": int(t.id), "data": t.data or {}} for t in tasks
+                           if self.attempts.due(int(t.id), now) and (plan.chosen is None or int(t.id) in plan.chosen)]
                     for start in range(0, len(due), spec.batch_size):
                         await slots.acquire()
                         if stopped or self._tally.stop:

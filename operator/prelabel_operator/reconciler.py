@@ -20,7 +20,7 @@ from .errors import BackendUnreachable, KubeError, LabelStudioError, SecretMissi
 from .memory import Memory, Remembered
 from .ports import Backend, Kube, LabelStudio, LabelStudioFor
 from .registration import Desired, marker, ours, unchanged, webhook_actions, webhook_unchanged, webhook_url
-from .spec import MLBackendSpec, SpecError
+from .spec import MLBackendSpec, ProjectRef, SpecError
 from .status import Event, Observed, ProjectStatus, condition, deployment_available, rolled_out, trained
 from .status import status as status_body
 
@@ -141,8 +141,11 @@ class Reconciler:
             fingerprint = (observed.generation, found.digest, observed.url, version, rolled_out(deployment))
             outcome.events += self._register(observed, parsed, found, resource, fingerprint, light)
         if not light:
-            # A backend of spec.backend's checks read the webhooks too: counted as twice the projects.
-            self.memory.drift.track(uid, len(parsed.label_studio.projects) * (2 if parsed.foreign else 1), self.clock())
+            # A backend of spec.backend's checks read the webhooks too: counted as twice the projects;
+            # a selector's check lists the projects first (one request more).
+            projects = len(parsed.label_studio.projects) or len(observed.projects)
+            cost = projects * (2 if parsed.foreign else 1) + (1 if parsed.label_studio.selector else 0)
+            self.memory.drift.track(uid, cost, self.clock())
         observed.training = trained(resource.status.get("training"))
         observed.label_studio_version = observed.label_studio_version or resource.status.get("labelStudioVersion")
         if observed.label_studio_version:
@@ -234,7 +237,14 @@ class Reconciler:
         known = before.projects if before is not None and before.fingerprint == fingerprint and light else {}
         remembered = Remembered(fingerprint, observed.model_version)
         events: list[Event] = []
-        for ref in spec.label_studio.projects:
+        try:
+            refs = self._refs(client, spec)
+        except LabelStudioError as exc:
+            observed.label_studio_error = (exc.reason, exc.message)
+            self.memory.remembered.pop(uid, None)
+            return events
+        selector = spec.label_studio.selector
+        for ref in refs:
             try:
                 last = known.get(ref)
                 if last is not None and last.state == "Connected" and last.id is not None and last.ml_backend_id is not None:
@@ -249,6 +259,8 @@ class Reconciler:
                     metrics.ERRORS.labels("RegistrationDrift").inc()
                 project = client.resolve(ref)
                 check = self._check_config(observed.url, project.id, project.label_config, auth)
+                if check.compatible is False and selector is not None and selector.compatible_only:
+                    continue  # not selected: left alone (and released below if it was registered)
                 if not check.registrable:
                     observed.projects.append(ProjectStatus(project.id, project.title, state="Error", message=check.message, compatible=False))
                     continue
@@ -272,8 +284,43 @@ class Reconciler:
                     self.memory.remembered.pop(uid, None)
                     return events
                 observed.projects.append(ProjectStatus(ref.id, ref.title, state="Error", message=exc.message))
+        events += self._release(client, observed, resource, "selected" if selector else "listed")
         remembered.model_version = observed.model_version
         self.memory.remembered[uid] = remembered
+        return events
+
+    def _refs(self, client: LabelStudio, spec: MLBackendSpec) -> list[ProjectRef]:
+        """The projects to serve: those listed, or those the selector matches (one paged list, by id)."""
+        selector = spec.label_studio.selector
+        if selector is None:
+            return list(spec.label_studio.projects)
+        return [ProjectRef(id=p.id) for p in sorted(client.list_projects(), key=lambda p: p.id) if selector.matches(p.title)]
+
+    def _release(self, client: LabelStudio, observed: Observed, resource: Resource, how: str) -> list[Event]:
+        """Deregisters from the projects status listed as registered that this pass no longer serves
+        (removed from spec.labelStudio.projects, or no longer matching its selector). Skipped while a
+        served project could not be resolved this pass (its id unknown, it might be one of them). A
+        failure keeps the project in status as an Error, so the next pass tries again."""
+        if any(p.id is None for p in observed.projects):
+            return []
+        served = {p.id for p in observed.projects}
+        events: list[Event] = []
+        for previous in resource.status.get("projects") or []:
+            project_id, registration = previous.get("id"), previous.get("mlBackendId")
+            if project_id is None or registration is None or project_id in served:
+                continue
+            try:
+                mine = ours(client.registrations(int(project_id)), resource.uid)
+                for registration_id in mine:
+                    client.remove(int(project_id), registration_id)
+                    metrics.REGISTRATIONS.labels("delete").inc()
+            except LabelStudioError as exc:
+                if exc.reason in ("ProjectNotFound", "NotFound"):
+                    continue  # the project is gone, and its registrations with it
+                observed.projects.append(ProjectStatus(int(project_id), previous.get("title"), int(registration), "Error",
+                                                       f"no longer {how}, and deregistering from it failed (retried): {exc.message}"))
+                continue
+            events.append(Event("Deregistered", f"removed the registration from project {project_id}, which is no longer {how}"))
         return events
 
     def _version(self, client: LabelStudio, url: str) -> str | None:
@@ -350,7 +397,11 @@ class Reconciler:
     def _deregister(self, resource: Resource, spec: MLBackendSpec, api_key: str) -> int:
         client = self.label_studio(spec.label_studio.url, api_key)
         removed = 0
-        for ref in spec.label_studio.projects:
+        # The listed projects, and every project status says it registered in (a selector's, or one
+        # a crash left between its registration and the status write: the marker finds ours).
+        listed = {p.get("id") for p in resource.status.get("projects") or [] if p.get("id") is not None}
+        refs = [*spec.label_studio.projects, *(ProjectRef(id=int(i)) for i in sorted(listed) if ProjectRef(id=int(i)) not in spec.label_studio.projects)]
+        for ref in refs:
             try:
                 project_id = client.resolve(ref).id
             except LabelStudioError as exc:

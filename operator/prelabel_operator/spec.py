@@ -3,6 +3,7 @@ the schema's so a spec read from anywhere (a test, an old object) means the same
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,16 +32,30 @@ class ProjectRef:
 
 
 @dataclass(frozen=True)
+class ProjectSelector:
+    """spec.labelStudio.projectSelector: every project the key's user sees whose title matches
+    `title_pattern` (a Python regular expression, searched; None: every project), and with
+    `compatible_only` only those whose labeling config the backend serves."""
+
+    title_pattern: str | None = None
+    compatible_only: bool = False
+
+    def matches(self, title: str) -> bool:
+        return self.title_pattern is None or re.search(self.title_pattern, title) is not None
+
+
+@dataclass(frozen=True)
 class LabelStudioSpec:
     url: str
     api_key: SecretKeyRef
-    projects: tuple[ProjectRef, ...]
+    projects: tuple[ProjectRef, ...]  # empty with a selector
     title: str = "prelabel"
     interactive: bool = False
     timeout_seconds: int = 100
     address_mode: AddressMode = "ClusterIP"
     address_url: str | None = None
     public_urls: tuple[str, ...] = ()  # Label Studio's other addresses in task data (its LABEL_STUDIO_HOST)
+    selector: ProjectSelector | None = None  # instead of `projects`
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,35 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
+class Subset:
+    """spec.prelabel.subset: Data Manager filter items (Label Studio's form, joined with "and"), or a
+    saved tab (view: its title, or its id as an int), and/or a sample of N tasks."""
+
+    filters: tuple[dict[str, Any], ...] = ()
+    view: str | int | None = None
+    sample: int | None = None
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> Subset:
+        raw = raw or {}
+        filters = raw.get("filters")
+        if filters is not None and raw.get("view") is not None:
+            raise SpecError("spec.prelabel.subset: set filters or view, not both (a view holds its own filters)")
+        items: tuple[dict[str, Any], ...] = ()
+        if filters is not None:
+            items = tuple(dict(item) for item in filters.get("items") or [])
+            if not items:
+                raise SpecError("spec.prelabel.subset.filters.items: name at least one Data Manager filter")
+            if filters.get("conjunction", "and") == "or" and len(items) > 1:
+                raise SpecError("spec.prelabel.subset.filters: conjunction 'or' over several items cannot be combined with the "
+                                "operator's own filters (Label Studio's filters are one flat list): use several MLBackends, or one item")
+        view = raw.get("view")
+        sample = raw.get("sample")
+        return cls(filters=items, view=view if isinstance(view, int) or view is None else str(view),
+                   sample=int(sample) if sample is not None else None)
+
+
+@dataclass(frozen=True)
 class PrelabelSpec:
     """spec.prelabel: which tasks must hold a prediction of the current model version, and the load
     the operator may put on the backend and Label Studio while getting there."""
@@ -90,6 +134,7 @@ class PrelabelSpec:
     poll_seconds: int = 15  # how often, once complete, to look for new tasks
     max_attempts: int = 3  # tries per task before it counts as failed
     interactive: bool = False  # pre-label all tasks even with a backend registered as interactive (spec.labelStudio.interactive)
+    subset: Subset = Subset()  # part of each project only (spec.prelabel.subset)
 
     @classmethod
     def parse(cls, raw: dict[str, Any] | None, foreign: bool = False) -> PrelabelSpec | None:
@@ -107,7 +152,20 @@ class PrelabelSpec:
             poll_seconds=int(raw.get("pollSeconds", 15)),
             max_attempts=int(raw.get("maxAttempts", 3)),
             interactive=bool(raw.get("interactive", False)),
+            subset=Subset.parse(raw.get("subset")),
         )
+
+
+def _selector(raw: dict[str, Any] | None) -> ProjectSelector | None:
+    if raw is None:
+        return None
+    pattern = raw.get("titlePattern")
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise SpecError(f"spec.labelStudio.projectSelector.titlePattern is not a regular expression: {exc}") from None
+    return ProjectSelector(title_pattern=pattern, compatible_only=bool(raw.get("compatibleOnly", False)))
 
 
 def _weights(raw: dict[str, Any]) -> Weights:
@@ -311,8 +369,11 @@ class MLBackendSpec:
             if ("id" in p) == ("title" in p):
                 raise SpecError(f"spec.labelStudio.projects[{i}] needs exactly one of id or title")
             projects.append(ProjectRef(id=p.get("id"), title=p.get("title")))
-        if not projects:
-            raise SpecError("spec.labelStudio.projects needs at least one project")
+        selector = _selector(ls.get("projectSelector"))
+        if bool(projects) == (selector is not None):
+            raise SpecError("spec.labelStudio.projects lists at least one project, or spec.labelStudio.projectSelector selects them: set one of the two")
+        if selector is not None and spec.get("training") is not None and (spec.get("training") or {}).get("project") is None:
+            raise SpecError("spec.training.project: name the project whose annotations train the model (projectSelector selects several)")
         address = ls.get("address") or {}
         model = spec.get("model") or {}
         service = spec.get("service") or {}
@@ -339,6 +400,7 @@ class MLBackendSpec:
                 address_mode=address.get("mode", "ClusterIP"),
                 address_url=address.get("url"),
                 public_urls=tuple(str(u).rstrip("/") for u in ls.get("publicUrls") or ()),
+                selector=selector,
             ),
             image=spec.get("image", cls.image),
             image_pull_policy=spec.get("imagePullPolicy", cls.image_pull_policy),

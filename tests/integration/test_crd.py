@@ -22,6 +22,9 @@ MINIMAL = {
 }
 
 
+CITY = {"filter": "filter:tasks:data.city", "operator": "equal", "type": "String", "value": "Paris"}
+
+
 @pytest.fixture(scope="module")
 def crd(cluster):  # noqa: ANN001, ANN201
     # Strict: a schema node with a field JSONSchemaProps does not know (a YAML slip) is an error.
@@ -88,6 +91,8 @@ def test_prelabel_turned_on_with_an_empty_section_gets_its_defaults(crd) -> None
         (with_spec(labelStudio__projects=[{"id": 1, "title": "both"}]), "each project needs exactly one of id or title"),
         (with_spec(labelStudio__projects=[{}]), "each project needs exactly one of id or title"),
         (with_spec(labelStudio__projects=[]), "spec.labelStudio.projects: Invalid value: 0: spec.labelStudio.projects in body should have at least 1 items"),
+        (with_spec(labelStudio__projectSelector={"titlePattern": "^Street"}), "lists at least one project, or spec.labelStudio.projectSelector"),
+        (with_spec(labelStudio={"url": "http://ls:8080", "apiKeySecretRef": {"name": "k"}}), "set one of the two"),
         (with_spec(labelStudio__url="ftp://ls"), "spec.labelStudio.url in body should match"),
         (with_spec(labelStudio__apiKeySecretRef={}), "spec.labelStudio.apiKeySecretRef.name: Required value"),
         (with_spec(labelStudio__address={"mode": "URL"}), "address.url is required when address.mode is URL, and only then"),
@@ -108,6 +113,13 @@ def test_prelabel_turned_on_with_an_empty_section_gets_its_defaults(crd) -> None
         (with_spec(prelabel={"batchSize": 0}), "spec.prelabel.batchSize in body should be greater than or equal to 1"),
         (with_spec(prelabel={"concurrency": 500}), "spec.prelabel.concurrency in body should be less than or equal to 64"),
         (with_spec(prelabel={"paused": "yes"}), 'spec.prelabel.paused: Invalid value: "string": spec.prelabel.paused in body must be of type boolean'),
+        (with_spec(prelabel={"subset": {"filters": {"items": [CITY]}, "view": "To pre-label"}}),
+         "spec.prelabel.subset: set filters or view, not both"),
+        (with_spec(prelabel={"subset": {"filters": {"conjunction": "or", "items": [CITY, CITY]}}}),
+         "conjunction 'or' over several items cannot be combined with the operator's own filters"),
+        (with_spec(prelabel={"subset": {"filters": {"items": [{**CITY, "filter": "data.city"}]}}}),
+         'spec.prelabel.subset.filters.items[0].filter: Invalid value: "data.city"'),
+        (with_spec(prelabel={"subset": {"sample": 0}}), "spec.prelabel.subset.sample in body should be greater than or equal to 1"),
         # Absurd sizes (issue 15): refused here, with the limit named, rather than half-applied by the operator.
         (with_spec(labelStudio__projects=[{"id": i} for i in range(1, 1001)]), "spec.labelStudio.projects: Too many: 1000: must have at most 50 items"),
         (with_spec(model={"env": [{"name": f"V{i}", "value": "x"} for i in range(65)]}), "spec.model.env: Too many: 65: must have at most 64 items"),

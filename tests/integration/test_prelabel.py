@@ -169,3 +169,56 @@ def test_prelabel_a_whole_project_and_keep_it_prelabeled(env, label_studio, ls_c
     # All of it within the chart's RBAC: the daemon writes status and events, reads the key's Secret.
     denied = [e for e in cluster.audit_events(chart.SERVICE_ACCOUNT_USER) if e["responseStatus"]["code"] == 403]
     assert not denied, denied
+
+
+def test_a_selector_serves_projects_created_later_and_lets_go_of_one_renamed(env, label_studio, ls_client) -> None:  # noqa: ANN001
+    """Issue 30: spec.labelStudio.projectSelector. A project created after the MLBackend is registered
+    and pre-labeled within the stated delay (a drift period plus two resync ticks: here 5 s + 10 s,
+    then the pass); one renamed out of the selection is deregistered, its predictions kept; a project
+    that never matched is never touched."""
+    cluster, _ = env
+    ns = f"sel-{uuid.uuid4().hex[:6]}"
+    chart.restricted_namespace(cluster, ns)
+    cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
+    images = iter(scenes(811, 6))
+
+    def project(title: str) -> int:
+        created = ls_client.projects.create(title=title, label_config=CONFIG)
+        label_studio.upload_images(created.id, {f"{title}-{i}.png": synthetic.encode_png(next(images).image) for i in range(2)})
+        return int(created.id)
+
+    first, other = project(f"{ns} street 1"), project(f"{ns} archive")
+    resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "selected", "namespace": ns},
+                "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"},
+                                         "projectSelector": {"titlePattern": f"^{ns} street"}},
+                         "image": "prelabel-backend:test", "prelabel": {"pollSeconds": POLL_SECONDS}}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
+
+    def status() -> dict:
+        return cluster.status("mlb", ns, "selected")
+
+    def ours(project_id: int) -> list:
+        return [r for r in ls_client.ml.list(project=project_id) if ns in (r.description or "")]
+
+    def holding(project_id: int) -> set[int]:
+        return {p.task for p in ls_client.predictions.list(project=project_id)}
+
+    wait_for("the first street project registered and pre-labeled",
+             lambda: (p := status().get("prelabel") or {}).get("phase") == "Complete" and p.get("summary") == "2/2", 240)
+    assert [p["id"] for p in status()["projects"]] == [first] and len(ours(first)) == 1
+
+    created_at = time.monotonic()
+    second = project(f"{ns} street 2")
+    wait_for("the project created later registered", lambda: len(ours(second)) == 1, 60)
+    registered_in = time.monotonic() - created_at
+    wait_for("and pre-labeled", lambda: len(holding(second)) == 2, 120)
+    print(f"a project created later: registered after {registered_in:.1f} s, pre-labeled after {time.monotonic() - created_at:.1f} s")
+    assert status()["prelabel"]["summary"] == "4/4" or wait_for("4/4", lambda: status()["prelabel"]["summary"] == "4/4", 60)
+
+    ls_client.projects.update(first, title=f"{ns} renamed")
+    wait_for("the renamed project deregistered", lambda: not ours(first), 60)
+    assert len(holding(first)) == 2  # its predictions stay: only the registration goes
+    wait_for("status lists the selected project only", lambda: [p["id"] for p in status()["projects"]] == [second], 30)
+    assert not ours(other) and not holding(other)  # never selected, never touched
+    cluster.kubectl("delete", "mlb", "selected", "-n", ns, "--timeout=90s")
+    assert not ours(second)

@@ -124,3 +124,47 @@ def test_a_backend_outage_fails_no_task_and_is_retried(project, ls_client) -> No
         run(driver, target, PrelabelSpec())
     assert driver.progress.failed == 0 and not driver.attempts.tasks
     assert list(ls_client.predictions.list(project=created.id)) == []
+
+
+def _city(city: str) -> dict:
+    return {"filter": "filter:tasks:data.city", "operator": "equal", "type": "String", "value": city}
+
+
+def test_a_filter_and_a_saved_tab_predict_only_their_tasks_and_count_within_them(project, ls_client) -> None:  # noqa: ANN001
+    """Issue 30: spec.prelabel.subset as Label Studio's own filter form, then as a Data Manager tab
+    (by title and by id): only its tasks get a prediction, and status counts within it."""
+    created, tasks, _, target = project
+    for i, task in enumerate(tasks):
+        data = dict(ls_client.tasks.get(task).data)
+        ls_client.tasks.update(task, data={**data, "city": "Paris" if i % 2 == 0 else "Rome"})
+    paris, rome = set(tasks[0::2]), set(tasks[1::2])
+    driver = Driver("ns", "d", _no_report)
+    assert run(driver, target, PrelabelSpec.parse({"subset": {"filters": {"items": [_city("Paris")]}}})) is None  # type: ignore[arg-type]
+    assert {t for t, _ in stored(ls_client, created.id)} == paris
+    assert (driver.progress.total, driver.progress.predicted, driver.progress.phase()) == (3, 3, "Complete")
+
+    view = ls_client.views.create(project=created.id, data={"title": "Rome", "filters": {"conjunction": "and", "items": [_city("Rome")]}})
+    for by in ("Rome", int(view.id)):
+        driver = Driver("ns", "d", _no_report)
+        run(driver, target, PrelabelSpec.parse({"subset": {"view": by}}))  # type: ignore[arg-type]
+        assert (driver.progress.total, driver.progress.predicted, driver.progress.phase()) == (3, 3, "Complete"), by
+    now = stored(ls_client, created.id)
+    assert set(now.values()) == {1} and {t for t, _ in now} == paris | rome  # the second tab pass added nothing
+
+    missing = Driver("ns", "d", _no_report)
+    run(missing, target, PrelabelSpec.parse({"subset": {"view": "No such tab"}}))  # type: ignore[arg-type]
+    assert f"project {created.id} skipped: it has no Data Manager tab titled 'No such tab'" in missing.progress.message
+
+
+def test_a_sample_predicts_exactly_n_tasks_and_the_same_n_after_a_restart(project, ls_client) -> None:  # noqa: ANN001
+    created, tasks, _, target = project
+    spec = PrelabelSpec.parse({"subset": {"sample": 4}})
+    first = Driver("ns", "sampled", _no_report)
+    run(first, target, spec)  # type: ignore[arg-type]
+    chosen = {t for t, _ in stored(ls_client, created.id)}
+    assert len(chosen) == 4 and chosen == prelabel.sample(tasks, 4, "ns/sampled")
+    assert (first.progress.total, first.progress.predicted, first.progress.phase()) == (4, 4, "Complete")
+    restarted = Driver("ns", "sampled", _no_report)  # an operator restart: nothing remembered
+    run(restarted, target, spec)  # type: ignore[arg-type]
+    assert {t for t, _ in stored(ls_client, created.id)} == chosen and sum(stored(ls_client, created.id).values()) == 4
+    assert (restarted.progress.total, restarted.progress.predicted) == (4, 4)

@@ -104,6 +104,10 @@ class FakeLabelStudio:
         if self.fail is not None:
             raise self.fail
 
+    def list_projects(self) -> list[Project]:
+        self._call("list_projects")
+        return list(self.projects.values())
+
     def resolve(self, ref: ProjectRef) -> Project:
         self._call("resolve")
         found = [p for p in self.projects.values() if (ref.id is not None and p.id == ref.id) or (ref.title is not None and p.title == ref.title)]
@@ -183,6 +187,7 @@ class FakeBackend:
     unreachable: bool = False
     health_answer: dict[str, Any] | None = None
     asked: list[tuple[str, int]] = field(default_factory=list)
+    incompatible: set[int] = field(default_factory=set)  # projects whose config has nothing the backend serves
 
     def health(self, url: str) -> dict[str, Any] | None:
         self.asked.append((url, 0))
@@ -192,4 +197,6 @@ class FakeBackend:
         self.asked.append((url, project_id))
         if self.unreachable:
             raise BackendUnreachable("backend unreachable for the config check: ConnectError")
+        if project_id in self.incompatible:
+            return ConfigCheck(False, "no control the backend serves", None)
         return self.check

@@ -39,7 +39,13 @@ def test_parse_applies_the_schema_defaults() -> None:
         ({"labelStudio": {"apiKeySecretRef": {"name": "k"}, "projects": [{"id": 1}]}}, "spec.labelStudio.url is required"),
         ({"labelStudio": {"url": "http://x", "projects": [{"id": 1}]}}, "apiKeySecretRef.name is required"),
         ({"labelStudio": {"url": "http://x", "apiKeySecretRef": {"name": "k"}, "projects": [{"id": 1, "title": "t"}]}}, r"projects\[0\] needs exactly one"),
-        ({"labelStudio": {"url": "http://x", "apiKeySecretRef": {"name": "k"}, "projects": []}}, "at least one project"),
+        ({"labelStudio": {"url": "http://x", "apiKeySecretRef": {"name": "k"}, "projects": []}},
+         "lists at least one project, or spec.labelStudio.projectSelector"),
+        ({"labelStudio": {"url": "http://x", "apiKeySecretRef": {"name": "k"}, "projects": [{"id": 1}], "projectSelector": {}}}, "set one of the two"),
+        ({"labelStudio": {"url": "http://x", "apiKeySecretRef": {"name": "k"}, "projectSelector": {"titlePattern": "(street"}}},
+         "titlePattern is not a regular expression: missing \\)"),
+        ({"labelStudio": {"url": "http://x", "apiKeySecretRef": {"name": "k"}, "projectSelector": {}}, "training": {},
+          "model": {"store": {"s3": {"url": "s3://m", "credentialsSecretRef": {"name": "s"}}}}}, "spec.training.project: name the project"),
     ],
 )
 def test_parse_names_the_field_to_fix(raw: dict, message: str) -> None:

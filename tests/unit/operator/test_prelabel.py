@@ -11,7 +11,7 @@ import pytest
 from prelabel_operator import prelabel
 from prelabel_operator import status as status_module
 from prelabel_operator.prelabel import Attempts, Progress, sort_results
-from prelabel_operator.spec import MLBackendSpec, PrelabelSpec
+from prelabel_operator.spec import MLBackendSpec, PrelabelSpec, SpecError
 
 V = "prelabel-0123456789ab"
 
@@ -212,3 +212,63 @@ def test_a_refused_brush_mask_names_the_label_studio_version_that_stores_it() ->
     assert prelabel.refused_reason("", box) == ("Label Studio refused the prediction: its import stored none of it (created: 0); "
                                                 "its validator dropped the result")
     assert prelabel.refused_reason("Invalid label 'Bus'", box) == "Label Studio refused the prediction: Invalid label 'Bus'"
+
+
+# -- spec.prelabel.subset ------------------------------------------------------------------------------
+CITY = {"filter": "filter:tasks:data.city", "operator": "equal", "type": "String", "value": "Paris"}
+
+
+def test_a_subset_s_filters_join_the_operator_s_own_in_every_query() -> None:
+    spec = PrelabelSpec.parse({"tasks": "Unannotated", "subset": {"filters": {"conjunction": "and", "items": [CITY]}}})
+    assert spec is not None
+    subset = prelabel.subset_filters(spec)
+    for query in (prelabel.scope_query(spec, subset), prelabel.done_query(spec, "v1", subset), prelabel.pending_query(spec, "v1", 7, subset)):
+        filters = json.loads(query)["filters"]
+        assert filters["conjunction"] == "and" and CITY in filters["items"]
+        assert {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0} in filters["items"]
+    cursor = json.loads(prelabel.scope_query(spec, subset, after_id=41))
+    assert cursor["ordering"] == ["tasks:id"]
+    assert {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": 41} in cursor["filters"]["items"]
+
+
+def test_a_view_s_filters_are_used_and_an_or_view_is_refused_with_what_to_do() -> None:
+    spec = PrelabelSpec.parse({"subset": {"view": "To pre-label"}})
+    assert spec is not None and spec.subset.view == "To pre-label"
+    assert prelabel.subset_filters(spec, {"title": "To pre-label", "filters": {"conjunction": "and", "items": [CITY]}}) == [CITY]
+    assert prelabel.subset_filters(spec, {"title": "To pre-label"}) == []  # a tab without filters: the whole project
+    with pytest.raises(ValueError, match="joined with 'or'"):
+        prelabel.subset_filters(spec, {"filters": {"conjunction": "or", "items": [CITY, {**CITY, "value": "Rome"}]}})
+    assert PrelabelSpec.parse({"subset": {"view": 12}}).subset.view == 12  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("subset", "message"), [
+    ({"filters": {"items": [CITY]}, "view": "x"}, "set filters or view, not both"),
+    ({"filters": {"conjunction": "or", "items": [CITY, CITY]}}, "conjunction 'or'"),
+    ({"filters": {"items": []}}, "name at least one Data Manager filter"),
+])
+def test_a_subset_the_operator_cannot_serve_is_a_spec_error(subset: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        PrelabelSpec.parse({"subset": subset})
+
+
+def test_a_sample_is_the_same_after_a_restart_differs_per_resource_and_keeps_its_members_as_tasks_arrive() -> None:
+    tasks = range(1, 1001)
+    first = prelabel.sample(tasks, 50, "team/yolo")
+    assert len(first) == 50 and first == prelabel.sample(list(reversed(tasks)), 50, "team/yolo")
+    assert first != prelabel.sample(tasks, 50, "team/other")
+    assert prelabel.sample(range(1, 11), 50, "team/yolo") == set(range(1, 11))  # fewer tasks than N: all of them
+    grown = prelabel.sample(range(1, 2001), 50, "team/yolo")
+    assert len(grown) == 50 and all(t in first for t in grown if t <= 1000)  # a member leaves only for a newcomer with a smaller hash
+
+
+def test_done_for_one_listed_task_is_what_the_done_query_selects() -> None:
+    repredict, keep = PrelabelSpec(), PrelabelSpec(on_new_model_version="KeepExisting")
+
+    class Task:
+        def __init__(self, versions: object, total: int) -> None:
+            self.predictions_model_versions, self.total_predictions = versions, total
+
+    assert prelabel.is_done(repredict, "prelabel-abc", Task("other,prelabel-abc", 2))
+    assert not prelabel.is_done(repredict, "prelabel-abc", Task("prelabel-abcd", 1))  # exact, not Label Studio's substring
+    assert prelabel.is_done(repredict, "prelabel-abc", Task(["prelabel-abc"], 1))  # PostgreSQL's list
+    assert prelabel.is_done(keep, "prelabel-abc", Task("", 1)) and not prelabel.is_done(keep, "prelabel-abc", Task(None, 0))

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from prelabel_operator.prelabel import Attempts
-from prelabel_operator.prelabel_driver import Driver, Tally, Target
+from prelabel_operator.prelabel_driver import Driver, Plan, Tally, Target
 from prelabel_operator.spec import PrelabelSpec
 
 TASKS = [{"id": 11, "data": {"text": "buy now"}}, {"id": 12, "data": {"text": "hello"}}]
@@ -88,7 +88,7 @@ def test_a_backend_error_inside_a_pass_is_an_outage_not_a_crash_of_the_daemon() 
         async with (httpx.AsyncClient(transport=httpx.MockTransport(label_studio)) as ls_http,
                     httpx.AsyncClient(base_url="http://backend", transport=httpx.MockTransport(backend)) as client):
             ls = AsyncLabelStudio(base_url="http://ls", api_key="k", httpx_client=ls_http)
-            await driver._project(ls, client, 1, "1", PrelabelSpec(), stopped=False)
+            await driver._project(ls, client, 1, Plan("1", []), PrelabelSpec(), stopped=False)
 
     with pytest.raises(Outage, match=r"HTTP 500 to /predict: .*label_interface"):
         asyncio.run(go())

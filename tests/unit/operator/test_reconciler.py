@@ -18,7 +18,7 @@ from prelabel_operator.memory import Memory
 from prelabel_operator.reconciler import DEREGISTER_TIMEOUT, Outcome, Reconciler, Resource, backoff
 from prelabel_operator.registration import Registration, marker
 from prelabel_operator.status import condition
-from tests.unit.operator.fakes import FakeBackend, FakeKube, FakeLabelStudio, b64
+from tests.unit.operator.fakes import FakeBackend, FakeKube, FakeLabelStudio, Project, b64
 
 UID = "0b5e7c1a-uid"
 SPEC = {"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 1}, {"title": "Cars"}]}}
@@ -424,3 +424,61 @@ def test_a_version_that_cannot_be_read_keeps_what_status_said() -> None:
     world.reconcile()
     assert world.status["labelStudioVersion"] == "1.23.2"
     assert condition(world.status, "LabelStudioSupported")["reason"] == "Supported"
+
+
+# -- spec.labelStudio.projectSelector, and projects no longer served -------------------------------------
+SELECTED = {"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "ls-key"}, "projectSelector": {"titlePattern": "^Street"}}}
+
+
+def test_a_selector_serves_matching_projects_new_ones_included_and_lets_go_of_one_renamed() -> None:
+    world = World(spec=SELECTED)
+    world.ls.projects = {1: Project(1, "Street day"), 2: Project(2, "Cars"), 3: Project(3, "Street night")}
+    world.ls.registered[1] = [Registration(7, "http://other:9090", "someone else's", "", False, 100)]
+    world.reconcile()
+    assert [p["id"] for p in world.status["projects"]] == [1, 3] and world.status["projectsSummary"] == "2/2"
+    assert world.ours(1) and world.ours(3) and not world.ls.registered.get(2)
+    # A project created later is registered at the next drift check (a light one lists the projects too).
+    world.ls.projects[4] = Project(4, "Street dusk")
+    world.ls.calls.clear()
+    found = world.reconcile(timer=True, light=True)
+    assert world.ls.calls[0] == "list_projects" and world.ours(4) and world.status["projectsSummary"] == "3/3"
+    assert [e.reason for e in found.events] == ["Registered"]
+    # Renamed out of the selection: deregistered; the other backend's registration there stays.
+    world.ls.projects[1] = Project(1, "Archive")
+    gone = world.reconcile(timer=True, light=True)
+    assert not world.ours(1) and [r.id for r in world.ls.registered[1]] == [7]
+    assert [p["id"] for p in world.status["projects"]] == [3, 4]
+    assert [e.message for e in gone.events if e.reason == "Deregistered"] == ["removed the registration from project 1, which is no longer selected"]
+    # Deleting the resource removes the registrations in every project status lists.
+    world.reconciler.deregister(world.resource(deleting=True))
+    assert not world.ours(3) and not world.ours(4)
+
+
+def test_a_selector_with_compatible_only_leaves_other_configs_alone() -> None:
+    world = World(spec={"labelStudio": {**SELECTED["labelStudio"], "projectSelector": {"compatibleOnly": True}}})
+    world.backend.incompatible = {2}
+    world.reconcile()
+    assert [p["id"] for p in world.status["projects"]] == [1] and not world.ls.registered.get(2)
+    assert condition(world.status, "Ready")["status"] == "True"
+
+
+def test_a_project_removed_from_the_list_is_deregistered() -> None:
+    world = World()
+    world.reconcile()
+    assert world.ours(2)
+    world.spec["labelStudio"]["projects"] = [{"id": 1}]
+    world.generation += 1
+    outcome = world.reconcile()
+    assert not world.ours(2) and world.ours(1) and world.status["projectsSummary"] == "1/1"
+    assert "removed the registration from project 2, which is no longer listed" in [e.message for e in outcome.events]
+
+
+def test_a_project_that_cannot_be_resolved_this_pass_releases_nothing() -> None:
+    """A project named by title fails to resolve (its id unknown): it might be one status lists, so no
+    registration is removed on that pass."""
+    world = World()
+    world.reconcile()
+    world.ls.projects[2] = Project(2, "Cars renamed")  # {"title": "Cars"} no longer resolves
+    world.generation += 1
+    world.reconcile()
+    assert world.ours(2) and world.ours(1)

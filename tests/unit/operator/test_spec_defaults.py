@@ -13,6 +13,8 @@ from tests.conftest import REPO
 
 STORE = {"s3": {"url": "s3://models", "credentialsSecretRef": {"name": "s3"}}}
 MINIMAL = {"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": 1}]}}
+SELECTOR = {"titlePattern": "^Street"}
+SUBSET = {"filters": {"items": [{"filter": "filter:tasks:data.city", "operator": "equal", "type": "String", "value": "Paris"}]}}
 
 
 def spec_schema() -> dict[str, Any]:
@@ -44,7 +46,9 @@ def schema_defaults(schema: dict[str, Any], path: str = "spec") -> list[str]:
 
 def test_the_parser_means_what_the_schema_defaults_to() -> None:
     schema = spec_schema()
-    for raw in (MINIMAL, {**MINIMAL, "prelabel": {}}, {**MINIMAL, "basicAuthSecretRef": {"name": "auth"}},
+    by_selector = {"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "ls-key"}, "projectSelector": SELECTOR}}
+    for raw in (MINIMAL, by_selector, {**MINIMAL, "prelabel": {}}, {**MINIMAL, "prelabel": {"subset": SUBSET}},
+                {**MINIMAL, "basicAuthSecretRef": {"name": "auth"}},
                 {**MINIMAL, "model": {}, "service": {}, "autoscaling": {}},
                 {**MINIMAL, "model": {"store": STORE}, "training": {}}, {**MINIMAL, "image": "team/sdk-backend:1", "backend": {}}):
         filled = defaulted(schema, raw)
@@ -55,8 +59,10 @@ def test_the_parser_means_what_the_schema_defaults_to() -> None:
 def test_every_schema_default_is_exercised() -> None:
     """Each default of the schema lies on a path the test above fills in: a new default is compared too."""
     schema = spec_schema()
-    filled = defaulted(schema, {**MINIMAL, "prelabel": {}, "basicAuthSecretRef": {"name": "auth"}, "model": {"store": STORE}, "service": {},
-                                "autoscaling": {}, "training": {}, "backend": {}})  # (backend and training exclude each other: schema only)
+    selected = {**MINIMAL["labelStudio"], "projectSelector": SELECTOR}  # (beside projects: schema only)
+    filled = defaulted(schema, {**MINIMAL, "labelStudio": selected, "prelabel": {"subset": SUBSET}, "basicAuthSecretRef": {"name": "auth"},
+                                "model": {"store": STORE}, "service": {}, "autoscaling": {}, "training": {}, "backend": {}})
+    # (backend and training exclude each other, as projects and projectSelector do: schema only)
 
     def present(obj: Any, parts: list[str]) -> bool:
         for part in parts:
