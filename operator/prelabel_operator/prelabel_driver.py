@@ -114,6 +114,8 @@ class Driver:
         if self.attempts is None or self.attempts.max_attempts != spec.max_attempts or credentials != self._credentials:
             self.attempts = Attempts(spec.max_attempts)
         self._credentials = credentials
+        # A project no longer served (removed, or out of a selector) takes its failed tasks along.
+        self.attempts.tasks = {t: a for t, a in self.attempts.tasks.items() if a.project in target.projects}
         return self.attempts
 
     async def run_pass(self, target: Target, spec: PrelabelSpec, stopped: Any) -> float | None:
@@ -191,6 +193,8 @@ class Driver:
             return prelabel.subset_filters(spec), ""
         views = await _ls(ls.views.list(project=project_id), f"list the Data Manager tabs of project {project_id}")
         found = [v for v in views if (v.id == view if isinstance(view, int) else (v.data or {}).get("title") == view)]
+        if not found and isinstance(view, str) and view.isdigit():  # an id written quoted ("12"): no tab has that title
+            found = [v for v in views if v.id == int(view)]
         if not found:
             return [], f"it has no Data Manager tab {'with id' if isinstance(view, int) else 'titled'} {view!r} (spec.prelabel.subset.view)"
         try:
@@ -455,8 +459,11 @@ async def _ls(call: Awaitable[Any], action: str) -> Any:
     try:
         return await call
     except ApiError as exc:
-        if exc.status_code in (401, 403):
+        if exc.status_code == 401:
             raise Outage(key_refused(action, exc.status_code, _said(exc.body))) from None
+        if exc.status_code == 403:
+            raise Outage(f"Label Studio forbade the API key's user to {action} (HTTP 403: {_said(exc.body)[:200]}): give that user access "
+                         "to the project (its organization and role), or use another user's key") from None
         raise Outage(f"Label Studio answered HTTP {exc.status_code} while trying to {action}: {str(exc.body)[:200]}") from None
     except (httpx.HTTPError, OSError) as exc:
         raise Outage(f"Label Studio unreachable while trying to {action}: {type(exc).__name__}") from None

@@ -20,7 +20,7 @@ from .errors import BackendUnreachable, KubeError, LabelStudioError, SecretMissi
 from .memory import Memory, Remembered
 from .ports import Backend, Kube, LabelStudio, LabelStudioFor
 from .registration import Desired, marker, ours, unchanged, webhook_actions, webhook_unchanged, webhook_url
-from .spec import MLBackendSpec, ProjectRef, SpecError
+from .spec import MLBackendSpec, ProjectRef, ProjectSelector, SpecError
 from .status import Event, Observed, ProjectStatus, condition, deployment_available, rolled_out, trained
 from .status import status as status_body
 
@@ -75,6 +75,17 @@ class Outcome:
     ready: bool = False
 
 
+def _carried(said: Mapping[str, Any]) -> ProjectStatus:
+    """A project as status said it, kept when a pass could not look at it."""
+    return ProjectStatus(said.get("id"), said.get("title"), said.get("mlBackendId"), str(said.get("state") or "Pending"), str(said.get("message") or ""))
+
+
+def _said(resource: Resource, ref: ProjectRef) -> Mapping[str, Any]:
+    """What status last said of a declared project ({} when nothing)."""
+    return next((p for p in resource.status.get("projects") or [] if (ref.id is not None and p.get("id") == ref.id)
+                 or (ref.title is not None and p.get("title") == ref.title)), {})
+
+
 def _changed(before: Mapping[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """Only what changed: a resync that finds everything as it was writes nothing."""
     return drift.changed(dict(before), after)
@@ -115,6 +126,9 @@ class Reconciler:
                 raise SpecError(problem)
             parsed = MLBackendSpec.parse(dict(resource.spec))
             observed.foreign = parsed.foreign
+            if (selector := parsed.label_studio.selector) is not None:
+                observed.selector = ", ".join([f"titlePattern {selector.title_pattern!r}" if selector.title_pattern else "every project",
+                                               *(["compatibleOnly"] if selector.compatible_only else [])])
         except SpecError as exc:
             observed.spec_error = str(exc)
             return Outcome(_changed(resource.status, status_body(observed, previous)), retry_in=None, error=str(exc), permanent=True)
@@ -140,6 +154,10 @@ class Reconciler:
             # /setup for the model version (a promotion or a pin changes it while the old pods serve).
             fingerprint = (observed.generation, found.digest, observed.url, version, rolled_out(deployment))
             outcome.events += self._register(observed, parsed, found, resource, fingerprint, light)
+        if not observed.projects and (observed.label_studio_error or not (observed.available and observed.url)):
+            # Label Studio not looked at (or not reachable) this pass: status keeps the projects it last
+            # found, whose registrations a later release or a deletion must still find.
+            observed.projects = [_carried(p) for p in resource.status.get("projects") or []]
         if not light:
             # A backend of spec.backend's checks read the webhooks too: counted as twice the projects;
             # a selector's check lists the projects first (one request more).
@@ -259,10 +277,11 @@ class Reconciler:
                     metrics.ERRORS.labels("RegistrationDrift").inc()
                 project = client.resolve(ref)
                 check = self._check_config(observed.url, project.id, project.label_config, auth)
-                if check.compatible is False and selector is not None and selector.compatible_only:
+                if check.compatible is False and check.registrable and selector is not None and selector.compatible_only:
                     continue  # not selected: left alone (and released below if it was registered)
                 if not check.registrable:
-                    observed.projects.append(ProjectStatus(project.id, project.title, state="Error", message=check.message, compatible=False))
+                    observed.projects.append(ProjectStatus(project.id, project.title, _said(resource, ref).get("mlBackendId"), state="Error",
+                                                           message=check.message, compatible=False))
                     continue
                 # A config with nothing to serve yet is still registered (Label Studio connects the
                 # backend, as HumanSignal's example); ConfigCompatible says why it predicts nothing.
@@ -283,8 +302,10 @@ class Reconciler:
                     observed.label_studio_error = (exc.reason, exc.message)
                     self.memory.remembered.pop(uid, None)
                     return events
-                observed.projects.append(ProjectStatus(ref.id, ref.title, state="Error", message=exc.message))
-        events += self._release(client, observed, resource, "selected" if selector else "listed")
+                said = _said(resource, ref)  # the registration status last saw stays named, for a release or a deletion
+                observed.projects.append(ProjectStatus(ref.id if ref.id is not None else said.get("id"), ref.title or said.get("title"),
+                                                       said.get("mlBackendId"), state="Error", message=exc.message))
+        events += self._release(client, observed, resource, selector)
         remembered.model_version = observed.model_version
         self.memory.remembered[uid] = remembered
         return events
@@ -296,7 +317,7 @@ class Reconciler:
             return list(spec.label_studio.projects)
         return [ProjectRef(id=p.id) for p in sorted(client.list_projects(), key=lambda p: p.id) if selector.matches(p.title)]
 
-    def _release(self, client: LabelStudio, observed: Observed, resource: Resource, how: str) -> list[Event]:
+    def _release(self, client: LabelStudio, observed: Observed, resource: Resource, selector: ProjectSelector | None) -> list[Event]:
         """Deregisters from the projects status listed as registered that this pass no longer serves
         (removed from spec.labelStudio.projects, or no longer matching its selector). Skipped while a
         served project could not be resolved this pass (its id unknown, it might be one of them). A
@@ -304,12 +325,19 @@ class Reconciler:
         if any(p.id is None for p in observed.projects):
             return []
         served = {p.id for p in observed.projects}
+        how = "selected" if selector else "listed"
         events: list[Event] = []
         for previous in resource.status.get("projects") or []:
             project_id, registration = previous.get("id"), previous.get("mlBackendId")
             if project_id is None or registration is None or project_id in served:
                 continue
             try:
+                if (selector is not None and not selector.compatible_only
+                        and selector.matches(client.resolve(ProjectRef(id=int(project_id))).title)):
+                    # Missed by a paged list (a project deleted meanwhile shifts the pages): kept until a
+                    # pass serves it or it really leaves the selection. (compatibleOnly left it out on purpose.)
+                    observed.projects.append(_carried(previous))
+                    continue
                 mine = ours(client.registrations(int(project_id)), resource.uid)
                 for registration_id in mine:
                     client.remove(int(project_id), registration_id)
@@ -332,7 +360,7 @@ class Reconciler:
         try:
             version = client.server_version()
         except LabelStudioError:
-            return known[0] if known else None
+            version = known[0] if known else ""  # tried again after VERSION_CHECK, not at every reconcile
         self._versions[url] = (version, self.clock())
         return version or None
 

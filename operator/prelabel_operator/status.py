@@ -72,11 +72,16 @@ class Observed:
     training: Condition | None = None  # the Trained condition (trained()), with spec.training or a trained version
     label_studio_version: str | None = None  # the server's release (/api/version), once read
     supported: Condition | None = None  # the LabelStudioSupported condition (support.supported), once read
+    selector: str | None = None  # spec.labelStudio.projectSelector, described (none selected is a state, not a failure)
     foreign: bool = False  # spec.backend: any Label Studio ML backend, without Prelabel's /setup fields
 
 
 FOREIGN_CONFIG = ("not checked: spec.backend runs a backend that is not Prelabel's, and the labeling-config check reads "
                   "Prelabel's own /setup fields; the backend's /setup answered 200, so Label Studio connects it")
+
+
+def none_selected(selector: str) -> str:
+    return f"no project matches spec.labelStudio.projectSelector ({selector}) yet: each drift check looks again"
 
 
 def deployment_available(deployment: dict[str, Any] | None) -> tuple[bool, str]:
@@ -121,6 +126,8 @@ def conditions(observed: Observed) -> list[Condition]:
         registered = Condition("Registered", "False", reason, message)
     elif not observed.available or not observed.url:
         registered = Condition("Registered", "Unknown", "WaitingForBackend", "registers once the backend is available and has an address")
+    elif not projects and observed.selector is not None:
+        registered = Condition("Registered", "True", "NoProjectSelected", none_selected(observed.selector))
     elif projects and all(p.state == "Connected" for p in projects):
         registered = Condition("Registered", "True", "Registered", f"registered at {observed.url} in {len(projects)} project(s)")
     else:
@@ -132,6 +139,8 @@ def conditions(observed: Observed) -> list[Condition]:
         compat = Condition("ConfigCompatible", "False", "IncompatibleLabelConfig", "; ".join(f"project {p.id}: {p.message}" for p in incompatible))
     elif observed.foreign and projects and not unknown:
         compat = Condition("ConfigCompatible", "True", "NotApplicable", FOREIGN_CONFIG)
+    elif not projects and observed.selector is not None and registered.reason == "NoProjectSelected":
+        compat = Condition("ConfigCompatible", "True", "NoProjectSelected", none_selected(observed.selector))
     elif unknown or not projects:
         compat = Condition("ConfigCompatible", "Unknown", "NotChecked", "checked once the backend is available")
     else:

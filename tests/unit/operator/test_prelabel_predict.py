@@ -123,3 +123,13 @@ def test_a_replaced_key_gives_tasks_that_failed_for_good_their_tries_again() -> 
     assert set(driver.attempts.given_up()) == {7}
     driver._renew_attempts(new, spec)
     assert driver.attempts.given_up() == {} and driver.attempts.due(7, now=0.0)
+
+
+def test_a_project_no_longer_served_takes_its_failed_tasks_along() -> None:
+    driver = Driver("ns", "name", _nothing)
+    spec = PrelabelSpec(max_attempts=1)
+    both, one = Target("http://ls", "k", "http://backend", None, (1, 2)), Target("http://ls", "k", "http://backend", None, (2,))
+    attempts = driver._renew_attempts(both, spec)
+    attempts.fail(1, 7, "unreadable", now=0.0)
+    attempts.fail(2, 9, "unreadable", now=0.0)
+    assert set(driver._renew_attempts(one, spec).given_up()) == {9}

@@ -482,3 +482,60 @@ def test_a_project_that_cannot_be_resolved_this_pass_releases_nothing() -> None:
     world.generation += 1
     world.reconcile()
     assert world.ours(2) and world.ours(1)
+
+
+def test_a_pass_that_cannot_look_at_label_studio_keeps_the_projects_a_release_and_a_deletion_need() -> None:
+    """Review finding: status.projects was emptied by a pass with the backend unavailable (or Label
+    Studio down), and a selector's project renamed after it was never deregistered; nor was it on deletion."""
+    world = World(spec=SELECTED)
+    world.ls.projects = {1: Project(1, "Street day"), 3: Project(3, "Street night")}
+    world.reconcile()
+    world.kube.available = False
+    world.reconcile()
+    assert [p["id"] for p in world.status["projects"]] == [1, 3]  # kept, as the last pass found them
+    assert condition(world.status, "Registered")["reason"] == "WaitingForBackend"
+    world.ls.fail = LabelStudioError("LabelStudioUnreachable", "down")
+    world.kube.available = True
+    world.reconcile()
+    assert [p["id"] for p in world.status["projects"]] == [1, 3] and condition(world.status, "Registered")["reason"] == "LabelStudioUnreachable"
+    world.ls.fail = None
+    world.ls.projects[1] = Project(1, "Archive")
+    world.reconcile()
+    assert not world.ours(1) and world.ours(3)
+    world.kube.available = False
+    world.reconcile()
+    world.reconciler.deregister(world.resource(deleting=True))
+    assert not world.ours(3)
+
+
+def test_compatible_only_never_lets_go_of_projects_because_the_backend_s_setup_fails() -> None:
+    """A /setup that answers 4xx (a broken rollout) is not 'incompatible': the project stays served."""
+    world = World(spec={"labelStudio": {**SELECTED["labelStudio"], "projectSelector": {"compatibleOnly": True}}})
+    world.reconcile()
+    assert world.ours(1) and world.ours(2)
+    world.backend.check = ConfigCheck(False, "the backend answered HTTP 422 to /setup", None, registrable=False)
+    world.generation += 1
+    world.reconcile()
+    assert world.ours(1) and world.ours(2)
+
+
+def test_a_selector_that_matches_no_project_yet_is_ready_and_says_so() -> None:
+    world = World(spec=SELECTED)
+    world.ls.projects = {2: Project(2, "Cars")}
+    outcome = world.reconcile()
+    registered = condition(world.status, "Registered")
+    assert (registered["status"], registered["reason"]) == ("True", "NoProjectSelected") and "'^Street'" in registered["message"]
+    assert condition(world.status, "Ready")["status"] == "True" and outcome.retry_in is None
+    world.ls.projects[5] = Project(5, "Street new")
+    world.reconcile(timer=True, light=True)
+    assert world.ours(5) and condition(world.status, "Registered")["reason"] == "Registered"
+
+
+def test_a_served_project_a_paged_list_missed_is_read_again_and_kept() -> None:
+    world = World(spec=SELECTED)
+    world.ls.projects = {1: Project(1, "Street day"), 3: Project(3, "Street night")}
+    world.reconcile()
+    world.ls.list_projects = lambda: [world.ls.projects[3]]  # type: ignore[method-assign]  # a page shifted under the list
+    outcome = world.reconcile(timer=True, light=True)
+    assert world.ours(1) and not [e for e in outcome.events if e.reason == "Deregistered"]
+    assert [p["id"] for p in world.status["projects"]] == [3, 1]
