@@ -63,6 +63,8 @@ from urllib.parse import parse_qs, urlsplit
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from prelabel_bench import cpu_of_tree  # noqa: E402 - this directory is on sys.path when a bench runs as a script
+
 
 # -- recording the driver's HTTP exchanges ------------------------------------------------------------
 @dataclass
@@ -173,25 +175,6 @@ class Stop:
 
     async def wait(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - kopf.DaemonStopped.wait as it is
         await asyncio.to_thread(self.flag.wait, timeout)
-
-
-def cpu_of_tree(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its live descendants so far."""
-    import psutil
-
-    total = 0.0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
 
 
 class Bench:

@@ -26,6 +26,8 @@ from typing import Literal
 
 import requests
 
+from prelabel_operator import support
+
 from . import processes
 from .cluster import free_port, stop_group
 from .postgres import Postgres
@@ -90,9 +92,12 @@ class LabelStudio:
 
     @property
     def release(self) -> tuple[int, int]:
-        """(major, minor) of the version served: what tests compare where Label Studio's behaviour changed."""
-        major, minor = self.version.split(".")[:2]
-        return int(major), int(minor)
+        """(major, minor) of the version served, as the operator reads a release (support.release): what
+        tests compare where Label Studio's behaviour changed."""
+        found = support.release(self.version)
+        if found is None:
+            raise ValueError(f"not a Label Studio release: {self.version!r}")
+        return found
 
     @property
     def url(self) -> str:

@@ -460,18 +460,13 @@ async def _ls(call: Awaitable[Any], action: str) -> Any:
         return await call
     except ApiError as exc:
         if exc.status_code == 401:
-            raise Outage(key_refused(action, exc.status_code, _said(exc.body))) from None
+            raise Outage(key_refused(action, exc.status_code, prelabel.refusal(exc.body))) from None
         if exc.status_code == 403:
-            raise Outage(f"Label Studio forbade the API key's user to {action} (HTTP 403: {_said(exc.body)[:200]}): give that user access "
+            raise Outage(f"Label Studio forbade the API key's user to {action} (HTTP 403: {prelabel.refusal(exc.body)[:200]}): give that user access "
                          "to the project (its organization and role), or use another user's key") from None
         raise Outage(f"Label Studio answered HTTP {exc.status_code} while trying to {action}: {str(exc.body)[:200]}") from None
     except (httpx.HTTPError, OSError) as exc:
         raise Outage(f"Label Studio unreachable while trying to {action}: {type(exc).__name__}") from None
-
-
-def _said(body: Any) -> str:
-    """Label Studio's own words in an error body ({"detail": ...}), else the body."""
-    return str(body.get("detail") or body) if isinstance(body, dict) else str(body or "")
 
 
 async def _raise(exc: Exception) -> Any:
