@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 help:  ## this list: every target and what it does
 	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_-]+:[^#]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: env cluster node argocd label-studio images s3 test test-unit demo bench bench-learning bench-prelabel bench-ls-db bench-50k bench-fuzz bench-chaos bench-scale lint format clean
+.PHONY: env cluster node argocd label-studio images s3 test test-unit demo bench bench-learning bench-prelabel bench-priority bench-ls-db bench-50k bench-fuzz bench-chaos bench-scale lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
@@ -72,6 +72,9 @@ bench-learning: env  ## the labeling-effort curve: pre-label quality on unannota
 
 bench-prelabel: env label-studio  ## pre-labeling a project: backend alone, the driver, Label Studio's action, in one run
 	$(PY) bench/prelabel_bench.py
+
+bench-priority: env  ## annotators first: a person's 1-task /predict latency while a pre-labeling run loads the backend, priority on and off, in one run
+	$(PY) bench/priority_bench.py
 
 bench-ls-db: env label-studio  ## Label Studio's ceiling for the operator's registrations on SQLite, PostgreSQL, and PostgreSQL under gunicorn, side by side
 	$(PY) bench/ls_db_bench.py

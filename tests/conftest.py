@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import signal
 import threading
@@ -142,6 +143,15 @@ def store(settings: Settings):  # noqa: ANN201
     from prelabel_backend.model_store import ModelStore
 
     return ModelStore(settings)
+
+
+def annotations_fingerprint(ls_client, project_id: int) -> tuple[int, str]:  # noqa: ANN001
+    """A sha256 of every annotation of the project as Label Studio stores it: ids, tasks, results,
+    authors, flags and both timestamps (an edit of any of them changes it)."""
+    fields = ("id", "task", "result", "completed_by", "was_cancelled", "ground_truth", "lead_time", "created_at", "updated_at")
+    rows = [{f: getattr(a, f, None) for f in fields}
+            for task in ls_client.tasks.list(project=project_id, fields="all") for a in ls_client.annotations.list(task.id)]
+    return len(rows), hashlib.sha256(json.dumps(sorted(rows, key=lambda r: r["id"]), default=str, sort_keys=True).encode()).hexdigest()
 
 
 def scenes(seed: int, n: int, **kwargs) -> list[synthetic.Scene]:  # noqa: ANN003

@@ -7,7 +7,9 @@
                       200 even for a config with nothing to serve yet (Label Studio connects a backend
                       only on 200): then "compatible": false and the reason in "error"; 422 for a
                       config that names something this backend cannot do (a bad model_path, ...)
-    POST /predict     {tasks, label_config, project, params} -> {"results": [one per task, in order]}
+    POST /predict     {tasks, label_config, project, params} -> {"results": [one per task, in order]}; with the
+                      header X-Prelabel-Priority: batch (the operator's pre-labeling) its model calls wait
+                      for those of requests without it (Label Studio's: a person waiting), priority.py
     POST /webhook     Label Studio's events: START_TRAINING records a training request (201, basic auth
                       when set: Label Studio sends it); annotation events 201, nothing changes; others 200
                       {"status": "Unknown event"}
@@ -32,7 +34,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import memory, training_requests
+from . import memory, priority, training_requests
 from .label_config import ConfigError, LabelConfig, UnsupportedConfig, parse
 from .media import MediaFetcher
 from .metrics import Metrics
@@ -220,7 +222,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     def _count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         backend.metrics.requests.labels(route, str(response.status_code)).inc()
-        backend.metrics.latency.labels(route).observe(time.monotonic() - g.get("started", time.monotonic()))
+        seconds = time.monotonic() - g.get("started", time.monotonic())
+        backend.metrics.latency.labels(route).observe(seconds)
+        if route == "/predict":
+            backend.metrics.predict.labels(priority.of_header(request.headers.get(priority.HEADER))).observe(seconds)
         return response
 
     @app.errorhandler(BadRequest)
@@ -301,7 +306,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
             raise BadRequest("'tasks' must be a list of task objects")
         project = _project_id(body)
         config = _config_or_error(backend, body.get("label_config") or backend.schema_for(project))
-        predictions = backend.predictor.predict(config, tasks, project or None)
+        predictions = backend.predictor.predict(config, tasks, project or None, priority.of_header(request.headers.get(priority.HEADER)))
         return jsonify({"results": [p.as_json() for p in predictions]})
 
     @app.post("/webhook")

@@ -23,6 +23,11 @@ class Metrics:
         self.inference = Histogram("prelabel_backend_inference_seconds", "Model time per call.", ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.model_load = Gauge("prelabel_backend_model_load_seconds", "Seconds to load and warm up each model.", ["model"], registry=r)
         self.ready = Gauge("prelabel_backend_ready", "1 once the default models are loaded.", registry=r)
+        # By the request's class (priority.py): interactive (Label Studio's, a person waiting) or batch (pre-labeling).
+        self.predict = Histogram("prelabel_backend_predict_seconds", "/predict latency by priority class.", ["priority"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_wait = Histogram("prelabel_backend_batch_wait_seconds", "Seconds a batch model call waited for its turn "
+                                    "(behind a person's call, or another batch call).", buckets=(0.001, *LATENCY_BUCKETS), registry=r)
 
     def observe_inference(self, model: str, images: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(images)

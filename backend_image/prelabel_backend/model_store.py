@@ -34,6 +34,7 @@ from .label_config import ConfigError, model_path
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+Turn = Callable[[], contextlib.AbstractContextManager[object]]  # what a model call is run inside (priority.Gate.turn)
 
 
 @dataclass
@@ -315,29 +316,36 @@ class ModelStore:
             calls[runtime] = [functools.partial(self._predict, trial, conf=0.25, model=instance) for instance in trial.instances]
         return runtime_choice.time_runtimes(calls, batches, loaded.imgsz)
 
-    def predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float) -> list[Any]:
+    def predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float, turn: Turn = contextlib.nullcontext) -> list[Any]:
         """Runs the model on BGR images, in batches, each on an idle instance (waiting for one); returns
-        ultralytics Results."""
+        ultralytics Results. turn: entered around each model call, before it waits for an instance
+        (the predictor's priority.Gate)."""
         results: list[Any] = []
         size = loaded.batch
         loaded.last_used = time.monotonic()
         for start in range(0, len(images), size):
-            idle = loaded.idle  # the runtime may switch meanwhile: what is taken goes back where it came from
-            model = idle.get()
-            try:
-                results.extend(self._predict(loaded, images[start : start + size], conf, model))
-            finally:
-                idle.put(model)
+            with turn():
+                idle = loaded.idle  # the runtime may switch meanwhile: what is taken goes back where it came from
+                model = idle.get()
+                try:
+                    results.extend(self._predict(loaded, images[start : start + size], conf, model))
+                finally:
+                    idle.put(model)
         return results
 
-    def track(self, loaded: LoadedModel, frames: list[np.ndarray], conf: float, tracker: str) -> list[Any]:
-        """Runs the tracker through one video's frames, in order, with a fresh tracker state."""
+    def track(self, loaded: LoadedModel, frames: list[np.ndarray], conf: float, tracker: str, turn: Turn = contextlib.nullcontext) -> list[Any]:
+        """Runs the tracker through one video's frames, in order, with a fresh tracker state. turn:
+        entered around each frame's call (a video is one call per frame, so a gate's turn is short)."""
         kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.settings.device, "tracker": tracker}
         if loaded.imgsz:
             kwargs["imgsz"] = loaded.imgsz
+        outputs = []
         with loaded.lock:
-            # persist=False on the first frame starts new tracks; True keeps them through the video.
-            return [loaded.model.track(frame, persist=index > 0, **kwargs)[0] for index, frame in enumerate(frames)]
+            for index, frame in enumerate(frames):
+                with turn():
+                    # persist=False on the first frame starts new tracks; True keeps them through the video.
+                    outputs.append(loaded.model.track(frame, persist=index > 0, **kwargs)[0])
+        return outputs
 
     def _predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float, model: Any = None) -> list[Any]:
         kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.settings.device}

@@ -3,15 +3,18 @@ arrive (in batches), convert per control, and answer one result per task, in ord
 
 A task whose media cannot be fetched or decoded gets an empty result with the reason in its
 `errors` (Label Studio keeps only result, score and model_version, and ignores the rest); the
-others are unaffected.
+others are unaffected. Every model call takes its turn at the worker's priority gate (priority.py):
+a person's request before a pre-labeling run's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from .media import MediaError, MediaFetcher
 from .media_urls import media_value
 from .metrics import Metrics
 from .model_store import LoadedModel, ModelStore
+from .priority import BATCH, INTERACTIVE, Gate, Priority
 from .settings import Settings
 
 T = TypeVar("T")
@@ -50,6 +54,10 @@ class Predictor:
     def __init__(self, settings: Settings, store: ModelStore, media: MediaFetcher, metrics: Metrics) -> None:
         self.settings, self.store, self.media, self.metrics = settings, store, media, metrics
         self._pool = ThreadPoolExecutor(max_workers=settings.media_fetch_threads, thread_name_prefix="media")
+        self.gate = Gate(settings.priority_hold) if settings.priority else None  # PRIORITY=off: every call as it comes
+        # A person's downloads and decodes do not queue behind a run's (its threads start when first used).
+        self._interactive_pool = self._pool if self.gate is None else ThreadPoolExecutor(
+            max_workers=settings.media_fetch_threads, thread_name_prefix="media-interactive")
 
     def model_version(self, config: LabelConfig) -> str:
         """Changes when any weight file this config uses, or the config's prediction-relevant parts, change:
@@ -75,16 +83,19 @@ class Predictor:
         found = [coverage(c, self.store.get(c.model_file).names) for c in config.controls]
         return [c for c in found if c.unmapped]
 
-    def predict(self, config: LabelConfig, tasks: list[dict[str, Any]], project: str | None) -> list[Prediction]:
+    def predict(self, config: LabelConfig, tasks: list[dict[str, Any]], project: str | None,
+                priority: Priority = INTERACTIVE) -> list[Prediction]:
         """Fetches and decodes images on the media pool while the model runs: each model is called
         as soon as its batch (LoadedModel.batch, measured at load) of decoded images is there, so
-        downloads and decodes overlap inference, and an image is held only until its batch ran."""
+        downloads and decodes overlap inference, and an image is held only until its batch ran.
+        priority: the request's class at the gate (priority.of_header)."""
         version = self.model_version(config)
+        pool = self._pool if priority == BATCH else self._interactive_pool
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
         errors: list[list[str]] = [[] for _ in tasks]
         for control in (c for c in config.controls if c.media == "Video"):
             for i, task in enumerate(tasks):
-                regions[i].extend(self._video(control, task, project, config, errors[i]))
+                regions[i].extend(self._video(control, task, project, config, errors[i], priority))
         controls = [c for c in config.controls if c.media == "Image"]
         keys = sorted({c.data_key for c in controls})
         if not keys:
@@ -106,7 +117,7 @@ class Predictor:
         try:
             while submitted < len(tasks) or futures:
                 while submitted < len(tasks) and len(futures) < window:
-                    futures[self._pool.submit(fetch, submitted)] = submitted
+                    futures[pool.submit(fetch, submitted)] = submitted
                     submitted += 1
                 done, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -118,22 +129,34 @@ class Predictor:
                         queue = queues[control.name]
                         queue.append((index, image))
                         if len(queue) >= models[control.name].batch:
-                            self._run(control, config, models[control.name], queue, tasks, regions, errors)
+                            self._run(control, config, models[control.name], queue, tasks, regions, errors, priority)
                             queue.clear()
             for control in controls:
                 if queues[control.name]:
-                    self._run(control, config, models[control.name], queues[control.name], tasks, regions, errors)
+                    self._run(control, config, models[control.name], queues[control.name], tasks, regions, errors, priority)
         finally:
             for future in futures:
                 future.cancel()
         return [Prediction(r, results.task_score(r), version, e) for r, e in zip(regions, errors, strict=True)]
 
+    @contextlib.contextmanager
+    def _turn(self, priority: Priority, loaded: LoadedModel) -> Iterator[None]:
+        """One call of `loaded` in its turn at the gate (none with PRIORITY off); a batch call's wait is observed."""
+        if self.gate is None:
+            yield
+            return
+        with self.gate.turn(priority, slots=len(loaded.instances)) as waited:
+            if priority == BATCH:
+                self.metrics.batch_wait.observe(waited)
+            yield
+
     def _run(self, control: Control, config: LabelConfig, loaded: LoadedModel, queue: list[tuple[int, np.ndarray]],
-             tasks: list[dict[str, Any]], regions: list[list[dict[str, Any]]], errors: list[list[str]]) -> None:
-        """One model call on the queued (task index, image) pairs; their regions added per task."""
-        started = time.monotonic()
-        outputs = self.store.predict(loaded, [image for _, image in queue], conf=control.threshold)
-        self.metrics.observe_inference(loaded.path.name, len(queue), time.monotonic() - started)
+             tasks: list[dict[str, Any]], regions: list[list[dict[str, Any]]], errors: list[list[str]], priority: Priority) -> None:
+        """One model call on the queued (task index, image) pairs, in its turn; their regions added per task."""
+        with self._turn(priority, loaded):
+            started = time.monotonic()
+            outputs = self.store.predict(loaded, [image for _, image in queue], conf=control.threshold)
+            self.metrics.observe_inference(loaded.path.name, len(queue), time.monotonic() - started)
         for (i, _), output in zip(queue, outputs, strict=True):
             try:
                 regions[i].extend(results.convert(control, config, output, loaded.names))
@@ -158,7 +181,8 @@ class Predictor:
             errors.append(f"field {key!r}: {exc}")
             return None
 
-    def _video(self, control: Any, task: dict[str, Any], project: str | None, config: LabelConfig, errors: list[str]) -> list[dict[str, Any]]:
+    def _video(self, control: Any, task: dict[str, Any], project: str | None, config: LabelConfig, errors: list[str],
+               priority: Priority) -> list[dict[str, Any]]:
         fetched = self._media(task, control.data_key, config, errors, lambda value, task_id: self.media.video(value, task_id, project))
         if fetched is None:
             return []
@@ -170,11 +194,11 @@ class Predictor:
             if tracker not in ("botsort", "bytetrack"):
                 tracker = "botsort"
             loaded = self.store.get(control.model_file, purpose="track")
-            outputs = self.store.track(loaded, frames, control.threshold, f"{tracker}.yaml")
+            outputs = self.store.track(loaded, frames, control.threshold, f"{tracker}.yaml", turn=functools.partial(self._turn, priority, loaded))
             regions = results.video_rectangles(control, outputs, loaded.names, fps)
         else:
             loaded = self.store.get(control.model_file)
-            outputs = self.store.predict(loaded, frames, conf=control.threshold)
+            outputs = self.store.predict(loaded, frames, conf=control.threshold, turn=functools.partial(self._turn, priority, loaded))
             regions = results.timeline(control, outputs, loaded.names, fps)
         self.metrics.observe_inference(loaded.path.name, len(frames), time.monotonic() - started)
         return regions

@@ -89,6 +89,13 @@ class Settings:
     # and body) once it started; a slower one is disconnected, so slow clients cannot hold the
     # worker's THREADS (slow-loris). Idle kept-alive connections wait on gunicorn's poller, not a thread.
     request_read_timeout: float = 30.0
+    # PRIORITY (Prelabel): on: a person's /predict (Label Studio's calls) runs its model calls before
+    # those of requests marked `X-Prelabel-Priority: batch` (the operator's pre-labeling), waiting at
+    # most for one running model call; off: every model call as it comes (priority.py)
+    priority: bool = True
+    # PRIORITY_HOLD (Prelabel): seconds after a person's call during which batch model calls run one at
+    # a time (leaving a model instance and the CPU to the next one); then as many as the model has instances
+    priority_hold: float = 60.0
     # --- models ------------------------------------------------------------------------------
     model_root: Path = PACKAGED_WEIGHTS  # MODEL_ROOT: folder of the weight files; model_path resolves under it, never outside
     # MODEL_DIR: writable folder: ultralytics settings, debug plots, exports of mounted weights (runtimes/)
@@ -178,6 +185,8 @@ class Settings:
             webhook_require_auth=_bool(env, "WEBHOOK_REQUIRE_AUTH", False),
             max_request_bytes=max(1, _int(env, "MAX_REQUEST_BYTES", 32 * 1024 * 1024)),
             request_read_timeout=max(0.1, _float(env, "REQUEST_READ_TIMEOUT", 30.0)),
+            priority=_bool(env, "PRIORITY", True),
+            priority_hold=max(0.0, _float(env, "PRIORITY_HOLD", 60.0)),
             model_root=Path(env.get("MODEL_ROOT") or PACKAGED_WEIGHTS),
             model_dir=Path(env.get("MODEL_DIR") or "/tmp/prelabel-backend"),
             default_models={task: env.get(var) or default for task, (var, default) in DEFAULT_MODEL_ENV.items()},

@@ -15,6 +15,9 @@ from .errors import BackendUnreachable
 
 SETUP_TIMEOUT = httpx.Timeout(30, connect=10)  # seconds; a model loading for the first time may take a while
 HEALTH_TIMEOUT = httpx.Timeout(3, connect=2)  # seconds; a diagnosis, not a probe: never hold a reconcile long
+# On every request of the pre-labeling driver: the backend runs a person's /predict (Label Studio's,
+# without it) before these batch ones (backend_image/prelabel_backend/priority.py).
+BATCH_HEADERS = {"X-Prelabel-Priority": "batch"}
 
 
 def setup_body(project_id: int, label_config: str) -> dict[str, Any]:

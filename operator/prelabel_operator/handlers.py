@@ -170,6 +170,9 @@ async def prelabel_daemon(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, sta
     async def patch_status(body_status: dict[str, Any]) -> None:
         await asyncio.to_thread(kube.patch_status, GROUP, VERSION, PLURAL, namespace, name, body_status)
 
+    async def scale(replicas: int) -> None:
+        await asyncio.to_thread(kube.scale, namespace, manifests.object_name(name), replicas)
+
     resource = prelabel_driver.Resource(namespace, name, spec, status, meta, functools.partial(RECONCILER.prelabel_keys, namespace),
-                                        patch_status, lambda event: _emit(body, [event]))
+                                        patch_status, lambda event: _emit(body, [event]), scale)
     await prelabel_driver.run(resource, stopped)

@@ -188,6 +188,12 @@ def patch_status(group: str, version: str, plural: str, namespace: str, name: st
             group, version, namespace, plural, name, {"status": status}, _content_type="application/merge-patch+json")
 
 
+def scale(namespace: str, name: str, replicas: int) -> None:
+    """Sets a Deployment's replicas (a merge patch: the chart lets the operator patch Deployments)."""
+    with calling("patch", "deployments", namespace):
+        client.AppsV1Api(api_client()).patch_namespaced_deployment(name, namespace, {"spec": {"replicas": replicas}})
+
+
 def secret_data(namespace: str, name: str) -> dict[str, str]:
     """A Secret's data, base64 as stored (decode with `decode`); raises SecretMissing with what to fix."""
     try:

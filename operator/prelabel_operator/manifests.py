@@ -240,11 +240,14 @@ def foreign_pod(spec: MLBackendSpec) -> dict[str, Any]:
     return {"containers": [container], "automountServiceAccountToken": False, "securityContext": pod_security, "volumes": volumes}
 
 
-def deployment(name: str, spec: MLBackendSpec, secrets_digest: str, version: str | None = None) -> dict[str, Any]:
+def deployment(name: str, spec: MLBackendSpec, secrets_digest: str, version: str | None = None, asleep: bool = False) -> dict[str, Any]:
     """The backend's Deployment; `version`: the store version it serves (serving_version), if any.
-    With spec.backend, any Label Studio ML backend's (foreign_pod)."""
+    With spec.backend, any Label Studio ML backend's (foreign_pod). `asleep`: zero replicas (sleep.py)."""
     pod_spec = foreign_pod(spec) if spec.backend is not None else own_pod(spec, version)
-    return _deployment(name, spec, secrets_digest, pod_spec)
+    body = _deployment(name, spec, secrets_digest, pod_spec)
+    if asleep:  # also with an HPA, which leaves a Deployment at zero alone
+        body["spec"]["replicas"] = 0
+    return body
 
 
 def own_pod(spec: MLBackendSpec, version: str | None) -> dict[str, Any]:

@@ -25,8 +25,11 @@ from .status import condition as condition_of
 
 CONDITION = "Prelabeled"
 MAX_LISTED_FAILURES = 20  # failures shown in status; the count covers all of them
+MAX_SERVED_VERSIONS = 50  # status.prelabel.servedVersions: what retention may delete; older ones are forgotten (kept)
+MAX_PRUNED_LISTED = 20
 STATUS_KEYS = ("phase", "summary", "modelVersion", "total", "predicted", "failed", "pending", "tasksPerSecond",
-               "startedAt", "lastProgressAt", "completedAt", "message", "failures", "fault")
+               "startedAt", "lastProgressAt", "completedAt", "message", "failures", "fault",
+               "servedVersions", "prunedPredictions", "prunedVersions")
 
 
 # -- which tasks: Label Studio Data Manager filters ------------------------------------------------
@@ -169,6 +172,37 @@ def holds(version: str, versions: Any) -> bool:
     return isinstance(versions, list) and version in versions
 
 
+# -- retention: spec.prelabel.retention ---------------------------------------------------------------
+def served(history: list[str], version: str) -> list[str]:
+    """status.prelabel.servedVersions (oldest first) once `version` served: appended, or moved to the
+    end when it served before (a rollback makes an old version the newest again); the oldest beyond
+    MAX_SERVED_VERSIONS are forgotten, which keeps their predictions (retention deletes only what it knows)."""
+    if not version or (history and history[-1] == version):
+        return history
+    return [*(v for v in history if v != version), version][-MAX_SERVED_VERSIONS:]
+
+
+def to_prune(history: list[str], keep: int, present: dict[str, int], current: set[str]) -> list[str]:
+    """The model versions whose predictions retention deletes from one project: versions this resource
+    served (`history`, oldest first) older than its newest `keep`, that the project still holds
+    (`present`: Label Studio's model-versions counts) and that no project serves now (`current`).
+    A version this resource never served (another backend's, a person's import) is never listed."""
+    older = history[:-keep] if keep < len(history) else []
+    return [v for v in older if v not in current and present.get(v, 0) > 0]
+
+
+def resume(progress: Progress, prior: dict[str, Any]) -> None:
+    """What a driver takes over from status.prelabel after a restart: the served versions and the pruned counts."""
+    progress.served_versions = [str(v) for v in prior.get("servedVersions") or []]
+    progress.pruned = int(prior.get("prunedPredictions") or 0)
+    progress.pruned_versions = [str(v) for v in prior.get("prunedVersions") or []]
+
+
+def pruned(listed: list[str], version: str) -> list[str]:
+    """status.prelabel.prunedVersions once `version` was deleted from a project (newest last, capped)."""
+    return [*(v for v in listed if v != version), version][-MAX_PRUNED_LISTED:]
+
+
 def refusal(body: Any) -> str:
     """Label Studio's own message from a refused import's body ({"detail", "validation_errors"}), short."""
     if isinstance(body, dict):
@@ -290,6 +324,9 @@ class Progress:
     failures: list[dict[str, Any]] = field(default_factory=list)
     counted: bool = False  # the counts were read from Label Studio at least once
     refused: str = ""  # why no task is sent at all (bulk_refusal()): phase Refused
+    served_versions: list[str] = field(default_factory=list)  # served(): oldest first
+    pruned: int = 0  # predictions deleted by retention, over the resource's life (carried in status)
+    pruned_versions: list[str] = field(default_factory=list)
 
 
     @property
@@ -324,6 +361,8 @@ def status(progress: Progress, now_mono: float) -> dict[str, Any]:
         "completedAt": _time(progress.completed) if not progress.pending else None,
         "message": "; ".join(m for m in (progress.refused, progress.fault, progress.message) if m), "failures": progress.failures[:MAX_LISTED_FAILURES],
         "fault": progress.fault,
+        "servedVersions": progress.served_versions or None, "prunedVersions": progress.pruned_versions or None,
+        "prunedPredictions": progress.pruned or None,
     }
     return {k: v for k, v in body.items() if v not in (None, "")}
 

@@ -35,12 +35,12 @@ import httpx
 from label_studio_sdk import PredictionRequest
 from label_studio_sdk.base_client import AsyncLabelStudioBase as AsyncLabelStudio
 
-from . import backend_client, metrics, prelabel
+from . import backend_client, metrics, prelabel, sleep
 from .errors import BackendUnreachable, KubeError, key_refused
 from .keys import Keys
 from .prelabel import Attempts, Mismatch, Progress, Sorted, done_query, pending_query, scope_query, sort_results
 from .spec import MLBackendSpec, PrelabelSpec, SpecError
-from .status import Event
+from .status import Event, with_condition
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 200  # task ids per Data Manager page: small enough for a quick query, large enough to pipeline
@@ -49,6 +49,8 @@ SAMPLE_PAGE_SIZE = 1000  # tasks per page when a sample lists the whole subset (
 # large requests. IMPORT_LATENCY bounds how long a prediction waits before it is stored (and counted).
 IMPORT_MIN, IMPORT_LATENCY = 250, 2.0
 REPORT_EVERY = 2.0  # seconds between status writes while progressing
+WAKE_GRACE = 300.0  # seconds after a wake during which an unreachable backend is scaled up again
+RETENTION_TIMEOUT = 600  # seconds: Label Studio deletes a version's predictions in one request, a row at a time
 
 
 class Outage(Exception):
@@ -105,6 +107,9 @@ class Driver:
         self._tally = Tally()
         self._last_report = 0.0
         self._credentials: tuple[str, tuple[str, str] | None] | None = None
+        self.last_predict = time.monotonic()  # when a /predict was last sent (scaleToZero's idle time counts from it)
+        self.woken_at = -WAKE_GRACE  # when it last woke the backend (scaleToZero)
+        self.configs: dict[int, str] = {}  # each project's labeling config, as the last pass read it
 
     def _renew_attempts(self, target: Target, spec: PrelabelSpec) -> Attempts:
         """Fresh tries for every task when maxAttempts or the keys changed: a task that failed for good
@@ -125,7 +130,8 @@ class Driver:
         Studio or the backend is down."""
         attempts = self._renew_attempts(target, spec)
         auth = httpx.BasicAuth(*target.backend_auth) if target.backend_auth else None
-        async with (httpx.AsyncClient(base_url=target.backend_url, auth=auth, timeout=httpx.Timeout(600, connect=10)) as backend,
+        async with (httpx.AsyncClient(base_url=target.backend_url, auth=auth, headers=backend_client.BATCH_HEADERS,
+                                      timeout=httpx.Timeout(600, connect=10)) as backend,
                     httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10)) as ls_http):
             ls = AsyncLabelStudio(base_url=target.label_studio_url, api_key=target.api_key, httpx_client=ls_http)
             counts, skipped = [], []
@@ -142,12 +148,21 @@ class Driver:
                 plans[project_id] = Plan(version, subset)
                 counts.append((project_id, version, *await self._count(ls, project_id, spec, plans[project_id])))
             self._start_run_if_new(counts)
+            for version in sorted({plan.version for plan in plans.values()}):
+                self.progress.served_versions = prelabel.served(self.progress.served_versions, version)
             for project_id, _, _, _ in counts:
                 if stopped:
                     return None
                 await self._project(ls, backend, project_id, plans[project_id], spec, stopped)
             # Read the counts back from Label Studio: what is stored is the truth, not what we sent.
             counts = [(p, v, *await self._count(ls, p, spec, plans[p])) for p, v, _, _ in counts]
+            if spec.keep_model_versions is not None:
+                current = {plan.version for plan in plans.values()}
+                for project_id, _, total, done in counts:
+                    # Old predictions go only once nothing is left to predict in the project (its tasks hold
+                    # the current version, or failed for good): a person never meets a task with none.
+                    if done + len(attempts.given_up(project_id)) >= total and not stopped:
+                        await self._prune(ls, project_id, spec.keep_model_versions, current)
         self._set_counts(counts)
         self.progress.message = "; ".join(skipped)
         self.mismatch.record(self._tally.stored, self._tally.stale, self._tally.answered or set())
@@ -170,6 +185,7 @@ class Driver:
         backend predicts (e.g. not set yet). A backend that reports no version (a foreign one may not)
         is served with KeepExisting only: Repredict cannot tell its current predictions."""
         project = await _ls(ls.projects.get(project_id), f"read project {project_id}")
+        self.configs[project_id] = project.label_config or ""
         try:
             check = await backend_client.check_config(backend, project_id, project.label_config or "")
         except BackendUnreachable as exc:
@@ -184,6 +200,42 @@ class Driver:
             raise Outage("the backend's /setup answered no model_version, so no prediction can be told current: "
                          "set spec.prelabel.onNewModelVersion: KeepExisting")
         return check.model_version, ""
+
+    async def wake_reason(self, target: Target, spec: PrelabelSpec, found: sleep.Asleep, status: Mapping[str, Any]) -> str:
+        """Asleep (spec.prelabel.scaleToZero): why the backend must wake (sleep.wake_reason), from Label
+        Studio alone: the projects' labeling configs, and the tasks in scope that hold no prediction of
+        the version(s) they held when it went to sleep, less those that failed for good."""
+        configs: dict[int, str] = {}
+        pending = 0
+        async with httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10)) as ls_http:
+            ls = AsyncLabelStudio(base_url=target.label_studio_url, api_key=target.api_key, httpx_client=ls_http)
+            for project_id in target.projects:
+                project = await _ls(ls.projects.get(project_id), f"read project {project_id}")
+                configs[project_id] = project.label_config or ""
+                subset, refusal = await self._subset(ls, project_id, spec)
+                if refusal:
+                    continue
+                counts = [await self._count(ls, project_id, spec, Plan(version, subset)) for version in found.versions() or [""]]
+                failed = len(self.attempts.given_up(project_id)) if self.attempts else 0
+                pending += max(0, counts[0][0] - max(done for _, done in counts) - failed)
+        return sleep.wake_reason(found, sleep.configs_digest(configs), status, pending)
+
+    async def _prune(self, ls: AsyncLabelStudio, project_id: int, keep: int, current: set[str]) -> None:
+        """spec.prelabel.retention in one project: Label Studio's model-versions counts (one request),
+        then one delete per version to prune (prelabel.to_prune). Label Studio deletes a version's
+        predictions in one transaction, so a pass stopped midway resumes at the next version."""
+        path = f"api/projects/{project_id}/model-versions/"
+        present = await _raw(ls, "GET", path, f"read the model versions of project {project_id}")
+        counts = {str(v): int(n) for v, n in present.items()} if isinstance(present, dict) else {}
+        for version in prelabel.to_prune(self.progress.served_versions, keep, counts, current):
+            answer = await _raw(ls, "DELETE", path, f"delete the predictions of model version {version!r} in project {project_id}",
+                                json={"model_version": version})
+            deleted = int(answer.get("deleted_predictions") or 0) if isinstance(answer, dict) else 0
+            self.progress.pruned += deleted
+            self.progress.pruned_versions = prelabel.pruned(self.progress.pruned_versions, version)
+            metrics.PRELABEL_TASKS.labels("pruned").inc(deleted)
+            log.info("%s/%s: deleted %d prediction(s) of model version %r from project %s (spec.prelabel.retention)",
+                     self.namespace, self.name, deleted, version, project_id)
 
     async def _subset(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec) -> tuple[list[dict[str, Any]], str]:
         """(the subset's filter items for this project, "") or ([], why the project is skipped): a
@@ -378,7 +430,7 @@ class Driver:
         any_version: store a prediction of any model version (KeepExisting)."""
         assert self.attempts is not None
         ids = [t["id"] for t in tasks]
-        started = time.monotonic()
+        started = self.last_predict = time.monotonic()
         answer = await _backend(backend.post("/predict", json={"tasks": tasks, "project": f"{project_id}.0"}), "/predict")
         metrics.PRELABEL_SECONDS.labels("predict").observe(time.monotonic() - started)
         if answer.status_code >= 500 or answer.status_code in (401, 403, 429):
@@ -469,6 +521,26 @@ async def _ls(call: Awaitable[Any], action: str) -> Any:
         raise Outage(f"Label Studio unreachable while trying to {action}: {type(exc).__name__}") from None
 
 
+async def _raw(ls: AsyncLabelStudio, method: str, path: str, action: str, json: Any = None) -> Any:
+    """A Label Studio API call the SDK has no method for (its model-versions endpoint), through the
+    SDK's own HTTP client (its auth, personal access tokens included): the JSON answer. Raises Outage
+    as `_ls` does."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    async def call() -> Any:
+        answer = await ls._client_wrapper.httpx_client.request(path, method=method, json=json,
+                                                                request_options={"timeout_in_seconds": RETENTION_TIMEOUT})
+        if answer.status_code >= 300:
+            try:
+                body = answer.json()
+            except ValueError:
+                body = answer.text
+            raise ApiError(status_code=answer.status_code, headers=dict(answer.headers), body=body)
+        return answer.json()
+
+    return await _ls(call(), action)
+
+
 async def _raise(exc: Exception) -> Any:
     raise exc
 
@@ -499,7 +571,7 @@ class Stopped(Protocol):
 class Resource:
     """The MLBackend a daemon pre-labels for: `spec`, `status` and `meta` are kopf's live views (they
     follow the resource); `keys` reads its Secrets (sync: run in a thread); `patch_status` writes a
-    status merge patch; `emit` posts an Event."""
+    status merge patch; `emit` posts an Event; `scale` sets the backend Deployment's replicas."""
 
     namespace: str
     name: str
@@ -509,6 +581,31 @@ class Resource:
     keys: Callable[[MLBackendSpec], Keys]
     patch_status: Callable[[dict[str, Any]], Awaitable[None]]
     emit: Callable[[Event], None]
+    scale: Callable[[int], Awaitable[None]]
+
+
+async def _sleep(resource: Resource, driver: Driver, section: PrelabelSpec, generation: int) -> None:
+    """Scale to zero: status.sleep first (the reconcile then applies zero replicas too), then the Deployment."""
+    found = sleep.Asleep(sleep.now(), generation, sleep.configs_digest(driver.configs), sleep.serving_version(resource.status),
+                         driver.progress.model_version)
+    said = sleep.sleeping_condition(found, section)
+    conditions = with_condition(list(resource.status.get("conditions") or []), said, generation)
+    await resource.patch_status({"sleep": found.as_status(), "conditions": conditions})
+    await resource.scale(0)
+    resource.emit(Event("Sleeping", said.message))
+    log.info("%s/%s: %s", resource.namespace, resource.name, said.message)
+
+
+async def _wake(resource: Resource, driver: Driver, spec: MLBackendSpec, why: str, generation: int) -> None:
+    """Back from zero: status.sleep removed first, then the Deployment scaled up; the next passes wait
+    for its pods (an outage until they answer) and predict what woke it."""
+    said = sleep.woken_condition(why)
+    conditions = with_condition(list(resource.status.get("conditions") or []), said, generation)
+    await resource.patch_status({"sleep": None, "conditions": conditions})
+    await resource.scale(sleep.awake_replicas(spec))
+    driver.woken_at = driver.last_predict = time.monotonic()  # a fresh idle period
+    resource.emit(Event("Woken", said.message))
+    log.info("%s/%s: %s", resource.namespace, resource.name, said.message)
 
 
 def backoff(outages: int) -> float:
@@ -539,6 +636,7 @@ async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, 
         last_fault[0] = progress.fault
 
     driver = make_driver(resource.namespace, resource.name, report)
+    prelabel.resume(driver.progress, dict(resource.status.get("prelabel") or {}))
     outages = 0
     while not stopped:
         try:
@@ -557,11 +655,30 @@ async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, 
                 continue
             found = await asyncio.to_thread(resource.keys, parsed)
             target = Target(parsed.label_studio.url, found.api_key, url, found.auth, projects)
+            generation = int(resource.meta.get("generation") or 0)
+            asleep = sleep.asleep(parsed, resource.status, generation)
+            if asleep is not None:
+                await resource.scale(0)  # again at each check: a reconcile that read status from before the sleep may have scaled it up
+                why = await driver.wake_reason(target, section, asleep, resource.status)
+                if why:
+                    await _wake(resource, driver, parsed, why, generation)
+                outages = 0
+                await stopped.wait(1 if why else section.poll_seconds)
+                continue
             delay = await driver.run_pass(target, section, stopped)
             outages = 0
+            if delay is None and not driver.progress.fault and sleep.time_to_sleep(
+                    section, driver.progress.phase(), time.monotonic() - driver.last_predict, resource.status):
+                await _sleep(resource, driver, section, generation)
+                continue
         except (Outage, KubeError, SpecError) as exc:
             outages += 1
             delay = backoff(outages)
+            if isinstance(exc, Outage) and time.monotonic() - driver.woken_at < WAKE_GRACE:
+                # Just woken and the backend does not answer yet: make sure a reconcile that read status
+                # from before the wake did not put it back to sleep.
+                with contextlib.suppress(KubeError, SpecError):
+                    await resource.scale(sleep.awake_replicas(MLBackendSpec.parse(dict(resource.spec))))
             message = exc.message if isinstance(exc, KubeError) else str(exc)
             driver.progress.message = f"{message}; retrying in {delay:.0f}s"
             metrics.ERRORS.labels("PrelabelOutage").inc()

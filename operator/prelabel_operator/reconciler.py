@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import diagnosis, drift, keys, manifests, metrics, prelabel, support
+from . import diagnosis, drift, keys, manifests, metrics, prelabel, sleep, support
 from .configcheck import ConfigCheck
 from .errors import BackendUnreachable, KubeError, LabelStudioError, SecretMissing
 from .memory import Memory, Remembered
@@ -135,18 +135,23 @@ class Reconciler:
         try:
             found = keys.read(self.kube.secret_data, namespace, parsed)
             version = manifests.serving_version(parsed, (resource.status.get("training") or {}).get("version"))
-            deployment, service = self._apply_objects(resource, parsed, found.digest, version)
+            observed.asleep = sleep.asleep(parsed, resource.status, resource.generation) is not None
+            deployment, service = self._apply_objects(resource, parsed, found.digest, version, observed.asleep)
         except KubeError as exc:  # a missing Secret, a denied or failed API call: shown, retried with backoff
             observed.kube_error = (exc.reason, exc.message)
             metrics.ERRORS.labels(exc.reason).inc()
             return Outcome(_changed(resource.status, status_body(observed, previous)), retry_in=backoff(retry), error=exc.message)
         observed.available, observed.available_message = deployment_available(deployment)
         outcome = Outcome()
+        observed.sleeping = sleep.condition(parsed, resource.status, resource.generation)
         if observed.available:
             self.memory.waiting.discard(uid)
         else:
-            self.memory.waiting.add(uid)
-            outcome.events += self._diagnose(observed, resource, deployment)
+            self.memory.waiting.add(uid)  # its Deployment becoming available reconciles at once (woken too)
+            if observed.asleep and observed.sleeping:  # zero replicas on purpose: nothing to diagnose
+                observed.available_reason, observed.available_message = "Sleeping", observed.sleeping.message
+            else:
+                outcome.events += self._diagnose(observed, resource, deployment)
         cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
         observed.url = manifests.backend_url(name, namespace, parsed, cluster_ip)
         if observed.available and observed.url:
@@ -178,15 +183,18 @@ class Reconciler:
                 outcome.status["prelabel"] = {"phase": "Paused"}
         elif resource.status.get("prelabel"):
             outcome.status["prelabel"] = None  # the section was removed: pre-labeling is off
+        if resource.status.get("sleep") and not observed.asleep and observed.sleeping:  # a spec change wakes it
+            outcome.status["sleep"] = None
+            outcome.events.append(Event("Woken", observed.sleeping.message))
         body = status_body(observed, previous)
         outcome.status.update(_changed(resource.status, body))
         ready = condition(body, "Ready")
         outcome.ready = ready["status"] == "True"
         metrics.READY.labels(namespace, name).set(1 if outcome.ready else 0)
         for cond in body["conditions"]:
-            if cond["status"] == "False" and cond["type"] != "Ready":
+            if cond["status"] == "False" and cond["type"] not in ("Ready", sleep.CONDITION) and cond["reason"] != "Sleeping":
                 metrics.ERRORS.labels(cond["reason"]).inc()
-        if not outcome.ready:
+        if not outcome.ready and not observed.asleep:
             if timer or not observed.available:  # checked again at the timer's next tick, not a drift period later
                 self.memory.drift.recheck(uid)  # (and a Deployment becoming Available wakes it at once)
             else:  # retried with backoff; the resync timer keeps checking afterwards too
@@ -194,12 +202,12 @@ class Reconciler:
                 outcome.error = f"not ready: {ready['reason']}: {ready['message']}"
         return outcome
 
-    def _apply_objects(self, resource: Resource, spec: MLBackendSpec, digest: str, version: str | None
+    def _apply_objects(self, resource: Resource, spec: MLBackendSpec, digest: str, version: str | None, asleep: bool = False
                        ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """Applies the Deployment, Service and (when enabled) autoscaler; returns the Deployment and
-        Service as the API server answered them, status included (no get after the apply)."""
+        """Applies the Deployment (at zero replicas while `asleep`), Service and (when enabled) autoscaler;
+        returns the Deployment and Service as the API server answered them, status included."""
         name, namespace = resource.name, resource.namespace
-        objects = [manifests.deployment(name, spec, digest, version), manifests.service(name, spec)]
+        objects = [manifests.deployment(name, spec, digest, version, asleep), manifests.service(name, spec)]
         hpa = manifests.autoscaler(name, spec)
         if hpa:
             objects.append(hpa)

@@ -122,6 +122,14 @@ class Subset:
 
 
 @dataclass(frozen=True)
+class ScaleToZero:
+    """spec.prelabel.scaleToZero: the backend Deployment goes to zero replicas once pre-labeling is
+    complete and no /predict was sent for idle_seconds; it comes back for new work (sleep.py)."""
+
+    idle_seconds: int = 3600
+
+
+@dataclass(frozen=True)
 class PrelabelSpec:
     """spec.prelabel: which tasks must hold a prediction of the current model version, and the load
     the operator may put on the backend and Label Studio while getting there."""
@@ -135,6 +143,8 @@ class PrelabelSpec:
     max_attempts: int = 3  # tries per task before it counts as failed
     interactive: bool = False  # pre-label all tasks even with a backend registered as interactive (spec.labelStudio.interactive)
     subset: Subset = Subset()  # part of each project only (spec.prelabel.subset)
+    keep_model_versions: int | None = None  # spec.prelabel.retention: the predictions of this many of its newest versions; None: all
+    scale_to_zero: ScaleToZero | None = None  # None: the backend never sleeps
 
     @classmethod
     def parse(cls, raw: dict[str, Any] | None, foreign: bool = False) -> PrelabelSpec | None:
@@ -153,7 +163,14 @@ class PrelabelSpec:
             max_attempts=int(raw.get("maxAttempts", 3)),
             interactive=bool(raw.get("interactive", False)),
             subset=Subset.parse(raw.get("subset")),
+            keep_model_versions=_keep(raw.get("retention")),
+            scale_to_zero=None if raw.get("scaleToZero") is None else ScaleToZero(int(raw["scaleToZero"].get("idleSeconds", 3600))),
         )
+
+
+def _keep(raw: dict[str, Any] | None) -> int | None:
+    keep = (raw or {}).get("keepModelVersions")
+    return None if keep is None else int(keep)
 
 
 def _selector(raw: dict[str, Any] | None) -> ProjectSelector | None:

@@ -74,6 +74,8 @@ class Observed:
     supported: Condition | None = None  # the LabelStudioSupported condition (support.supported), once read
     selector: str | None = None  # spec.labelStudio.projectSelector, described (none selected is a state, not a failure)
     foreign: bool = False  # spec.backend: any Label Studio ML backend, without Prelabel's /setup fields
+    asleep: bool = False  # scaled to zero on purpose (sleep.asleep): the registration stays
+    sleeping: Condition | None = None  # the Sleeping condition (sleep.condition), with spec.prelabel.scaleToZero
 
 
 FOREIGN_CONFIG = ("not checked: spec.backend runs a backend that is not Prelabel's, and the labeling-config check reads "
@@ -124,6 +126,9 @@ def conditions(observed: Observed) -> list[Condition]:
     if observed.label_studio_error:
         reason, message = observed.label_studio_error
         registered = Condition("Registered", "False", reason, message)
+    elif observed.asleep and projects and all(p.state == "Connected" for p in projects):
+        registered = Condition("Registered", "True", "Registered",
+                               f"registered at {observed.url} in {len(projects)} project(s); the backend sleeps, the registrations stay")
     elif not observed.available or not observed.url:
         registered = Condition("Registered", "Unknown", "WaitingForBackend", "registers once the backend is available and has an address")
     elif not projects and observed.selector is not None:
@@ -205,6 +210,8 @@ def status(observed: Observed, previous: list[dict[str, Any]] | None, now: dt.da
         extra.append(observed.training)
     if observed.supported:
         extra.append(observed.supported)
+    if observed.sleeping:
+        extra.append(observed.sleeping)
     rendered = [render(c, before.get(c.type), observed.generation, now) for c in [ready(conds), *conds, *extra]]
     connected = sum(1 for p in observed.projects if p.state == "Connected")
     body: dict[str, Any] = {

@@ -120,6 +120,11 @@ def test_prelabel_turned_on_with_an_empty_section_gets_its_defaults(crd) -> None
         (with_spec(prelabel={"subset": {"filters": {"items": [{**CITY, "filter": "data.city"}]}}}),
          'spec.prelabel.subset.filters.items[0].filter: Invalid value: "data.city"'),
         (with_spec(prelabel={"subset": {"sample": 0}}), "spec.prelabel.subset.sample in body should be greater than or equal to 1"),
+        (with_spec(prelabel={"retention": {"keepModelVersions": 0}}), "spec.prelabel.retention.keepModelVersions in body should be greater than or equal to 1"),
+        (with_spec(prelabel={"retention": {}}), "spec.prelabel.retention.keepModelVersions: Required value"),
+        (with_spec(prelabel={"scaleToZero": {"idleSeconds": 1}}), "spec.prelabel.scaleToZero.idleSeconds in body should be greater than or equal to 10"),
+        (with_spec(labelStudio__interactive=True, prelabel={"interactive": True, "scaleToZero": {}}),
+         "prelabel.scaleToZero cannot sleep an interactive backend: Label Studio calls it at each click"),
         # Absurd sizes (issue 15): refused here, with the limit named, rather than half-applied by the operator.
         (with_spec(labelStudio__projects=[{"id": i} for i in range(1, 1001)]), "spec.labelStudio.projects: Too many: 1000: must have at most 50 items"),
         (with_spec(model={"env": [{"name": f"V{i}", "value": "x"} for i in range(65)]}), "spec.model.env: Too many: 65: must have at most 64 items"),

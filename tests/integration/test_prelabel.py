@@ -22,7 +22,7 @@ from prelabel_local import chart
 from prelabel_local.kubelet import BackendKubelet
 from prelabel_local.operator_process import OperatorProcess
 from prelabel_operator.status import condition
-from tests.conftest import scenes, wait_for
+from tests.conftest import annotations_fingerprint, scenes, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.labelstudio]
 
@@ -162,6 +162,22 @@ def test_prelabel_a_whole_project_and_keep_it_prelabeled(env, label_studio, ls_c
     assert broken not in per_version(ls_client, project.id)[third]
     assert "PrelabelFailed" in cluster.kubectl("get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}").stdout
 
+    # 7. Retention (issue 30): keep the newest version only. People annotated some tasks, another backend
+    # predicted one: neither is touched; the first two versions' predictions go, counted in status.
+    for task in sorted(tasks)[:3]:
+        result = next(p.result for p in ls_client.predictions.list(task=task) if p.model_version == third)
+        ls_client.annotations.create(task, result=result, was_cancelled=False)
+    ls_client.projects.import_predictions(project.id, request=[{"task": min(tasks), "result": [], "model_version": "another-backend"}])
+    before = annotations_fingerprint(ls_client, project.id)
+    assert before[0] == 3
+    cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=merge", "-p", '{"spec": {"prelabel": {"retention": {"keepModelVersions": 1}}}}')
+    pruned = wait_for("old versions pruned", lambda: (p := prelabel()).get("prunedPredictions") == 2 * len(tasks) and p, 120)
+    assert pruned["prunedVersions"] == [first, second] and pruned["servedVersions"][-1] == third
+    stored = per_version(ls_client, project.id)
+    assert set(stored) == {third, "another-backend"} and set(stored[third]) == tasks and set(stored[third].values()) == {1}
+    assert annotations_fingerprint(ls_client, project.id) == before
+    assert 'prelabel_operator_prelabel_tasks_total{outcome="pruned"}' in operator.metrics()
+
     # Removing the section turns it off: its status goes, Ready stays.
     cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=json", "-p", '[{"op": "remove", "path": "/spec/prelabel"}]')
     wait_for("status.prelabel removed", lambda: "prelabel" not in status() and not condition(status(), "Prelabeled"), 60)
@@ -222,3 +238,59 @@ def test_a_selector_serves_projects_created_later_and_lets_go_of_one_renamed(env
     assert not ours(other) and not holding(other)  # never selected, never touched
     cluster.kubectl("delete", "mlb", "selected", "-n", ns, "--timeout=90s")
     assert not ours(second)
+
+
+def test_scale_to_zero_sleeps_when_done_and_idle_and_imported_tasks_wake_it(env, label_studio, ls_client) -> None:  # noqa: ANN001
+    """Issue 30: spec.prelabel.scaleToZero. Pre-labeled and idle for idleSeconds, the Deployment goes
+    to 0 (the registration stays, status and events say so); tasks imported meanwhile wake it and are
+    pre-labeled; done and idle again, it sleeps again."""
+    cluster, _ = env
+    ns = f"zzz-{uuid.uuid4().hex[:6]}"
+    chart.restricted_namespace(cluster, ns)
+    cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
+    project = ls_client.projects.create(title=f"sleepy {ns}", label_config=CONFIG)
+    images = iter(scenes(907, 7))
+    tasks = set(label_studio.upload_images(project.id, {f"z-{i}.png": synthetic.encode_png(next(images).image) for i in range(4)}).values())
+    resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "sleepy", "namespace": ns},
+                "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": project.id}]},
+                         "image": "prelabel-backend:test", "prelabel": {"pollSeconds": POLL_SECONDS, "scaleToZero": {"idleSeconds": 10}}}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
+
+    def status() -> dict:
+        return cluster.status("mlb", ns, "sleepy")
+
+    def replicas() -> str:
+        return str(cluster.kubectl("get", "deploy", "sleepy-backend", "-n", ns, "-o", "jsonpath={.spec.replicas}").stdout.strip())
+
+    def events() -> list[str]:
+        return cluster.kubectl("get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}").stdout.split()
+
+    def ours() -> list:
+        return [r for r in ls_client.ml.list(project=project.id) if ns in (r.description or "")]
+
+    wait_for("4/4 Complete", lambda: (p := status().get("prelabel") or {}).get("phase") == "Complete" and p.get("summary") == "4/4", 240)
+    assert condition(status(), "Sleeping")["reason"] == "Awake"
+    asleep_at = time.monotonic()
+    wait_for("scaled to zero", lambda: replicas() == "0" and not cluster.kubectl("get", "pods", "-n", ns, "-o", "name").stdout.strip(), 90)
+    print(f"asleep {time.monotonic() - asleep_at:.1f} s after Complete (idleSeconds 10)")
+    said = wait_for("status says Sleeping", lambda: (s := status()).get("sleep") and condition(s, "Ready").get("reason") == "Sleeping" and s, 60)
+    sleeping = condition(said, "Sleeping")
+    assert (sleeping["status"], sleeping["reason"]) == ("True", "Idle") and "no /predict for 10s" in sleeping["message"]
+    assert said["sleep"]["modelVersion"] == said["prelabel"]["modelVersion"] and condition(said, "Registered")["status"] == "True"
+    assert len(ours()) == 1  # the registration stays
+    assert "Sleeping" in events()
+    time.sleep(2 * POLL_SECONDS)
+    assert replicas() == "0"  # nothing to do: it stays asleep
+
+    woken_at = time.monotonic()
+    late = set(label_studio.upload_images(project.id, {f"late-{i}.png": synthetic.encode_png(next(images).image) for i in range(3)}).values())
+    woken = wait_for("woken", lambda: (c := condition(status(), "Sleeping")).get("reason") == "Woken" and c, 60)
+    assert woken["message"] == "woken: 3 task(s) to predict" and "sleep" not in status()
+    done = wait_for("7/7 Complete", lambda: (p := status().get("prelabel") or {}).get("phase") == "Complete" and p.get("summary") == "7/7" and p, 240)
+    print(f"3 tasks imported while asleep: pre-labeled {time.monotonic() - woken_at:.1f} s later")
+    stored = collections.Counter((p.task, p.model_version) for p in ls_client.predictions.list(project=project.id))
+    assert stored == collections.Counter({(t, done["modelVersion"]): 1 for t in tasks | late})
+    assert "Woken" in events() and len(ours()) == 1
+    wait_for("asleep again", lambda: replicas() == "0" and status().get("sleep"), 90)
+    cluster.kubectl("delete", "mlb", "sleepy", "-n", ns, "--timeout=90s")
+    assert not ours()

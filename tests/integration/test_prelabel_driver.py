@@ -16,7 +16,7 @@ from prelabel_operator import prelabel, prelabel_driver
 from prelabel_operator.prelabel import Progress
 from prelabel_operator.prelabel_driver import Driver, Outage, Target
 from prelabel_operator.spec import PrelabelSpec
-from tests.conftest import SEED_CONFIG, scenes
+from tests.conftest import SEED_CONFIG, annotations_fingerprint, scenes
 
 pytestmark = pytest.mark.labelstudio
 
@@ -168,3 +168,44 @@ def test_a_sample_predicts_exactly_n_tasks_and_the_same_n_after_a_restart(projec
     run(restarted, target, spec)  # type: ignore[arg-type]
     assert {t for t, _ in stored(ls_client, created.id)} == chosen and sum(stored(ls_client, created.id).values()) == 4
     assert (restarted.progress.total, restarted.progress.predicted) == (4, 4)
+
+
+def test_retention_keeps_the_newest_versions_only_and_never_touches_annotations_or_other_models(project, ls_client) -> None:  # noqa: ANN001
+    """Issue 30: spec.prelabel.retention keepModelVersions 1 over three model versions (the labeling
+    config's threshold), with an operator restart between the second and the third."""
+    created, tasks, _, target = project
+    ls_client.projects.import_predictions(created.id, request=[{"task": tasks[0], "result": [], "model_version": "someone-elses-model"}])
+    spec = PrelabelSpec(keep_model_versions=1)
+    driver = Driver("ns", "kept", _no_report)
+    run(driver, target, spec)
+    first = driver.progress.model_version
+    for task in tasks[:3]:  # people accept or edit pre-labels: annotations made from the first version's predictions
+        result = next(p.result for p in ls_client.predictions.list(task=task) if p.model_version == first)
+        ls_client.annotations.create(task, result=result, was_cancelled=False)
+    before = annotations_fingerprint(ls_client, created.id)
+    assert before[0] == 3
+
+    def threshold(value: str) -> None:
+        ls_client.projects.update(created.id, label_config=SEED_CONFIG.replace('model_score_threshold="0.25"', f'model_score_threshold="{value}"'))
+
+    threshold("0.3")
+    run(driver, target, spec)
+    second = driver.progress.model_version
+    assert second != first and driver.progress.served_versions == [first, second]
+    assert set(stored(ls_client, created.id)) == {(t, second) for t in tasks} | {(tasks[0], "someone-elses-model")}
+    assert (driver.progress.pruned, driver.progress.pruned_versions) == (6, [first])
+    # The operator restarts: the new driver takes what status said over, and goes on from there.
+    status = prelabel.status(driver.progress, 0.0)
+    assert status["servedVersions"] == [first, second] and status["prunedPredictions"] == 6
+    restarted = Driver("ns", "kept", _no_report)
+    prelabel.resume(restarted.progress, status)
+    threshold("0.35")
+    run(restarted, target, spec)
+    third = restarted.progress.model_version
+    assert third not in (first, second) and restarted.progress.phase() == "Complete"
+    assert stored(ls_client, created.id) == collections.Counter({(t, third): 1 for t in tasks} | {(tasks[0], "someone-elses-model"): 1})
+    assert (restarted.progress.pruned, restarted.progress.pruned_versions) == (12, [first, second])
+    assert annotations_fingerprint(ls_client, created.id) == before
+    # Another pass finds nothing more to delete: the count stands.
+    run(restarted, target, spec)
+    assert restarted.progress.pruned == 12

@@ -272,3 +272,34 @@ def test_done_for_one_listed_task_is_what_the_done_query_selects() -> None:
     assert not prelabel.is_done(repredict, "prelabel-abc", Task("prelabel-abcd", 1))  # exact, not Label Studio's substring
     assert prelabel.is_done(repredict, "prelabel-abc", Task(["prelabel-abc"], 1))  # PostgreSQL's list
     assert prelabel.is_done(keep, "prelabel-abc", Task("", 1)) and not prelabel.is_done(keep, "prelabel-abc", Task(None, 0))
+
+
+# -- retention (spec.prelabel.retention) ---------------------------------------------------------------
+def test_served_versions_keep_their_order_a_rollback_becomes_the_newest_and_the_list_is_capped() -> None:
+    history: list[str] = []
+    for version in ("v1", "v2", "v2", "", "v3", "v1"):
+        history = prelabel.served(history, version)
+    assert history == ["v2", "v3", "v1"]
+    many = [f"v{i}" for i in range(prelabel.MAX_SERVED_VERSIONS)]
+    assert prelabel.served(many, "new") == [*many[1:], "new"]
+
+
+def test_to_prune_lists_only_versions_this_backend_served_older_than_the_kept_ones_and_present() -> None:
+    history = ["v1", "v2", "v3", "v4"]
+    present = {"v1": 10, "v2": 0, "v3": 7, "v4": 10, "someone-elses": 5}
+    assert prelabel.to_prune(history, 1, present, {"v4"}) == ["v1", "v3"]  # v2 holds none; another backend's never
+    assert prelabel.to_prune(history, 2, present, {"v4"}) == ["v1"]
+    assert prelabel.to_prune(history, 4, present, {"v4"}) == prelabel.to_prune(history, 9, present, {"v4"}) == []
+    assert prelabel.to_prune(history, 1, present, {"v3", "v4"}) == ["v1"]  # a version another project serves stays
+
+
+def test_retention_is_carried_in_status_across_a_restart() -> None:
+    progress = Progress(served_versions=["v1", "v2"], pruned=12, pruned_versions=["v1"])
+    said = prelabel.status(progress, 0.0)
+    assert (said["servedVersions"], said["prunedPredictions"], said["prunedVersions"]) == (["v1", "v2"], 12, ["v1"])
+    resumed = Progress()
+    prelabel.resume(resumed, said)
+    assert (resumed.served_versions, resumed.pruned, resumed.pruned_versions) == (["v1", "v2"], 12, ["v1"])
+    assert prelabel.pruned(["v1", "v2"], "v1") == ["v2", "v1"]
+    assert PrelabelSpec.parse({"retention": {"keepModelVersions": 2}}).keep_model_versions == 2  # type: ignore[union-attr]
+    assert PrelabelSpec.parse({}).keep_model_versions is None  # type: ignore[union-attr]

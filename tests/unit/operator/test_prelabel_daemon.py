@@ -5,9 +5,11 @@ the Events at each phase change. No Label Studio, no backend: milliseconds."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import time
 from typing import Any
 
-from prelabel_operator import metrics
+from prelabel_operator import metrics, sleep
 from prelabel_operator.errors import KubeError, SecretMissing
 from prelabel_operator.keys import Keys
 from prelabel_operator.prelabel import Progress
@@ -42,6 +44,14 @@ class FakeDriver:
         self.report, self.results = report, results
         self.progress = Progress()
         self.targets: list[Target] = []
+        self.last_predict = time.monotonic()
+        self.woken_at = -300.0
+        self.configs = {1: "<View/>"}
+        self.wake_reasons: list[str] = []  # what each check while asleep finds, in turn
+
+    async def wake_reason(self, target: Target, spec: PrelabelSpec, found: sleep.Asleep, status: Any) -> str:
+        self.targets.append(target)
+        return self.wake_reasons.pop(0)
 
     async def run_pass(self, target: Target, spec: PrelabelSpec, stopped: Any) -> float | None:
         self.targets.append(target)
@@ -55,12 +65,17 @@ class FakeDriver:
 
 class Harness:
     def __init__(self, status: dict[str, Any], results: list[Any], keys_fail: Exception | None = None) -> None:
-        self.status, self.results = status, results
+        self.status, self.results = copy.deepcopy(status), results  # the live view: each patch lands in it
         self.patches: list[dict[str, Any]] = []
         self.events: list[Event] = []
         self.keys_asked: list[MLBackendSpec] = []
         self.keys_fail = keys_fail
         self.drivers: list[FakeDriver] = []
+        self.scaled: list[int] = []
+        self.spec = SPEC
+        self.generation = 4
+        self.idle_for = 0.0  # seconds since the driver's last /predict, set on each new driver
+        self.wake_reasons: list[str] = []
 
     def keys(self, spec: MLBackendSpec) -> Keys:
         self.keys_asked.append(spec)
@@ -70,14 +85,25 @@ class Harness:
 
     async def patch(self, body: dict[str, Any]) -> None:
         self.patches.append(body)
+        for key, value in body.items():  # a merge patch, one level deep
+            if value is None:
+                self.status.pop(key, None)
+            else:
+                self.status[key] = value
 
     def driver(self, namespace: str, name: str, report: Report) -> FakeDriver:
         self.drivers.append(FakeDriver(namespace, name, report, self.results))
+        self.drivers[-1].last_predict -= self.idle_for
+        self.drivers[-1].wake_reasons = self.wake_reasons
         return self.drivers[-1]
+
+    async def scale(self, replicas: int) -> None:
+        self.scaled.append(replicas)
 
     def run(self, waits: int) -> Stopped:
         stopped = Stopped(waits)
-        resource = Resource("team", "shapes", SPEC, self.status, {"generation": 4}, self.keys, self.patch, self.events.append)
+        resource = Resource("team", "shapes", self.spec, self.status, {"generation": self.generation}, self.keys, self.patch,
+                            self.events.append, self.scale)
         asyncio.run(run(resource, stopped, make_driver=self.driver))  # type: ignore[arg-type]
         return stopped
 
@@ -172,3 +198,74 @@ def test_a_model_version_fault_is_one_warning_event_while_it_lasts() -> None:
     mismatches = [e for e in harness.events if e.reason == "ModelVersionMismatch"]
     assert [e.message[-30:] for e in mismatches] == ["n 2 while its /setup reports 1", "n 3 while its /setup reports 1"]
     assert all(e.warning for e in mismatches)
+
+
+SLEEPY = {**SPEC, "prelabel": {"pollSeconds": 40, "scaleToZero": {"idleSeconds": 60}}}
+ASLEEP = {**REGISTERED, "sleep": {"since": "2026-12-07T03:00:00Z", "generation": 4, "labelConfigs": sleep.configs_digest({1: "<View/>"}),
+                                  "servingVersion": "", "modelVersion": "prelabel-abc"}}
+
+
+def test_complete_and_idle_for_idle_seconds_the_backend_sleeps() -> None:
+    harness = Harness(REGISTERED, results=[(0, None), (0, None)])
+    harness.spec, harness.idle_for = SLEEPY, 61.0
+    harness.wake_reasons += [""]
+    stopped = harness.run(waits=1)
+    assert harness.scaled == [0, 0]  # on sleeping, and again at the first check while asleep
+    asleep = next(p for p in harness.patches if "sleep" in p)
+    assert asleep["sleep"]["generation"] == 4 and asleep["sleep"]["modelVersion"] == "prelabel-abc"
+    assert asleep["sleep"]["labelConfigs"] == sleep.configs_digest({1: "<View/>"})
+    said = condition(asleep, "Sleeping")
+    assert (said["status"], said["reason"]) == ("True", "Idle") and "no /predict for 60s" in said["message"]
+    assert ("Sleeping", False) in [(e.reason, e.warning) for e in harness.events]
+    assert stopped.waited == [40.0]
+
+
+def test_not_idle_long_enough_it_stays_up() -> None:
+    harness = Harness(REGISTERED, results=[(0, None)])
+    harness.spec, harness.idle_for = SLEEPY, 30.0
+    harness.run(waits=1)
+    assert harness.scaled == [] and not any("sleep" in p for p in harness.patches)
+
+
+def test_work_left_or_no_scale_to_zero_it_never_sleeps() -> None:
+    busy = Harness(REGISTERED, results=[(3, 1.0)])
+    busy.spec, busy.idle_for = SLEEPY, 600.0
+    busy.run(waits=1)
+    off = Harness(REGISTERED, results=[(0, None)])
+    off.idle_for = 600.0
+    off.run(waits=1)
+    assert busy.scaled == off.scaled == []
+
+
+def test_asleep_it_reads_only_label_studio_until_work_comes_then_wakes() -> None:
+    harness = Harness(ASLEEP, results=[(0, None)])
+    harness.spec = SLEEPY
+    harness.wake_reasons += ["", "3 task(s) to predict"]
+    stopped = harness.run(waits=3)
+    assert stopped.waited == [40.0, 1, 40.0]  # asleep: pollSeconds; woken: a pass right after
+    assert harness.scaled == [0, 0, 1]  # kept at zero at each check, then spec.replicas
+    woken = next(p for p in harness.patches if "sleep" in p)
+    assert woken["sleep"] is None and condition(woken, "Sleeping")["reason"] == "Woken"
+    assert "woken: 3 task(s) to predict" in condition(woken, "Sleeping")["message"]
+    assert [e.reason for e in harness.events if e.reason in ("Woken", "Sleeping")] == ["Woken"]
+    assert len(harness.drivers[0].targets) == 3  # two checks, then the pass
+
+
+def test_a_changed_spec_is_not_slept_over_and_autoscaling_wakes_to_its_minimum() -> None:
+    changed = Harness(ASLEEP, results=[(0, None)])
+    changed.spec, changed.generation = SLEEPY, 5
+    changed.run(waits=1)
+    assert changed.scaled == []  # a normal pass: the reconcile of generation 5 scales it up
+    scaled = Harness(ASLEEP, results=[])
+    scaled.spec = {**SLEEPY, "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 4}}
+    scaled.wake_reasons += ["a project's labeling config changed (its model version may have)"]
+    scaled.run(waits=1)
+    assert scaled.scaled == [0, 2]
+
+
+def test_just_woken_an_unreachable_backend_is_scaled_up_again() -> None:
+    harness = Harness(ASLEEP, results=[Outage("the backend is unreachable (/setup): ConnectError"), (0, None)])
+    harness.spec = SLEEPY
+    harness.wake_reasons += ["1 task(s) to predict"]
+    harness.run(waits=3)
+    assert harness.scaled == [0, 1, 1]

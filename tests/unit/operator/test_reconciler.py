@@ -539,3 +539,29 @@ def test_a_served_project_a_paged_list_missed_is_read_again_and_kept() -> None:
     outcome = world.reconcile(timer=True, light=True)
     assert world.ours(1) and not [e for e in outcome.events if e.reason == "Deregistered"]
     assert [p["id"] for p in world.status["projects"]] == [3, 1]
+
+
+def test_asleep_the_deployment_is_at_zero_the_registrations_stay_and_a_spec_change_wakes_it() -> None:
+    world = World({**SPEC, "prelabel": {"scaleToZero": {"idleSeconds": 60}}})
+    world.reconcile()
+    assert (condition(world.status, "Sleeping")["status"], condition(world.status, "Sleeping")["reason"]) == ("False", "Awake")
+    registered = copy.deepcopy(world.ls.registered)
+    world.status["sleep"] = {"since": "2026-12-07T03:00:00Z", "generation": 1, "labelConfigs": "", "servingVersion": "", "modelVersion": "v1"}
+    outcome = world.reconcile()
+    def replicas() -> int:
+        return int(next(o for o in reversed(world.kube.applied) if o["kind"] == "Deployment")["spec"]["replicas"])
+
+    assert replicas() == 0
+    sleeping = condition(world.status, "Sleeping")
+    assert (sleeping["status"], sleeping["reason"]) == ("True", "Idle") and "scaled to zero at 2026-12-07T03:00:00Z" in sleeping["message"]
+    assert (condition(world.status, "Ready")["status"], condition(world.status, "Ready")["reason"]) == ("False", "Sleeping")
+    assert condition(world.status, "Registered")["status"] == "True" and "the registrations stay" in condition(world.status, "Registered")["message"]
+    assert outcome.retry_in is None and outcome.events == [] and world.ls.registered == registered  # a state, not a failure
+    assert world.status["sleep"]["generation"] == 1
+    # A new generation (here, more replicas) is not slept over: the reconcile wakes it.
+    world.generation, world.spec["replicas"] = 2, 2
+    outcome = world.reconcile()
+    assert "sleep" not in world.status and replicas() == 2
+    woken = condition(world.status, "Sleeping")
+    assert (woken["status"], woken["reason"], woken["message"]) == ("False", "Woken", "woken: the spec changed")
+    assert [e.reason for e in outcome.events] == ["Woken"]

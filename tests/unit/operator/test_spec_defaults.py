@@ -48,6 +48,7 @@ def test_the_parser_means_what_the_schema_defaults_to() -> None:
     schema = spec_schema()
     by_selector = {"labelStudio": {"url": "http://ls:8080", "apiKeySecretRef": {"name": "ls-key"}, "projectSelector": SELECTOR}}
     for raw in (MINIMAL, by_selector, {**MINIMAL, "prelabel": {}}, {**MINIMAL, "prelabel": {"subset": SUBSET}},
+                {**MINIMAL, "prelabel": {"scaleToZero": {}, "retention": {"keepModelVersions": 2}}},
                 {**MINIMAL, "basicAuthSecretRef": {"name": "auth"}},
                 {**MINIMAL, "model": {}, "service": {}, "autoscaling": {}},
                 {**MINIMAL, "model": {"store": STORE}, "training": {}}, {**MINIMAL, "image": "team/sdk-backend:1", "backend": {}}):
@@ -60,7 +61,7 @@ def test_every_schema_default_is_exercised() -> None:
     """Each default of the schema lies on a path the test above fills in: a new default is compared too."""
     schema = spec_schema()
     selected = {**MINIMAL["labelStudio"], "projectSelector": SELECTOR}  # (beside projects: schema only)
-    filled = defaulted(schema, {**MINIMAL, "labelStudio": selected, "prelabel": {"subset": SUBSET}, "basicAuthSecretRef": {"name": "auth"},
+    filled = defaulted(schema, {**MINIMAL, "labelStudio": selected, "prelabel": {"subset": SUBSET, "scaleToZero": {}}, "basicAuthSecretRef": {"name": "auth"},
                                 "model": {"store": STORE}, "service": {}, "autoscaling": {}, "training": {}, "backend": {}})
     # (backend and training exclude each other, as projects and projectSelector do: schema only)
 
