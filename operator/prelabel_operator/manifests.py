@@ -240,13 +240,15 @@ def foreign_pod(spec: MLBackendSpec) -> dict[str, Any]:
     return {"containers": [container], "automountServiceAccountToken": False, "securityContext": pod_security, "volumes": volumes}
 
 
-def deployment(name: str, spec: MLBackendSpec, secrets_digest: str, version: str | None = None, asleep: bool = False) -> dict[str, Any]:
+def deployment(name: str, spec: MLBackendSpec, secrets_digest: str, version: str | None = None, replicas: int | None = None) -> dict[str, Any]:
     """The backend's Deployment; `version`: the store version it serves (serving_version), if any.
-    With spec.backend, any Label Studio ML backend's (foreign_pod). `asleep`: zero replicas (sleep.py)."""
+    With spec.backend, any Label Studio ML backend's (foreign_pod). `replicas`: set even with an
+    autoscaler (scale to zero, sleep.py: 0 asleep, and the autoscaler's minimum when woken, since an
+    HPA leaves a Deployment at zero alone)."""
     pod_spec = foreign_pod(spec) if spec.backend is not None else own_pod(spec, version)
     body = _deployment(name, spec, secrets_digest, pod_spec)
-    if asleep:  # also with an HPA, which leaves a Deployment at zero alone
-        body["spec"]["replicas"] = 0
+    if replicas is not None:
+        body["spec"]["replicas"] = replicas
     return body
 
 

@@ -183,12 +183,21 @@ def served(history: list[str], version: str) -> list[str]:
 
 
 def to_prune(history: list[str], keep: int, present: dict[str, int], current: set[str]) -> list[str]:
-    """The model versions whose predictions retention deletes from one project: versions this resource
-    served (`history`, oldest first) older than its newest `keep`, that the project still holds
-    (`present`: Label Studio's model-versions counts) and that no project serves now (`current`).
-    A version this resource never served (another backend's, a person's import) is never listed."""
-    older = history[:-keep] if keep < len(history) else []
-    return [v for v in older if v not in current and present.get(v, 0) > 0]
+    """The model versions whose predictions retention deletes from one project: of the versions this
+    resource served (`history`, oldest first) that the project holds (`present`: Label Studio's
+    model-versions counts), those older than its newest `keep`, less any version a project serves now
+    (`current`). Counted per project: projects with other labeling configs have versions of their
+    own. A version this resource never served (another backend's, an import) is never listed."""
+    held = [v for v in history if present.get(v, 0) > 0]
+    older = held[:-keep] if keep < len(held) else []
+    return [v for v in older if v not in current]
+
+
+def superseded_query(old: str, current: str) -> str:
+    """Tasks of the whole project (any scope) holding a prediction of `old` but none of `current`:
+    deleting `old` would leave them without their pre-label, so retention waits while there are any."""
+    return _query([_filter("predictions_model_versions", "contains", "List", [old]),
+                   _filter("predictions_model_versions", "not_contains", "List", [current])])
 
 
 def resume(progress: Progress, prior: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,7 +39,7 @@ from . import backend_client, metrics, prelabel, sleep
 from .errors import BackendUnreachable, KubeError, key_refused
 from .keys import Keys
 from .prelabel import Attempts, Mismatch, Progress, Sorted, done_query, pending_query, scope_query, sort_results
-from .spec import MLBackendSpec, PrelabelSpec, SpecError
+from .spec import MLBackendSpec, PrelabelSpec, ProjectSelector, SpecError
 from .status import Event, with_condition
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class Target:
     backend_url: str
     backend_auth: tuple[str, str] | None
     projects: tuple[int, ...]
+    title: str = "prelabel"  # the registration's title: the projects' model_version while the backend is awake
+    selector: ProjectSelector | None = None  # spec.labelStudio.projectSelector, if it selects the projects
 
 
 Report = Callable[[Progress], Awaitable[None]]
@@ -110,6 +112,8 @@ class Driver:
         self.last_predict = time.monotonic()  # when a /predict was last sent (scaleToZero's idle time counts from it)
         self.woken_at = -WAKE_GRACE  # when it last woke the backend (scaleToZero)
         self.configs: dict[int, str] = {}  # each project's labeling config, as the last pass read it
+        self.versions: dict[int, str] = {}  # each project's model version, as the last pass asked it
+        self.asleep: sleep.Asleep | None = None  # this daemon's own word (kopf's view of status may lag its patch)
 
     def _renew_attempts(self, target: Target, spec: PrelabelSpec) -> Attempts:
         """Fresh tries for every task when maxAttempts or the keys changed: a task that failed for good
@@ -146,6 +150,7 @@ class Driver:
                     skipped.append(f"project {project_id} skipped: {refusal}")
                     continue
                 plans[project_id] = Plan(version, subset)
+                self.versions[project_id] = version
                 counts.append((project_id, version, *await self._count(ls, project_id, spec, plans[project_id])))
             self._start_run_if_new(counts)
             for version in sorted({plan.version for plan in plans.values()}):
@@ -156,13 +161,13 @@ class Driver:
                 await self._project(ls, backend, project_id, plans[project_id], spec, stopped)
             # Read the counts back from Label Studio: what is stored is the truth, not what we sent.
             counts = [(p, v, *await self._count(ls, p, spec, plans[p])) for p, v, _, _ in counts]
-            if spec.keep_model_versions is not None:
+            keep = spec.keep_model_versions
+            if keep is not None and len(self.progress.served_versions) > keep:
                 current = {plan.version for plan in plans.values()}
-                for project_id, _, total, done in counts:
-                    # Old predictions go only once nothing is left to predict in the project (its tasks hold
-                    # the current version, or failed for good): a person never meets a task with none.
-                    if done + len(attempts.given_up(project_id)) >= total and not stopped:
-                        await self._prune(ls, project_id, spec.keep_model_versions, current)
+                for project_id, version, total, done in counts:
+                    # Only once nothing is left to predict in the project's scope (done, or failed for good).
+                    if version and done + len(attempts.given_up(project_id)) >= total and not stopped:
+                        await self._prune(ls, project_id, keep, version, current)
         self._set_counts(counts)
         self.progress.message = "; ".join(skipped)
         self.mismatch.record(self._tally.stored, self._tally.stale, self._tally.answered or set())
@@ -201,16 +206,47 @@ class Driver:
                          "set spec.prelabel.onNewModelVersion: KeepExisting")
         return check.model_version, ""
 
+    async def go_to_sleep(self, target: Target, generation: int, status: Mapping[str, Any]) -> sleep.Asleep:
+        """Before the backend scales to zero: each project's model_version set to the version its tasks
+        hold, so Label Studio shows their pre-labels from its database without calling the backend (with
+        the registration's title, its label stream asks the backend at each task: a sleeping one answers
+        nothing). Returns what status.sleep is to hold."""
+        async with _label_studio(target) as ls:
+            for project_id in target.projects:
+                if self.versions.get(project_id):
+                    await _ls(ls.projects.update(project_id, model_version=self.versions[project_id]), f"set the model version of project {project_id}")
+            selection = await self._selection(ls, target.selector)
+        configs = {p: self.configs.get(p, "") for p in target.projects}
+        return sleep.Asleep(sleep.now(), generation, sleep.configs_digest(configs), sleep.serving_version(status),
+                            self.progress.model_version, selection)
+
+    async def wake_up(self, target: Target) -> None:
+        """After the backend is scaled up: the projects' model_version back to the registration's title
+        (what the reconcile keeps while the backend is awake)."""
+        async with _label_studio(target) as ls:
+            for project_id in target.projects:
+                with contextlib.suppress(Outage):  # a project gone meanwhile: the reconcile says so
+                    await _ls(ls.projects.update(project_id, model_version=target.title), f"set the model version of project {project_id}")
+
     async def wake_reason(self, target: Target, spec: PrelabelSpec, found: sleep.Asleep, status: Mapping[str, Any]) -> str:
         """Asleep (spec.prelabel.scaleToZero): why the backend must wake (sleep.wake_reason), from Label
-        Studio alone: the projects' labeling configs, and the tasks in scope that hold no prediction of
-        the version(s) they held when it went to sleep, less those that failed for good."""
+        Studio alone: the projects' labeling configs, the projects a selector matches, and the tasks in
+        scope that hold no prediction of the version(s) they held when it went to sleep, less those that
+        failed for good (after an operator restart, those wake it once more)."""
+        from label_studio_sdk.core.api_error import ApiError
+
         configs: dict[int, str] = {}
         pending = 0
-        async with httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10)) as ls_http:
-            ls = AsyncLabelStudio(base_url=target.label_studio_url, api_key=target.api_key, httpx_client=ls_http)
+        async with _label_studio(target) as ls:
             for project_id in target.projects:
-                project = await _ls(ls.projects.get(project_id), f"read project {project_id}")
+                try:
+                    project = await ls.projects.get(project_id)
+                except ApiError as exc:
+                    if exc.status_code == 404:
+                        return f"project {project_id} is gone from Label Studio"
+                    project = await _ls(_raise(exc), f"read project {project_id}")
+                except (httpx.HTTPError, OSError) as exc:
+                    raise Outage(f"Label Studio unreachable while trying to read project {project_id}: {type(exc).__name__}") from None
                 configs[project_id] = project.label_config or ""
                 subset, refusal = await self._subset(ls, project_id, spec)
                 if refusal:
@@ -218,24 +254,51 @@ class Driver:
                 counts = [await self._count(ls, project_id, spec, Plan(version, subset)) for version in found.versions() or [""]]
                 failed = len(self.attempts.given_up(project_id)) if self.attempts else 0
                 pending += max(0, counts[0][0] - max(done for _, done in counts) - failed)
-        return sleep.wake_reason(found, sleep.configs_digest(configs), status, pending)
+            selection = await self._selection(ls, target.selector)
+        return sleep.wake_reason(found, sleep.configs_digest(configs), status, pending, selection)
 
-    async def _prune(self, ls: AsyncLabelStudio, project_id: int, keep: int, current: set[str]) -> None:
-        """spec.prelabel.retention in one project: Label Studio's model-versions counts (one request),
-        then one delete per version to prune (prelabel.to_prune). Label Studio deletes a version's
-        predictions in one transaction, so a pass stopped midway resumes at the next version."""
+    async def _selection(self, ls: AsyncLabelStudio, selector: ProjectSelector | None) -> str:
+        """With a projectSelector: sleep.selection_digest of the projects its title pattern matches (pages
+        of Label Studio's project list); "" without one."""
+        if selector is None:
+            return ""
+        pager = await _ls(ls.projects.list(page_size=100), "list projects")
+        matching = []
+        async for project in pager:
+            if selector.matches(str(project.title or "")):
+                matching.append(int(project.id))
+        return sleep.selection_digest(matching)
+
+    async def _prune(self, ls: AsyncLabelStudio, project_id: int, keep: int, version: str, current: set[str]) -> None:
+        """spec.prelabel.retention in one project serving `version`: Label Studio's model-versions
+        counts (one request), then per version to prune (prelabel.to_prune) a count of the tasks that
+        would lose their only pre-label (any scope: Label Studio deletes project-wide; the version waits
+        while there are any), then the delete, one transaction in Label Studio: a pass stopped midway
+        resumes at the next version. Label Studio then clears the project's model_version when it names
+        this backend (Project.should_none_model_version): what it was is set back at once."""
         path = f"api/projects/{project_id}/model-versions/"
         present = await _raw(ls, "GET", path, f"read the model versions of project {project_id}")
         counts = {str(v): int(n) for v, n in present.items()} if isinstance(present, dict) else {}
-        for version in prelabel.to_prune(self.progress.served_versions, keep, counts, current):
-            answer = await _raw(ls, "DELETE", path, f"delete the predictions of model version {version!r} in project {project_id}",
-                                json={"model_version": version})
+        named: str | None = None  # the project's model_version before the first delete
+        for old in prelabel.to_prune(self.progress.served_versions, keep, counts, current):
+            left = await _ls(ls.tasks.list(project=project_id, query=prelabel.superseded_query(old, version), page_size=1, include="id",
+                                           fields="all", resolve_uri=False), f"count the tasks of project {project_id} holding only {old!r}")
+            if int(left.response.total):
+                log.info("%s/%s: model version %r kept in project %s: %s task(s) hold it and no prediction of %r",
+                         self.namespace, self.name, old, project_id, left.response.total, version)
+                continue
+            if named is None:
+                named = str((await _ls(ls.projects.get(project_id), f"read project {project_id}")).model_version or "")
+            answer = await _raw(ls, "DELETE", path, f"delete the predictions of model version {old!r} in project {project_id}",
+                                json={"model_version": old})
             deleted = int(answer.get("deleted_predictions") or 0) if isinstance(answer, dict) else 0
             self.progress.pruned += deleted
-            self.progress.pruned_versions = prelabel.pruned(self.progress.pruned_versions, version)
+            self.progress.pruned_versions = prelabel.pruned(self.progress.pruned_versions, old)
             metrics.PRELABEL_TASKS.labels("pruned").inc(deleted)
             log.info("%s/%s: deleted %d prediction(s) of model version %r from project %s (spec.prelabel.retention)",
-                     self.namespace, self.name, deleted, version, project_id)
+                     self.namespace, self.name, deleted, old, project_id)
+        if named and named not in self.progress.pruned_versions:
+            await _ls(ls.projects.update(project_id, model_version=named), f"set the model version of project {project_id}")
 
     async def _subset(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec) -> tuple[list[dict[str, Any]], str]:
         """(the subset's filter items for this project, "") or ([], why the project is skipped): a
@@ -521,6 +584,13 @@ async def _ls(call: Awaitable[Any], action: str) -> Any:
         raise Outage(f"Label Studio unreachable while trying to {action}: {type(exc).__name__}") from None
 
 
+@contextlib.asynccontextmanager
+async def _label_studio(target: Target) -> AsyncIterator[AsyncLabelStudio]:
+    """A Label Studio client of its own (the calls made while the backend sleeps, or around it)."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10)) as ls_http:
+        yield AsyncLabelStudio(base_url=target.label_studio_url, api_key=target.api_key, httpx_client=ls_http)
+
+
 async def _raw(ls: AsyncLabelStudio, method: str, path: str, action: str, json: Any = None) -> Any:
     """A Label Studio API call the SDK has no method for (its model-versions endpoint), through the
     SDK's own HTTP client (its auth, personal access tokens included): the JSON answer. Raises Outage
@@ -584,25 +654,29 @@ class Resource:
     scale: Callable[[int], Awaitable[None]]
 
 
-async def _sleep(resource: Resource, driver: Driver, section: PrelabelSpec, generation: int) -> None:
-    """Scale to zero: status.sleep first (the reconcile then applies zero replicas too), then the Deployment."""
-    found = sleep.Asleep(sleep.now(), generation, sleep.configs_digest(driver.configs), sleep.serving_version(resource.status),
-                         driver.progress.model_version)
+async def _sleep(resource: Resource, driver: Driver, target: Target, section: PrelabelSpec, generation: int) -> None:
+    """Scale to zero: the projects' model_version to their versions (Driver.go_to_sleep), status.sleep
+    (the reconcile then applies zero replicas too), then the Deployment."""
+    found = await driver.go_to_sleep(target, generation, resource.status)
     said = sleep.sleeping_condition(found, section)
     conditions = with_condition(list(resource.status.get("conditions") or []), said, generation)
     await resource.patch_status({"sleep": found.as_status(), "conditions": conditions})
+    driver.asleep = found
     await resource.scale(0)
     resource.emit(Event("Sleeping", said.message))
     log.info("%s/%s: %s", resource.namespace, resource.name, said.message)
 
 
-async def _wake(resource: Resource, driver: Driver, spec: MLBackendSpec, why: str, generation: int) -> None:
-    """Back from zero: status.sleep removed first, then the Deployment scaled up; the next passes wait
-    for its pods (an outage until they answer) and predict what woke it."""
+async def _wake(resource: Resource, driver: Driver, target: Target, spec: MLBackendSpec, why: str, generation: int) -> None:
+    """Back from zero: status.sleep removed first, then the Deployment scaled up and the projects'
+    model_version back to the title; the next passes wait for its pods (an outage until they answer)
+    and predict what woke it."""
     said = sleep.woken_condition(why)
     conditions = with_condition(list(resource.status.get("conditions") or []), said, generation)
     await resource.patch_status({"sleep": None, "conditions": conditions})
+    driver.asleep = None
     await resource.scale(sleep.awake_replicas(spec))
+    await driver.wake_up(target)
     driver.woken_at = driver.last_predict = time.monotonic()  # a fresh idle period
     resource.emit(Event("Woken", said.message))
     log.info("%s/%s: %s", resource.namespace, resource.name, said.message)
@@ -637,6 +711,7 @@ async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, 
 
     driver = make_driver(resource.namespace, resource.name, report)
     prelabel.resume(driver.progress, dict(resource.status.get("prelabel") or {}))
+    driver.asleep = sleep.Asleep.from_status(resource.status)
     outages = 0
     while not stopped:
         try:
@@ -654,14 +729,16 @@ async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, 
                 await stopped.wait(5)
                 continue
             found = await asyncio.to_thread(resource.keys, parsed)
-            target = Target(parsed.label_studio.url, found.api_key, url, found.auth, projects)
+            target = Target(parsed.label_studio.url, found.api_key, url, found.auth, projects, parsed.label_studio.title,
+                            parsed.label_studio.selector)
             generation = int(resource.meta.get("generation") or 0)
-            asleep = sleep.asleep(parsed, resource.status, generation)
-            if asleep is not None:
+            # The daemon's own word on sleep; a new generation ends it (the reconcile scales the backend up).
+            driver.asleep = sleep.asleep(parsed, {"sleep": driver.asleep.as_status()} if driver.asleep else {}, generation)
+            if driver.asleep is not None:
                 await resource.scale(0)  # again at each check: a reconcile that read status from before the sleep may have scaled it up
-                why = await driver.wake_reason(target, section, asleep, resource.status)
+                why = await driver.wake_reason(target, section, driver.asleep, resource.status)
                 if why:
-                    await _wake(resource, driver, parsed, why, generation)
+                    await _wake(resource, driver, target, parsed, why, generation)
                 outages = 0
                 await stopped.wait(1 if why else section.poll_seconds)
                 continue
@@ -669,17 +746,19 @@ async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, 
             outages = 0
             if delay is None and not driver.progress.fault and sleep.time_to_sleep(
                     section, driver.progress.phase(), time.monotonic() - driver.last_predict, resource.status):
-                await _sleep(resource, driver, section, generation)
+                await _sleep(resource, driver, target, section, generation)
+                await stopped.wait(section.poll_seconds)
                 continue
         except (Outage, KubeError, SpecError) as exc:
             outages += 1
             delay = backoff(outages)
+            message = exc.message if isinstance(exc, KubeError) else str(exc)
             if isinstance(exc, Outage) and time.monotonic() - driver.woken_at < WAKE_GRACE:
                 # Just woken and the backend does not answer yet: make sure a reconcile that read status
                 # from before the wake did not put it back to sleep.
                 with contextlib.suppress(KubeError, SpecError):
                     await resource.scale(sleep.awake_replicas(MLBackendSpec.parse(dict(resource.spec))))
-            message = exc.message if isinstance(exc, KubeError) else str(exc)
+                message = f"waking the backend from zero: {message}"
             driver.progress.message = f"{message}; retrying in {delay:.0f}s"
             metrics.ERRORS.labels("PrelabelOutage").inc()
             with contextlib.suppress(KubeError):

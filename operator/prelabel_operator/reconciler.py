@@ -136,7 +136,9 @@ class Reconciler:
             found = keys.read(self.kube.secret_data, namespace, parsed)
             version = manifests.serving_version(parsed, (resource.status.get("training") or {}).get("version"))
             observed.asleep = sleep.asleep(parsed, resource.status, resource.generation) is not None
-            deployment, service = self._apply_objects(resource, parsed, found.digest, version, observed.asleep)
+            waking = bool(resource.status.get("sleep")) and not observed.asleep  # a new generation ends the sleep
+            replicas = 0 if observed.asleep else sleep.awake_replicas(parsed) if waking else None
+            deployment, service = self._apply_objects(resource, parsed, found.digest, version, replicas)
         except KubeError as exc:  # a missing Secret, a denied or failed API call: shown, retried with backoff
             observed.kube_error = (exc.reason, exc.message)
             metrics.ERRORS.labels(exc.reason).inc()
@@ -183,9 +185,9 @@ class Reconciler:
                 outcome.status["prelabel"] = {"phase": "Paused"}
         elif resource.status.get("prelabel"):
             outcome.status["prelabel"] = None  # the section was removed: pre-labeling is off
-        if resource.status.get("sleep") and not observed.asleep and observed.sleeping:  # a spec change wakes it
+        if resource.status.get("sleep") and not observed.asleep:  # a spec change wakes it
             outcome.status["sleep"] = None
-            outcome.events.append(Event("Woken", observed.sleeping.message))
+            outcome.events.append(Event("Woken", observed.sleeping.message if observed.sleeping else "woken: scaleToZero is off"))
         body = status_body(observed, previous)
         outcome.status.update(_changed(resource.status, body))
         ready = condition(body, "Ready")
@@ -202,12 +204,12 @@ class Reconciler:
                 outcome.error = f"not ready: {ready['reason']}: {ready['message']}"
         return outcome
 
-    def _apply_objects(self, resource: Resource, spec: MLBackendSpec, digest: str, version: str | None, asleep: bool = False
+    def _apply_objects(self, resource: Resource, spec: MLBackendSpec, digest: str, version: str | None, replicas: int | None = None
                        ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """Applies the Deployment (at zero replicas while `asleep`), Service and (when enabled) autoscaler;
-        returns the Deployment and Service as the API server answered them, status included."""
+        """Applies the Deployment (with `replicas` when given: scale to zero), Service and (when enabled)
+        autoscaler; returns the Deployment and Service as the API server answered them, status included."""
         name, namespace = resource.name, resource.namespace
-        objects = [manifests.deployment(name, spec, digest, version, asleep), manifests.service(name, spec)]
+        objects = [manifests.deployment(name, spec, digest, version, replicas), manifests.service(name, spec)]
         hpa = manifests.autoscaler(name, spec)
         if hpa:
             objects.append(hpa)

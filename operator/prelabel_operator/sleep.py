@@ -5,18 +5,21 @@ applies the Deployment with zero replicas while status.sleep holds (asleep()), s
 Asleep, the daemon reads only Label Studio, every pollSeconds: tasks to predict, a changed labeling
 config, a promoted training version or a changed spec wake the backend.
 
-Label Studio 1.21-1.23 calls a backend when a person opens a task only when that task holds no
-prediction at all (its task API and Data Manager, with evaluate_predictions_automatically or
-show_collab_predictions): such a task is one to predict, so it wakes the backend at the next check.
-Meanwhile Label Studio's call to the sleeping Service fails, it logs it and shows the task without a
-pre-annotation. An interactive backend (called at each click) is never put to sleep (the CRD refuses it).
+What people see (Label Studio 1.21-1.23, tasks/models.py get_predictions_for_prelabeling): with the
+registration's title as a project's model_version, its label stream asks the backend at each task
+opened; a sleeping one answers nothing, so no pre-label would show. Asleep, each project's
+model_version names the version its tasks hold instead (Driver.go_to_sleep), and Label Studio shows
+their pre-labels from its database; woken, the title again. A task holding no prediction at all makes
+Label Studio call the backend on open (its task API); such a task is one to predict and wakes the
+backend at the next check. An interactive backend (called at each click) is never put to sleep (the
+CRD refuses it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +40,7 @@ class Asleep:
     label_configs: str  # configs_digest() of the projects then
     serving_version: str  # status.training.version then ("" without one)
     model_version: str  # status.prelabel.modelVersion then: the version(s) every task in scope held
+    selection: str = ""  # with a projectSelector: selection_digest() of the projects matching its title pattern then
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> Asleep | None:
@@ -44,11 +48,11 @@ class Asleep:
         if not raw:
             return None
         return cls(str(raw.get("since") or ""), int(raw.get("generation") or 0), str(raw.get("labelConfigs") or ""),
-                   str(raw.get("servingVersion") or ""), str(raw.get("modelVersion") or ""))
+                   str(raw.get("servingVersion") or ""), str(raw.get("modelVersion") or ""), str(raw.get("selection") or ""))
 
     def as_status(self) -> dict[str, Any]:
         return {"since": self.since, "generation": self.generation, "labelConfigs": self.label_configs,
-                "servingVersion": self.serving_version, "modelVersion": self.model_version}
+                "servingVersion": self.serving_version, "modelVersion": self.model_version, "selection": self.selection}
 
     def versions(self) -> list[str]:
         return [v for v in self.model_version.split(",") if v]
@@ -60,7 +64,13 @@ def configs_digest(configs: Mapping[int, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def selection_digest(project_ids: Iterable[int]) -> str:
+    """A sha256 of the ids of the projects a projectSelector's title pattern matches (order-free)."""
+    return hashlib.sha256(",".join(str(p) for p in sorted(project_ids)).encode()).hexdigest()
+
+
 def serving_version(status: Mapping[str, Any]) -> str:
+    """The model version training promoted (status.training.version; "" without one)."""
     return str((status.get("training") or {}).get("version") or "")
 
 
@@ -89,13 +99,15 @@ def time_to_sleep(section: PrelabelSpec, phase: str, idle_seconds: float, status
     return idle_seconds >= section.scale_to_zero.idle_seconds and training != "Training"
 
 
-def wake_reason(found: Asleep, label_configs: str, status: Mapping[str, Any], pending: int) -> str:
-    """Why the backend must wake ("" to sleep on): tasks to predict, a changed labeling config, a new
-    promoted training version."""
+def wake_reason(found: Asleep, label_configs: str, status: Mapping[str, Any], pending: int, selection: str = "") -> str:
+    """Why the backend must wake ("" to sleep on): tasks to predict, a changed labeling config, other
+    projects matching the selector, a new promoted training version."""
     if pending:
         return f"{pending} task(s) to predict"
     if label_configs != found.label_configs:
         return "a project's labeling config changed (its model version may have)"
+    if selection != found.selection:
+        return "the projects matching spec.labelStudio.projectSelector changed"
     if serving_version(status) != found.serving_version:
         return f"training promoted model version {serving_version(status) or '(none)'}"
     return ""
@@ -119,16 +131,17 @@ def condition(spec: MLBackendSpec, status: Mapping[str, Any], generation: int) -
     section = spec.prelabel
     if found is not None and section is not None:
         return sleeping_condition(found, section)
+    if section is None or section.scale_to_zero is None:
+        return None  # off: no condition (a sleep it ends says so in an Event)
     if status.get("sleep"):
-        return woken_condition("the spec changed" if section is not None and section.scale_to_zero is not None else "scaleToZero is off")
+        return woken_condition("the spec changed")
     said = condition_of(dict(status), CONDITION)
     if said.get("status") == "False" and said.get("reason") == "Woken":
         return Condition(CONDITION, "False", "Woken", str(said.get("message") or ""))
-    if section is None or section.scale_to_zero is None:
-        return None
     return Condition(CONDITION, "False", "Awake",
                      f"serving; scales to zero after {section.scale_to_zero.idle_seconds}s without a /predict once pre-labeling is complete")
 
 
 def now() -> str:
+    """The time now as status holds it (RFC 3339, UTC, seconds)."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -212,7 +212,12 @@ def status(observed: Observed, previous: list[dict[str, Any]] | None, now: dt.da
         extra.append(observed.supported)
     if observed.sleeping:
         extra.append(observed.sleeping)
-    rendered = [render(c, before.get(c.type), observed.generation, now) for c in [ready(conds), *conds, *extra]]
+    top = ready(conds)
+    if observed.asleep and observed.sleeping and top.reason == "Sleeping" and all(c.status == "True" for c in conds if c.type == "Registered"):
+        # Asleep on purpose, everything else in order: ready for annotators (the project shows its
+        # pre-labels without the backend, sleep.py), and woken for any work.
+        top = Condition("Ready", "True", "Sleeping", observed.sleeping.message)
+    rendered = [render(c, before.get(c.type), observed.generation, now) for c in [top, *conds, *extra]]
     connected = sum(1 for p in observed.projects if p.state == "Connected")
     body: dict[str, Any] = {
         "observedGeneration": observed.generation,

@@ -21,7 +21,9 @@ edited). Community's `last_action` stays empty (`add_annotation_fields` is a no-
 3. An annotation made from a prediction that is gone (Label Studio nulls the field when it deletes
    a model run's predictions, but a deleted single prediction leaves the id dangling) is human only
    if one of its regions says a person drew or changed it (`origin` "manual" or
-   "prediction-changed"): when in doubt, never train on it.
+   "prediction-changed"): when in doubt, never train on it. Likewise an annotation that names no
+   parent but whose regions all say "prediction": its parent was deleted with its model version
+   (spec.prelabel.retention, or Label Studio's own delete), which nulls the field.
 4. An annotation that names no parent but equals, as content, a prediction of its task (a script
    that copied one without saying so) is human only if a region says a person made it (a person
    who picked the same class as a classifier did, in the editor, is "manual").
@@ -97,6 +99,8 @@ def is_human(annotation: Annotation, predictions: Mapping[int, Sequence[Mapping[
     own = regions(annotation.result)
     by_a_person = any(region.get("origin") in HUMAN_ORIGINS for region in annotation.result)
     parent = annotation.parent_prediction
+    if parent is None and annotation.result and all(region.get("origin") == "prediction" for region in annotation.result):
+        return False  # taken over unchanged from a prediction deleted since (rule 3)
     if parent is not None:
         if parent not in predictions:
             return by_a_person

@@ -177,6 +177,8 @@ def test_prelabel_a_whole_project_and_keep_it_prelabeled(env, label_studio, ls_c
     assert set(stored) == {third, "another-backend"} and set(stored[third]) == tasks and set(stored[third].values()) == {1}
     assert annotations_fingerprint(ls_client, project.id) == before
     assert 'prelabel_operator_prelabel_tasks_total{outcome="pruned"}' in operator.metrics()
+    # Label Studio cleared the project's model_version with the deletes (it named this backend): set back.
+    assert ls_client.projects.get(project.id).model_version == "prelabel"
 
     # Removing the section turns it off: its status goes, Ready stays.
     cluster.kubectl("patch", "mlb", "shapes", "-n", ns, "--type=json", "-p", '[{"op": "remove", "path": "/spec/prelabel"}]')
@@ -276,8 +278,16 @@ def test_scale_to_zero_sleeps_when_done_and_idle_and_imported_tasks_wake_it(env,
     said = wait_for("status says Sleeping", lambda: (s := status()).get("sleep") and condition(s, "Ready").get("reason") == "Sleeping" and s, 60)
     sleeping = condition(said, "Sleeping")
     assert (sleeping["status"], sleeping["reason"]) == ("True", "Idle") and "no /predict for 10s" in sleeping["message"]
-    assert said["sleep"]["modelVersion"] == said["prelabel"]["modelVersion"] and condition(said, "Registered")["status"] == "True"
+    version = said["prelabel"]["modelVersion"]
+    assert said["sleep"]["modelVersion"] == version and condition(said, "Registered")["status"] == "True"
+    assert (condition(said, "Ready")["status"], condition(said, "Available")["reason"]) == ("True", "Sleeping")
     assert len(ours()) == 1  # the registration stays
+    # An annotator's label stream shows the pre-labels from Label Studio's database, without the backend:
+    # the project names the version its tasks hold while the backend sleeps (with the title, Label
+    # Studio would ask the sleeping backend and show none).
+    assert ls_client.projects.get(project.id).model_version == version
+    shown = ls_client._client_wrapper.httpx_client.request(f"api/projects/{project.id}/next/", method="GET").json()
+    assert shown["predictions"] and {p["model_version"] for p in shown["predictions"]} == {version}
     assert "Sleeping" in events()
     time.sleep(2 * POLL_SECONDS)
     assert replicas() == "0"  # nothing to do: it stays asleep
@@ -291,6 +301,7 @@ def test_scale_to_zero_sleeps_when_done_and_idle_and_imported_tasks_wake_it(env,
     stored = collections.Counter((p.task, p.model_version) for p in ls_client.predictions.list(project=project.id))
     assert stored == collections.Counter({(t, done["modelVersion"]): 1 for t in tasks | late})
     assert "Woken" in events() and len(ours()) == 1
+    assert ls_client.projects.get(project.id).model_version == "prelabel"  # awake: the registration's title again
     wait_for("asleep again", lambda: replicas() == "0" and status().get("sleep"), 90)
     cluster.kubectl("delete", "mlb", "sleepy", "-n", ns, "--timeout=90s")
     assert not ours()

@@ -170,6 +170,11 @@ def test_a_sample_predicts_exactly_n_tasks_and_the_same_n_after_a_restart(projec
     assert (restarted.progress.total, restarted.progress.predicted) == (4, 4)
 
 
+def threshold(ls_client, project_id: int, value: str) -> None:  # noqa: ANN001
+    """A new model version: the labeling config's threshold is part of it."""
+    ls_client.projects.update(project_id, label_config=SEED_CONFIG.replace('model_score_threshold="0.25"', f'model_score_threshold="{value}"'))
+
+
 def test_retention_keeps_the_newest_versions_only_and_never_touches_annotations_or_other_models(project, ls_client) -> None:  # noqa: ANN001
     """Issue 30: spec.prelabel.retention keepModelVersions 1 over three model versions (the labeling
     config's threshold), with an operator restart between the second and the third."""
@@ -185,10 +190,7 @@ def test_retention_keeps_the_newest_versions_only_and_never_touches_annotations_
     before = annotations_fingerprint(ls_client, created.id)
     assert before[0] == 3
 
-    def threshold(value: str) -> None:
-        ls_client.projects.update(created.id, label_config=SEED_CONFIG.replace('model_score_threshold="0.25"', f'model_score_threshold="{value}"'))
-
-    threshold("0.3")
+    threshold(ls_client, created.id, "0.3")
     run(driver, target, spec)
     second = driver.progress.model_version
     assert second != first and driver.progress.served_versions == [first, second]
@@ -199,7 +201,7 @@ def test_retention_keeps_the_newest_versions_only_and_never_touches_annotations_
     assert status["servedVersions"] == [first, second] and status["prunedPredictions"] == 6
     restarted = Driver("ns", "kept", _no_report)
     prelabel.resume(restarted.progress, status)
-    threshold("0.35")
+    threshold(ls_client, created.id, "0.35")
     run(restarted, target, spec)
     third = restarted.progress.model_version
     assert third not in (first, second) and restarted.progress.phase() == "Complete"
@@ -209,3 +211,18 @@ def test_retention_keeps_the_newest_versions_only_and_never_touches_annotations_
     # Another pass finds nothing more to delete: the count stands.
     run(restarted, target, spec)
     assert restarted.progress.pruned == 12
+
+
+def test_retention_never_leaves_a_task_outside_the_subset_without_its_pre_label(project, ls_client) -> None:  # noqa: ANN001
+    """Label Studio deletes a version project-wide: while a task outside spec.prelabel.subset holds only
+    the old version, the old version stays."""
+    created, tasks, _, target = project
+    driver = Driver("ns", "sampled", _no_report)
+    run(driver, target, PrelabelSpec(keep_model_versions=1))
+    first = driver.progress.model_version
+    threshold(ls_client, created.id, "0.3")
+    run(driver, target, PrelabelSpec.parse({"subset": {"sample": 3}, "retention": {"keepModelVersions": 1}}))  # type: ignore[arg-type]
+    second = driver.progress.model_version
+    now = stored(ls_client, created.id)
+    assert sum(1 for t, v in now if v == second) == 3 and {t for t, v in now if v == first} == set(tasks)
+    assert driver.progress.pruned == 0 and driver.progress.phase() == "Complete"

@@ -106,10 +106,10 @@ def test_autoscaling_owns_the_replica_count() -> None:
     assert manifests.autoscaler("shapes", parsed()) is None
 
 
-def test_asleep_the_deployment_has_zero_replicas_with_or_without_an_autoscaler() -> None:
-    assert manifests.deployment("shapes", parsed(replicas=3), "h", asleep=True)["spec"]["replicas"] == 0
+def test_scale_to_zero_sets_the_replicas_with_or_without_an_autoscaler() -> None:
+    assert manifests.deployment("shapes", parsed(replicas=3), "h", replicas=0)["spec"]["replicas"] == 0
     spec = parsed(autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5})
-    assert manifests.deployment("shapes", spec, "h", asleep=True)["spec"]["replicas"] == 0  # an HPA leaves zero alone
+    assert manifests.deployment("shapes", spec, "h", replicas=0)["spec"]["replicas"] == 0  # an HPA leaves zero alone
 
 
 def test_service_and_the_address_label_studio_is_given() -> None:

@@ -291,6 +291,17 @@ def test_to_prune_lists_only_versions_this_backend_served_older_than_the_kept_on
     assert prelabel.to_prune(history, 2, present, {"v4"}) == ["v1"]
     assert prelabel.to_prune(history, 4, present, {"v4"}) == prelabel.to_prune(history, 9, present, {"v4"}) == []
     assert prelabel.to_prune(history, 1, present, {"v3", "v4"}) == ["v1"]  # a version another project serves stays
+    # Two projects with their own configs: each keeps its own newest versions.
+    both = ["a1", "b1", "a2", "b2"]
+    assert prelabel.to_prune(both, 2, {"a1": 5, "a2": 5}, {"a2", "b2"}) == []
+    assert prelabel.to_prune(both, 1, {"a1": 5, "a2": 5}, {"a2", "b2"}) == ["a1"]
+
+
+def test_retention_waits_while_a_task_would_lose_its_only_pre_label() -> None:
+    items = json.loads(prelabel.superseded_query("prelabel-old", "prelabel-new"))["filters"]["items"]
+    assert [(i["filter"], i["operator"], i["value"]) for i in items] == [
+        ("filter:tasks:predictions_model_versions", "contains", ["prelabel-old"]),
+        ("filter:tasks:predictions_model_versions", "not_contains", ["prelabel-new"])]  # no scope: Label Studio deletes project-wide
 
 
 def test_retention_is_carried_in_status_across_a_restart() -> None:

@@ -48,10 +48,19 @@ class FakeDriver:
         self.woken_at = -300.0
         self.configs = {1: "<View/>"}
         self.wake_reasons: list[str] = []  # what each check while asleep finds, in turn
+        self.asleep: sleep.Asleep | None = None
+        self.model_versions: list[str] = []  # what go_to_sleep and wake_up set the projects' model_version to
 
     async def wake_reason(self, target: Target, spec: PrelabelSpec, found: sleep.Asleep, status: Any) -> str:
         self.targets.append(target)
         return self.wake_reasons.pop(0)
+
+    async def go_to_sleep(self, target: Target, generation: int, status: Any) -> sleep.Asleep:
+        self.model_versions.append(self.progress.model_version)
+        return sleep.Asleep(sleep.now(), generation, sleep.configs_digest(self.configs), "", self.progress.model_version)
+
+    async def wake_up(self, target: Target) -> None:
+        self.model_versions.append(target.title)
 
     async def run_pass(self, target: Target, spec: PrelabelSpec, stopped: Any) -> float | None:
         self.targets.append(target)
@@ -75,6 +84,7 @@ class Harness:
         self.spec = SPEC
         self.generation = 4
         self.idle_for = 0.0  # seconds since the driver's last /predict, set on each new driver
+        self.lagging = False  # kopf's view of status does not follow the patches (a watch event late)
         self.wake_reasons: list[str] = []
 
     def keys(self, spec: MLBackendSpec) -> Keys:
@@ -85,7 +95,7 @@ class Harness:
 
     async def patch(self, body: dict[str, Any]) -> None:
         self.patches.append(body)
-        for key, value in body.items():  # a merge patch, one level deep
+        for key, value in body.items() if not self.lagging else ():  # a merge patch, one level deep
             if value is None:
                 self.status.pop(key, None)
             else:
@@ -209,7 +219,7 @@ def test_complete_and_idle_for_idle_seconds_the_backend_sleeps() -> None:
     harness = Harness(REGISTERED, results=[(0, None), (0, None)])
     harness.spec, harness.idle_for = SLEEPY, 61.0
     harness.wake_reasons += [""]
-    stopped = harness.run(waits=1)
+    stopped = harness.run(waits=2)
     assert harness.scaled == [0, 0]  # on sleeping, and again at the first check while asleep
     asleep = next(p for p in harness.patches if "sleep" in p)
     assert asleep["sleep"]["generation"] == 4 and asleep["sleep"]["modelVersion"] == "prelabel-abc"
@@ -217,7 +227,8 @@ def test_complete_and_idle_for_idle_seconds_the_backend_sleeps() -> None:
     said = condition(asleep, "Sleeping")
     assert (said["status"], said["reason"]) == ("True", "Idle") and "no /predict for 60s" in said["message"]
     assert ("Sleeping", False) in [(e.reason, e.warning) for e in harness.events]
-    assert stopped.waited == [40.0]
+    assert stopped.waited == [40.0, 40.0]  # after sleeping, and the check asleep
+    assert harness.drivers[0].model_versions == ["prelabel-abc"]  # the projects show the version their tasks hold
 
 
 def test_not_idle_long_enough_it_stays_up() -> None:
@@ -249,6 +260,20 @@ def test_asleep_it_reads_only_label_studio_until_work_comes_then_wakes() -> None
     assert "woken: 3 task(s) to predict" in condition(woken, "Sleeping")["message"]
     assert [e.reason for e in harness.events if e.reason in ("Woken", "Sleeping")] == ["Woken"]
     assert len(harness.drivers[0].targets) == 3  # two checks, then the pass
+    assert harness.drivers[0].model_versions == ["prelabel"]  # the projects' model_version back to the title
+
+
+def test_the_daemon_trusts_its_own_word_when_kopfs_view_of_status_lags() -> None:
+    asleep = Harness(REGISTERED, results=[(0, None), (0, None)])
+    asleep.spec, asleep.idle_for, asleep.lagging = SLEEPY, 61.0, True
+    asleep.wake_reasons += [""]
+    asleep.run(waits=2)
+    assert asleep.scaled == [0, 0] and len(asleep.results) == 1  # no pass against pods going away: it checks, asleep
+    woken = Harness(ASLEEP, results=[(0, None)])
+    woken.spec, woken.lagging = SLEEPY, True
+    woken.wake_reasons += ["3 task(s) to predict"]
+    woken.run(waits=2)
+    assert woken.scaled == [0, 1] and not woken.results  # woken: the next loop passes, it does not put it back to sleep
 
 
 def test_a_changed_spec_is_not_slept_over_and_autoscaling_wakes_to_its_minimum() -> None:

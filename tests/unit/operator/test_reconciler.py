@@ -554,7 +554,8 @@ def test_asleep_the_deployment_is_at_zero_the_registrations_stay_and_a_spec_chan
     assert replicas() == 0
     sleeping = condition(world.status, "Sleeping")
     assert (sleeping["status"], sleeping["reason"]) == ("True", "Idle") and "scaled to zero at 2026-12-07T03:00:00Z" in sleeping["message"]
-    assert (condition(world.status, "Ready")["status"], condition(world.status, "Ready")["reason"]) == ("False", "Sleeping")
+    assert (condition(world.status, "Ready")["status"], condition(world.status, "Ready")["reason"]) == ("True", "Sleeping")
+    assert (condition(world.status, "Available")["status"], condition(world.status, "Available")["reason"]) == ("False", "Sleeping")
     assert condition(world.status, "Registered")["status"] == "True" and "the registrations stay" in condition(world.status, "Registered")["message"]
     assert outcome.retry_in is None and outcome.events == [] and world.ls.registered == registered  # a state, not a failure
     assert world.status["sleep"]["generation"] == 1
@@ -565,3 +566,17 @@ def test_asleep_the_deployment_is_at_zero_the_registrations_stay_and_a_spec_chan
     woken = condition(world.status, "Sleeping")
     assert (woken["status"], woken["reason"], woken["message"]) == ("False", "Woken", "woken: the spec changed")
     assert [e.reason for e in outcome.events] == ["Woken"]
+
+
+def test_woken_by_a_spec_change_with_an_autoscaler_the_deployment_gets_its_minimum() -> None:
+    """An HPA leaves a Deployment at zero alone, and an apply that omits replicas may leave the zero."""
+    world = World({**SPEC, "prelabel": {"scaleToZero": {}}, "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 4}})
+    world.status["sleep"] = {"since": "2026-12-07T03:00:00Z", "generation": 1, "labelConfigs": "", "servingVersion": "", "modelVersion": "v1"}
+    world.reconcile()
+    deployments = [o for o in world.kube.applied if o["kind"] == "Deployment"]
+    assert deployments[-1]["spec"]["replicas"] == 0
+    world.generation = 2
+    world.reconcile()
+    assert [o for o in world.kube.applied if o["kind"] == "Deployment"][-1]["spec"]["replicas"] == 2 and "sleep" not in world.status
+    world.reconcile()  # awake: the autoscaler owns the count again
+    assert "replicas" not in [o for o in world.kube.applied if o["kind"] == "Deployment"][-1]["spec"]

@@ -37,6 +37,10 @@ def test_what_wakes_it() -> None:
     assert sleep.wake_reason(FOUND, same, {}, 3) == "3 task(s) to predict"
     assert "labeling config changed" in sleep.wake_reason(FOUND, sleep.configs_digest({1: "<View/>"}), {}, 0)
     assert sleep.wake_reason(FOUND, same, {"training": {"version": "20261207-0300"}}, 0) == "training promoted model version 20261207-0300"
+    selected = sleep.Asleep(FOUND.since, 4, same, "", "v1", sleep.selection_digest([3, 1]))
+    assert sleep.wake_reason(selected, same, {}, 0, sleep.selection_digest([1, 3])) == ""
+    assert "projectSelector changed" in sleep.wake_reason(selected, same, {}, 0, sleep.selection_digest([1, 3, 4]))
+    assert sleep.Asleep.from_status({"sleep": selected.as_status()}) == selected
 
 
 def test_the_sleeping_condition() -> None:
@@ -50,6 +54,7 @@ def test_the_sleeping_condition() -> None:
     awake = sleep.condition(SLEEPY, {}, 4)
     assert awake is not None and (awake.status, awake.reason) == ("False", "Awake")
     assert sleep.condition(MLBackendSpec.parse(BASE), {}, 4) is None
+    assert sleep.condition(MLBackendSpec.parse(BASE), said, 4) is None  # scaleToZero removed: the condition goes
 
 
 def test_a_woken_backend_starts_with_its_replicas_or_the_autoscalers_minimum() -> None:

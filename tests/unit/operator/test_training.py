@@ -69,6 +69,10 @@ def test_a_parent_prediction_that_is_gone_needs_a_region_a_person_made() -> None
     assert not training.is_human(ann(result=[box(5.0, origin="prediction")], parent_prediction=99), {})
     assert training.is_human(ann(result=[box(5.0, origin="prediction-changed")], parent_prediction=99), {})
     assert training.is_human(ann(result=[box(5.0, origin="prediction"), box(9.0, origin="manual")], parent_prediction=99), {})
+    # Deleted with its model version (retention): Label Studio nulls parent_prediction; the origins still tell.
+    assert not training.is_human(ann(result=[box(5.0, origin="prediction"), box(9.0, origin="prediction")]), {})
+    assert training.is_human(ann(result=[box(5.0, origin="prediction"), box(9.0, origin="prediction-changed")]), {})
+    assert training.is_human(ann(result=[]), {})  # an empty result still says "none of the labels"
 
 
 def test_a_silent_copy_of_a_task_prediction_is_not_human_unless_a_person_drew_it() -> None:
