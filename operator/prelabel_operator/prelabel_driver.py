@@ -114,6 +114,8 @@ class Driver:
         self.configs: dict[int, str] = {}  # each project's labeling config, as the last pass read it
         self.versions: dict[int, str] = {}  # each project's model version, as the last pass asked it
         self.asleep: sleep.Asleep | None = None  # this daemon's own word (kopf's view of status may lag its patch)
+        self.shown: dict[int, str] = {}  # the model version each project names while the backend sleeps (go_to_sleep)
+        self.restore_title = False  # woken: set the projects' model_version back to the title after the first pass
 
     def _renew_attempts(self, target: Target, spec: PrelabelSpec) -> Attempts:
         """Fresh tries for every task when maxAttempts or the keys changed: a task that failed for good
@@ -167,7 +169,7 @@ class Driver:
                 for project_id, version, total, done in counts:
                     # Only once nothing is left to predict in the project's scope (done, or failed for good).
                     if version and done + len(attempts.given_up(project_id)) >= total and not stopped:
-                        await self._prune(ls, project_id, keep, version, current)
+                        skipped += await self._prune(ls, project_id, keep, version, current)
         self._set_counts(counts)
         self.progress.message = "; ".join(skipped)
         self.mismatch.record(self._tally.stored, self._tally.stale, self._tally.answered or set())
@@ -210,19 +212,28 @@ class Driver:
         """Before the backend scales to zero: each project's model_version set to the version its tasks
         hold, so Label Studio shows their pre-labels from its database without calling the backend (with
         the registration's title, its label stream asks the backend at each task: a sleeping one answers
-        nothing). Returns what status.sleep is to hold."""
+        nothing; sleep.shown_version picks one Label Studio accepts). A project that cannot be set keeps
+        the title and is logged: it does not hold the sleep back. Returns what status.sleep is to hold."""
+        self.shown = {}
         async with _label_studio(target) as ls:
             for project_id in target.projects:
-                if self.versions.get(project_id):
-                    await _ls(ls.projects.update(project_id, model_version=self.versions[project_id]), f"set the model version of project {project_id}")
+                try:
+                    counts = await self._model_versions(ls, project_id)
+                    shown = sleep.shown_version(self.versions.get(project_id, ""), self.progress.served_versions, counts)
+                    if shown:
+                        await _ls(ls.projects.update(project_id, model_version=shown), f"set the model version of project {project_id}")
+                        self.shown[project_id] = shown
+                except Outage as exc:
+                    log.warning("%s/%s: project %s keeps its model version while the backend sleeps: %s", self.namespace, self.name, project_id, exc)
             selection = await self._selection(ls, target.selector)
         configs = {p: self.configs.get(p, "") for p in target.projects}
         return sleep.Asleep(sleep.now(), generation, sleep.configs_digest(configs), sleep.serving_version(status),
                             self.progress.model_version, selection)
 
     async def wake_up(self, target: Target) -> None:
-        """After the backend is scaled up: the projects' model_version back to the registration's title
-        (what the reconcile keeps while the backend is awake)."""
+        """Woken, once the backend answers again: the projects' model_version back to the registration's
+        title (what the reconcile keeps while the backend is awake; before, Label Studio would ask a
+        backend still starting for each task opened)."""
         async with _label_studio(target) as ls:
             for project_id in target.projects:
                 with contextlib.suppress(Outage):  # a project gone meanwhile: the reconcile says so
@@ -248,6 +259,10 @@ class Driver:
                 except (httpx.HTTPError, OSError) as exc:
                     raise Outage(f"Label Studio unreachable while trying to read project {project_id}: {type(exc).__name__}") from None
                 configs[project_id] = project.label_config or ""
+                if project_id in self.shown and project.model_version != self.shown[project_id]:
+                    # A reconcile that ran as the backend went to sleep set the title back: name the version again.
+                    with contextlib.suppress(Outage):
+                        await _ls(ls.projects.update(project_id, model_version=self.shown[project_id]), f"set the model version of project {project_id}")
                 subset, refusal = await self._subset(ls, project_id, spec)
                 if refusal:
                     continue
@@ -262,43 +277,56 @@ class Driver:
         of Label Studio's project list); "" without one."""
         if selector is None:
             return ""
-        pager = await _ls(ls.projects.list(page_size=100), "list projects")
-        matching = []
-        async for project in pager:
-            if selector.matches(str(project.title or "")):
-                matching.append(int(project.id))
-        return sleep.selection_digest(matching)
 
-    async def _prune(self, ls: AsyncLabelStudio, project_id: int, keep: int, version: str, current: set[str]) -> None:
+        async def matching() -> list[int]:
+            return [int(p.id) async for p in await ls.projects.list(page_size=100) if selector.matches(str(p.title or ""))]
+
+        return sleep.selection_digest(await _ls(matching(), "list projects"))
+
+    async def _model_versions(self, ls: AsyncLabelStudio, project_id: int) -> dict[str, int]:
+        """Label Studio's predictions per model version in one project (its model-versions endpoint)."""
+        present = await _raw(ls, "GET", f"api/projects/{project_id}/model-versions/", f"read the model versions of project {project_id}")
+        return {str(v): int(n) for v, n in present.items()} if isinstance(present, dict) else {}
+
+    async def _prune(self, ls: AsyncLabelStudio, project_id: int, keep: int, version: str, current: set[str]) -> list[str]:
         """spec.prelabel.retention in one project serving `version`: Label Studio's model-versions
         counts (one request), then per version to prune (prelabel.to_prune) a count of the tasks that
         would lose their only pre-label (any scope: Label Studio deletes project-wide; the version waits
         while there are any), then the delete, one transaction in Label Studio: a pass stopped midway
         resumes at the next version. Label Studio then clears the project's model_version when it names
-        this backend (Project.should_none_model_version): what it was is set back at once."""
+        this backend (Project.should_none_model_version): what it was is set back at once. Returns why
+        versions were kept (status.prelabel.message)."""
         path = f"api/projects/{project_id}/model-versions/"
-        present = await _raw(ls, "GET", path, f"read the model versions of project {project_id}")
-        counts = {str(v): int(n) for v, n in present.items()} if isinstance(present, dict) else {}
+        counts = await self._model_versions(ls, project_id)
         named: str | None = None  # the project's model_version before the first delete
-        for old in prelabel.to_prune(self.progress.served_versions, keep, counts, current):
-            left = await _ls(ls.tasks.list(project=project_id, query=prelabel.superseded_query(old, version), page_size=1, include="id",
-                                           fields="all", resolve_uri=False), f"count the tasks of project {project_id} holding only {old!r}")
-            if int(left.response.total):
-                log.info("%s/%s: model version %r kept in project %s: %s task(s) hold it and no prediction of %r",
-                         self.namespace, self.name, old, project_id, left.response.total, version)
-                continue
-            if named is None:
-                named = str((await _ls(ls.projects.get(project_id), f"read project {project_id}")).model_version or "")
-            answer = await _raw(ls, "DELETE", path, f"delete the predictions of model version {old!r} in project {project_id}",
-                                json={"model_version": old})
-            deleted = int(answer.get("deleted_predictions") or 0) if isinstance(answer, dict) else 0
-            self.progress.pruned += deleted
-            self.progress.pruned_versions = prelabel.pruned(self.progress.pruned_versions, old)
-            metrics.PRELABEL_TASKS.labels("pruned").inc(deleted)
-            log.info("%s/%s: deleted %d prediction(s) of model version %r from project %s (spec.prelabel.retention)",
-                     self.namespace, self.name, deleted, old, project_id)
-        if named and named not in self.progress.pruned_versions:
-            await _ls(ls.projects.update(project_id, model_version=named), f"set the model version of project {project_id}")
+        deleted_here: set[str] = set()
+        kept: list[str] = []
+        try:
+            for old in prelabel.to_prune(self.progress.served_versions, keep, counts, current):
+                if version in old:  # Label Studio matches versions as substrings: "1.0" in "1.0-rc1" hides who holds only "1.0-rc1"
+                    kept.append(f"model version {old!r} kept in project {project_id}: its name contains the current one's")
+                    continue
+                left = await _ls(ls.tasks.list(project=project_id, query=prelabel.superseded_query(old, version), page_size=1, include="id",
+                                               fields="all", resolve_uri=False), f"count the tasks of project {project_id} holding only {old!r}")
+                if int(left.response.total):
+                    kept.append(f"model version {old!r} kept in project {project_id}: {left.response.total} task(s) hold it and no "
+                                f"prediction of {version!r} (outside the scope, failed, or KeepExisting)")
+                    continue
+                if named is None:
+                    named = str((await _ls(ls.projects.get(project_id), f"read project {project_id}")).model_version or "")
+                deleted_here.add(old)
+                answer = await _raw(ls, "DELETE", path, f"delete the predictions of model version {old!r} in project {project_id}",
+                                    json={"model_version": old})
+                deleted = int(answer.get("deleted_predictions") or 0) if isinstance(answer, dict) else 0
+                self.progress.pruned += deleted
+                self.progress.pruned_versions = prelabel.pruned(self.progress.pruned_versions, old)
+                metrics.PRELABEL_TASKS.labels("pruned").inc(deleted)
+                log.info("%s/%s: deleted %d prediction(s) of model version %r from project %s (spec.prelabel.retention)",
+                         self.namespace, self.name, deleted, old, project_id)
+        finally:  # also after a delete whose answer was lost: Label Studio may have cleared it
+            if named and named not in deleted_here:
+                await _ls(ls.projects.update(project_id, model_version=named), f"set the model version of project {project_id}")
+        return kept
 
     async def _subset(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec) -> tuple[list[dict[str, Any]], str]:
         """(the subset's filter items for this project, "") or ([], why the project is skipped): a
@@ -668,15 +696,15 @@ async def _sleep(resource: Resource, driver: Driver, target: Target, section: Pr
 
 
 async def _wake(resource: Resource, driver: Driver, target: Target, spec: MLBackendSpec, why: str, generation: int) -> None:
-    """Back from zero: status.sleep removed first, then the Deployment scaled up and the projects'
-    model_version back to the title; the next passes wait for its pods (an outage until they answer)
-    and predict what woke it."""
+    """Back from zero: status.sleep removed first, then the Deployment scaled up; the next passes wait
+    for its pods (an outage until they answer) and predict what woke it, and the first that works sets
+    the projects' model_version back to the title (Driver.wake_up)."""
     said = sleep.woken_condition(why)
     conditions = with_condition(list(resource.status.get("conditions") or []), said, generation)
     await resource.patch_status({"sleep": None, "conditions": conditions})
     driver.asleep = None
     await resource.scale(sleep.awake_replicas(spec))
-    await driver.wake_up(target)
+    driver.restore_title = True
     driver.woken_at = driver.last_predict = time.monotonic()  # a fresh idle period
     resource.emit(Event("Woken", said.message))
     log.info("%s/%s: %s", resource.namespace, resource.name, said.message)
@@ -744,6 +772,9 @@ async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, 
                 continue
             delay = await driver.run_pass(target, section, stopped)
             outages = 0
+            if driver.restore_title:  # the backend answers again: Label Studio may ask it for each task
+                await driver.wake_up(target)
+                driver.restore_title = False
             if delay is None and not driver.progress.fault and sleep.time_to_sleep(
                     section, driver.progress.phase(), time.monotonic() - driver.last_predict, resource.status):
                 await _sleep(resource, driver, target, section, generation)
@@ -753,7 +784,7 @@ async def run(resource: Resource, stopped: Stopped, make_driver: Callable[[str, 
             outages += 1
             delay = backoff(outages)
             message = exc.message if isinstance(exc, KubeError) else str(exc)
-            if isinstance(exc, Outage) and time.monotonic() - driver.woken_at < WAKE_GRACE:
+            if isinstance(exc, Outage) and driver.asleep is None and time.monotonic() - driver.woken_at < WAKE_GRACE:
                 # Just woken and the backend does not answer yet: make sure a reconcile that read status
                 # from before the wake did not put it back to sleep.
                 with contextlib.suppress(KubeError, SpecError):

@@ -69,6 +69,16 @@ def selection_digest(project_ids: Iterable[int]) -> str:
     return hashlib.sha256(",".join(str(p) for p in sorted(project_ids)).encode()).hexdigest()
 
 
+def shown_version(current: str, served: list[str], counts: Mapping[str, int]) -> str | None:
+    """The model version a project names while the backend sleeps (Label Studio shows one version's
+    predictions, and accepts only a version the project holds): the current one if any task holds it,
+    else the version this resource served that most tasks hold; None (keep the title) when it holds none."""
+    if current and counts.get(current, 0) > 0:
+        return current
+    held = [v for v in served if counts.get(v, 0) > 0]
+    return max(held, key=lambda v: counts[v]) if held else None
+
+
 def serving_version(status: Mapping[str, Any]) -> str:
     """The model version training promoted (status.training.version; "" without one)."""
     return str((status.get("training") or {}).get("version") or "")

@@ -226,3 +226,4 @@ def test_retention_never_leaves_a_task_outside_the_subset_without_its_pre_label(
     now = stored(ls_client, created.id)
     assert sum(1 for t, v in now if v == second) == 3 and {t for t, v in now if v == first} == set(tasks)
     assert driver.progress.pruned == 0 and driver.progress.phase() == "Complete"
+    assert f"model version {first!r} kept in project {created.id}: 3 task(s) hold it and no prediction of {second!r}" in driver.progress.message

@@ -49,6 +49,7 @@ class FakeDriver:
         self.configs = {1: "<View/>"}
         self.wake_reasons: list[str] = []  # what each check while asleep finds, in turn
         self.asleep: sleep.Asleep | None = None
+        self.restore_title = False
         self.model_versions: list[str] = []  # what go_to_sleep and wake_up set the projects' model_version to
 
     async def wake_reason(self, target: Target, spec: PrelabelSpec, found: sleep.Asleep, status: Any) -> str:

@@ -60,3 +60,10 @@ def test_the_sleeping_condition() -> None:
 def test_a_woken_backend_starts_with_its_replicas_or_the_autoscalers_minimum() -> None:
     assert sleep.awake_replicas(MLBackendSpec.parse({**BASE, "replicas": 3})) == 3
     assert sleep.awake_replicas(MLBackendSpec.parse({**BASE, "replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 2}})) == 2
+
+
+def test_asleep_a_project_names_a_version_it_holds_or_keeps_the_title() -> None:
+    assert sleep.shown_version("v3", ["v1", "v2", "v3"], {"v3": 4, "v1": 9}) == "v3"
+    assert sleep.shown_version("v3", ["v1", "v2", "v3"], {"v1": 2, "v2": 5, "other": 50}) == "v2"  # KeepExisting: what most hold
+    assert sleep.shown_version("v3", ["v1"], {"other": 50}) is None  # an empty project, or only another backend's
+    assert sleep.shown_version("", [], {}) is None
