@@ -82,16 +82,11 @@ def scope_query(spec: PrelabelSpec, subset: Sequence[dict[str, Any]] = (), after
     return _query([*_scope(spec, subset), *cursor], ordered=after_id is not None)
 
 
-def done_query(spec: PrelabelSpec, version: str, subset: Sequence[dict[str, Any]] = ()) -> str:
-    """Tasks in scope already holding the wanted prediction (for the predicted count)."""
-    return _query([*_scope(spec, subset), _done(spec, version, negate=False)])
-
-
-def is_done(spec: PrelabelSpec, version: str, task: Any) -> bool:
-    """What done_query selects, for one task listed with include=id,total_predictions,predictions_model_versions."""
-    if spec.on_new_model_version == "KeepExisting":
-        return int(getattr(task, "total_predictions", 0) or 0) > 0
-    return holds(version, getattr(task, "predictions_model_versions", None))
+def done_query(spec: PrelabelSpec, version: str, subset: Sequence[dict[str, Any]] = (), after_id: int | None = None) -> str:
+    """Tasks in scope already holding the wanted prediction (for the predicted count); with after_id,
+    those past it by id (a cursor)."""
+    cursor = [] if after_id is None else [_filter("id", "greater", "Number", after_id)]
+    return _query([*_scope(spec, subset), _done(spec, version, negate=False), *cursor], ordered=after_id is not None)
 
 
 def sample(task_ids: Iterable[int], n: int, key: str) -> set[int]:
@@ -164,12 +159,24 @@ def holding_query(version: str, first_id: int, last_id: int) -> str:
                    _filter("predictions_model_versions", "contains", "List", [version])])
 
 
-def holds(version: str, versions: Any) -> bool:
-    """Whether a task's `predictions_model_versions` (Label Studio's Data Manager column: a
-    comma-joined string on SQLite, a list on PostgreSQL) holds exactly `version`."""
-    if isinstance(versions, str):
-        return version in versions.split(",")
-    return isinstance(versions, list) and version in versions
+LS_COLUMN_CHARS = 500  # Label Studio's DataManagerTaskSerializer.CHAR_LIMITS: a listed column's text is cut there
+
+
+def holds(version: str, versions: Any, cut_holds: bool = False) -> bool:
+    """Whether a task's `predictions_model_versions`, as Label Studio's Data Manager lists it, holds
+    exactly `version`. The text is "a,b" on SQLite (GROUP_CONCAT) and "a, b" on PostgreSQL (its
+    ARRAY_AGG as JSON, brackets and quotes removed), in no set order, and cut at LS_COLUMN_CHARS.
+    cut_holds: what a text that may have been cut and lacks `version` answers (True where Label
+    Studio's own `contains` filter already selected the task)."""
+    if isinstance(versions, list):  # not what Label Studio serves today; harmless to read
+        return version in versions
+    if not isinstance(versions, str):
+        return False
+    pieces = [piece.strip() for piece in versions.split(",")]
+    if version in pieces:
+        return True
+    # PostgreSQL's text lost two quotes a version before the cut: a bound for both forms.
+    return cut_holds and len(versions) + 2 * len(pieces) >= LS_COLUMN_CHARS - 1
 
 
 # -- retention: spec.prelabel.retention ---------------------------------------------------------------

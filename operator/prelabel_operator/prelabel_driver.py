@@ -44,7 +44,7 @@ from .status import Event, with_condition
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 200  # task ids per Data Manager page: small enough for a quick query, large enough to pipeline
-SAMPLE_PAGE_SIZE = 1000  # tasks per page when a sample lists the whole subset (ids and prediction versions only)
+SAMPLE_PAGE_SIZE = 1000  # task ids per page when a sample lists the whole subset and its done tasks
 # Label Studio 1.23's default import path recounts every task of the project per request: few,
 # large requests. IMPORT_LATENCY bounds how long a prediction waits before it is stored (and counted).
 IMPORT_MIN, IMPORT_LATENCY = 250, 2.0
@@ -357,19 +357,25 @@ class Driver:
         return int(total.response.total), int(done.response.total)
 
     async def _count_sample(self, ls: AsyncLabelStudio, project_id: int, spec: PrelabelSpec, plan: Plan, n: int) -> tuple[int, int]:
-        done: dict[int, bool] = {}
+        """Draws the sample from the subset's ids, and counts its done tasks with done_query: Label
+        Studio's own filter, as every other count (its listed text of versions is cut and unordered)."""
+        subset = await self._ids(ls, project_id, lambda after_id: scope_query(spec, plan.subset, after_id), "sample")
+        done = await self._ids(ls, project_id, lambda after_id: done_query(spec, plan.version, plan.subset, after_id), "count the sampled")
+        plan.chosen = prelabel.sample(subset, n, f"{self.namespace}/{self.name}")
+        return len(plan.chosen), len(plan.chosen & done)
+
+    async def _ids(self, ls: AsyncLabelStudio, project_id: int, query: Callable[[int], str], purpose: str) -> set[int]:
+        """Every task id a query selects, by pages of SAMPLE_PAGE_SIZE on an id cursor."""
+        ids: set[int] = set()
         after_id = 0
         while True:
-            page = await _ls(ls.tasks.list(project=project_id, query=scope_query(spec, plan.subset, after_id), page_size=SAMPLE_PAGE_SIZE,
-                                           include="id,total_predictions,predictions_model_versions", fields="all", resolve_uri=False),
-                             f"list the tasks of project {project_id} to sample")
+            page = await _ls(ls.tasks.list(project=project_id, query=query(after_id), page_size=SAMPLE_PAGE_SIZE, include="id",
+                                           fields="all", resolve_uri=False), f"list the tasks of project {project_id} to {purpose}")
             tasks = list(page.items or [])
             if not tasks:
-                break
-            done |= {int(t.id): prelabel.is_done(spec, plan.version, t) for t in tasks}
+                return ids
+            ids |= {int(t.id) for t in tasks}
             after_id = max(int(t.id) for t in tasks)
-        plan.chosen = prelabel.sample(done, n, f"{self.namespace}/{self.name}")
-        return len(plan.chosen), sum(done[t] for t in plan.chosen)
 
     async def _project(self, ls: AsyncLabelStudio, backend: httpx.AsyncClient, project_id: int, plan: Plan,
                        spec: PrelabelSpec, stopped: Any) -> None:
@@ -502,8 +508,9 @@ class Driver:
                                        include="id,predictions_model_versions", fields="all", resolve_uri=False),
                          f"read back the predictions of project {project_id}")
         wanted = set(task_ids)
-        found = {int(t.id) for t in page.items or [] if int(t.id) in wanted and prelabel.holds(version, getattr(t, "predictions_model_versions", None))}
-        return found
+        # cut_holds: Label Studio's own filter already selected these tasks; a cut text cannot say otherwise.
+        return {int(t.id) for t in page.items or []
+                if int(t.id) in wanted and prelabel.holds(version, getattr(t, "predictions_model_versions", None), cut_holds=True)}
 
     def _count_failures(self, project_id: int, failed: list[tuple[int, str]]) -> None:
         assert self.attempts is not None
