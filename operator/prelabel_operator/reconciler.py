@@ -297,7 +297,8 @@ class Reconciler:
                 # backend, as HumanSignal's example); ConfigCompatible says why it predicts nothing.
                 observed.model_version = check.model_version or observed.model_version
                 registration_id, decided = client.ensure(project.id, desired, uid, auth[1] if auth else None)
-                client.set_model_version(project, spec.label_studio.title)
+                if not observed.asleep:  # asleep, the project names the version its tasks hold (Driver.go_to_sleep) until woken
+                    client.set_model_version(project, spec.label_studio.title)
                 for action, happened in (("create", decided.create), ("update", bool(decided.update_id)), ("delete", bool(decided.delete_ids))):
                     if happened:
                         metrics.REGISTRATIONS.labels(action).inc()

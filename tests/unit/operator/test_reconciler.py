@@ -559,6 +559,23 @@ def test_asleep_the_deployment_is_at_zero_the_registrations_stay_and_a_spec_chan
     assert condition(world.status, "Registered")["status"] == "True" and "the registrations stay" in condition(world.status, "Registered")["message"]
     assert outcome.retry_in is None and outcome.events == [] and world.ls.registered == registered  # a state, not a failure
     assert world.status["sleep"]["generation"] == 1
+    # Just scaled to zero, its pods still count as ready (seen in CI): a reconcile then registers again (a
+    # new rollout), and the project keeps naming the version its tasks hold (Driver.go_to_sleep set it;
+    # with the title, Label Studio would ask the sleeping backend for each task opened).
+    world.ls.projects[1] = replace(world.ls.projects[1], model_version="v1")
+    world.ls.registered[1] = []
+    terminating = world.kube.apply
+
+    def apply(body: dict, namespace: str) -> dict:
+        answer = terminating(body, namespace)
+        if body["kind"] == "Deployment":
+            answer["status"]["readyReplicas"] = 1
+        return answer
+
+    world.kube.apply = apply  # type: ignore[method-assign]
+    world.reconcile()
+    world.kube.apply = terminating  # type: ignore[method-assign]
+    assert world.ours(1) and world.ls.projects[1].model_version == "v1"
     # A new generation (here, more replicas) is not slept over: the reconcile wakes it.
     world.generation, world.spec["replicas"] = 2, 2
     outcome = world.reconcile()
