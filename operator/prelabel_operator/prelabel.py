@@ -168,8 +168,6 @@ def holds(version: str, versions: Any, cut_holds: bool = False) -> bool:
     ARRAY_AGG as JSON, brackets and quotes removed), in no set order, and cut at LS_COLUMN_CHARS.
     cut_holds: what a text that may have been cut and lacks `version` answers (True where Label
     Studio's own `contains` filter already selected the task)."""
-    if isinstance(versions, list):  # not what Label Studio serves today; harmless to read
-        return version in versions
     if not isinstance(versions, str):
         return False
     pieces = [piece.strip() for piece in versions.split(",")]
