@@ -5,11 +5,14 @@ again from Kubernetes and Label Studio by the next full reconcile."""
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from .drift import Schedule
 from .status import ProjectStatus
+
+DELETED_KEPT = 10_000  # UIDs are never reused; a bound keeps a long-lived operator's memory flat
 
 
 @dataclass
@@ -36,6 +39,9 @@ class Memory:
         self.training_checked: dict[str, float] = {}  # when the training loop last counted annotations (monotonic)
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
+        # UIDs deregistered by this process: a reconcile that started from an older body (a resync
+        # tick, a Deployment's event) and waited for the lock must not register them again.
+        self._deleted: OrderedDict[str, None] = OrderedDict()
 
     def lock(self, uid: str) -> threading.RLock:
         """One reconcile at a time per resource: kopf runs a resource's timer beside its change
@@ -45,10 +51,20 @@ class Memory:
             return self._locks.setdefault(uid, threading.RLock())
 
     def forget(self, uid: str) -> None:
-        """Everything about a deleted resource: its findings, lock, wait, drift schedule and training check."""
+        """Everything about a deleted resource: its findings, lock, wait, drift schedule and training
+        check; it is remembered as deleted (`deleted`) from now on."""
+        with self._guard:
+            self._deleted[uid] = None
+            while len(self._deleted) > DELETED_KEPT:
+                self._deleted.popitem(last=False)
         self.drift.forget(uid)
         self.remembered.pop(uid, None)
         self.waiting.discard(uid)
         self.training_checked.pop(uid, None)
         with self._guard:
             self._locks.pop(uid, None)
+
+    def deleted(self, uid: str) -> bool:
+        """Whether this process has deregistered the resource (one of the last DELETED_KEPT)."""
+        with self._guard:
+            return uid in self._deleted

@@ -109,6 +109,8 @@ class Reconciler:
         timer: a resync or a wake-up (not Ready is rechecked at the next tick rather than retried);
         light: a drift check that trusts what the last full pass found while nothing changed."""
         with self.memory.lock(resource.uid), metrics.RECONCILE_SECONDS.time():
+            if self.memory.deleted(resource.uid):
+                return Outcome()  # deregistered while this pass waited for the lock: nothing to bring back
             try:
                 outcome = self._reconcile(resource, retry, timer, light)
             except Exception:
@@ -411,7 +413,13 @@ class Reconciler:
         or its key missing, a namespace being torn down) or is refused; after `deregister_timeout`
         seconds since the deletion began while Label Studio or the Kubernetes API cannot be reached
         (retried meanwhile every RETRY_WHILE_DELETING s at most)."""
-        self.memory.forget(resource.uid)  # the timer checks no deleted resource
+        # Under the resource's lock: a reconcile already running (a resync tick, a Deployment's event,
+        # started before the deletion was seen) finishes first, and none after it registers again.
+        with self.memory.lock(resource.uid):
+            self.memory.forget(resource.uid)
+            return self._deregister_locked(resource, retry)
+
+    def _deregister_locked(self, resource: Resource, retry: int) -> Outcome:
         try:
             parsed = MLBackendSpec.parse(dict(resource.spec))
         except SpecError:

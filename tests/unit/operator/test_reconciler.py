@@ -5,6 +5,7 @@ and what deregistration removes. No cluster, no Label Studio: milliseconds each.
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -271,6 +272,33 @@ def test_deregister_removes_only_this_resources_registrations_and_forgets_it() -
     assert [e.reason for e in outcome.events] == ["Deregistered"] and "removed 2 registration(s)" in outcome.events[0].message
     assert outcome.retry_in is None
     assert UID not in world.memory.remembered and UID not in world.memory.drift.costs
+
+
+def test_a_reconcile_that_started_before_the_deletion_registers_nothing_after_deregister() -> None:
+    """The chaos test's leftover (seed 808758): a resync tick started from a body without
+    deletionTimestamp, deregister ran beside it, and the tick's `ensure` registered again."""
+    world = World()
+    world.reconcile()
+    stale = world.resource()  # the timer's body, read before the deletion
+    in_ensure, deregistered = threading.Event(), threading.Event()
+    ensure = world.ls.ensure
+
+    def slow_ensure(*args: Any, **kwargs: Any) -> Any:
+        in_ensure.set()
+        deregistered.wait(0.5)  # deregister, if it did not wait for this pass, finishes meanwhile
+        return ensure(*args, **kwargs)
+
+    world.ls.ensure = slow_ensure  # type: ignore[method-assign]
+    tick = threading.Thread(target=world.reconciler.reconcile, args=(stale,), kwargs={"timer": True})
+    world.memory.remembered.pop(UID)  # a full pass: it calls ensure
+    tick.start()
+    assert in_ensure.wait(5)
+    world.reconciler.deregister(world.resource(deleting=True))
+    deregistered.set()
+    tick.join(5)
+    assert world.ours(1) == [] and world.ours(2) == []
+    late = world.reconciler.reconcile(stale, timer=True)  # a tick that only now got the lock
+    assert late.status == {} and late.events == [] and world.ours(1) == [] and world.ours(2) == []
 
 
 def test_deregister_removes_a_duplicate_a_crashed_create_left_too() -> None:
