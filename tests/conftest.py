@@ -253,6 +253,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # The version matrix's other Label Studios: one group each, so each starts once (about a minute).
         group = "real-node" if module in REAL_NODE_MODULES else module if version == VERSION else f"label-studio-{version.replace('/', '-')}"
         item.add_marker(pytest.mark.xdist_group(group))
+    # The real-node group is the longest (one node, its tests in turn): first in the collection, xdist
+    # hands it to a worker at once instead of after the groups collected before it.
+    items.sort(key=lambda item: (item.module.__name__.rsplit(".", 1)[-1] if item.module else "") not in REAL_NODE_MODULES)
 
 
 @pytest.hookimpl(trylast=True)
