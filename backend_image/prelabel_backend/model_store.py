@@ -10,6 +10,10 @@ sha256); the runtime and batch size that serve it are chosen by timing each on t
 input size (runtime_choice.py). Until measured, a model serves on a provisional runtime; the store
 opens the candidates, lets runtime_choice time them, and switches the model between two calls.
 The identity of a model (sha256, hence model_version) is always its weight file's, whatever runs it.
+
+Without ultralytics (the lean image, INFERENCE=lean) lean.py runs the exports instead: a `.pt` serves
+through an ONNX or OpenVINO export found in a cache (the packaged models' are in the image), since
+nothing can export it; one without an export is refused with what to do (a ConfigError).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import importlib.util
 import logging
 import queue
 import threading
@@ -28,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import memory, offline, runtime_choice, runtimes
+from . import lean, memory, offline, runtime_choice, runtimes
 from .cpus import inference_streams, usable_cpus
 from .label_config import ConfigError, model_path
 from .settings import Settings
@@ -45,7 +50,7 @@ class LoadedModel:
     sha256: str  # of `path`: model_version follows the weights, never the runtime
     imgsz: int | tuple[int, int] | list[int] | None
     model: Any
-    runtime: str = "torch"  # what runs it: torch, onnx or openvino
+    runtime: str = "torch"  # what runs it: torch, onnx or openvino (lean.py's Export: onnx or openvino)
     batch: int = 1  # images per model call
     lock: threading.Lock = field(default_factory=threading.Lock)  # held by track() and by the runtime switch
     # The model objects calls run on, one call each at a time: `model` alone, or with OpenVINO's streams
@@ -74,6 +79,8 @@ class LoadedModel:
 class ModelStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # lean.py runs the models: asked for, or ultralytics not installed (the lean image)
+        self.lean = settings.inference == "lean" or (settings.inference == "auto" and importlib.util.find_spec("ultralytics") is None)
         self._models: dict[tuple[Path, str], LoadedModel] = {}
         self._lock = threading.Lock()
         self._loading: dict[tuple[Path, str], threading.Lock] = {}
@@ -88,7 +95,8 @@ class ModelStore:
         self._export_dir = settings.model_dir / "runtimes"
         self._export_dirs = [*settings.runtime_caches, self._export_dir]
         self._choices = runtime_choice.Choices(self._export_dir, self.threads, self.streams, settings.runtime, settings.batch_size)
-        offline.configure(str(settings.model_dir / "ultralytics"))
+        if not self.lean:
+            offline.configure(str(settings.model_dir / "ultralytics"))
         # Models that serve on a provisional runtime until measured, one at a time, in the background.
         self._measurements = runtime_choice.Measurements(self._measure)
         if settings.model_idle_unload > 0:
@@ -195,7 +203,11 @@ class ModelStore:
 
     def _open(self, path: Path, runtime: str, task: str | None, imgsz: Any) -> Any:
         """An ultralytics model on `runtime`, warmed up (the first call imports torchvision, builds
-        the backend, fuses layers) and set to this process's thread count."""
+        the backend, fuses layers) and set to this process's thread count; lean, a lean.Export."""
+        if self.lean:
+            export = lean.Export.open(path, self.threads)
+            export.predict([np.zeros((64, 64, 3), np.uint8)])  # the runtime's first call allocates its buffers
+            return export
         from ultralytics.models import YOLO
 
         model = YOLO(str(path), task=task) if task else YOLO(str(path))
@@ -207,16 +219,25 @@ class ModelStore:
         return model
 
     def _wanted(self, own: str) -> tuple[str, ...]:
-        """The runtimes a model may serve on: an export runs as it is; a .pt on CPU on RUNTIME's."""
-        if own != "torch" or self.settings.device != "cpu":
+        """The runtimes a model may serve on: an export runs as it is; a .pt on CPU on RUNTIME's (lean:
+        on its exports only)."""
+        if own != "torch" or (self.settings.device != "cpu" and not self.lean):
             return (own,)
-        return runtimes.RUNTIMES if self.settings.runtime == "auto" else (self.settings.runtime,)
+        exports = tuple(r for r in runtimes.RUNTIMES if r != "torch") if self.lean else runtimes.RUNTIMES
+        return exports if self.settings.runtime == "auto" else (self.settings.runtime,)
 
     def _source(self, path: Path, sha256: str, runtime: str) -> Path:
         """The file `runtime` runs for the weights at path: the .pt itself, or its export (cached, or
         made now: seconds, the first load of a mounted .pt)."""
         if runtime == "torch" or runtimes.runtime_of(path) == runtime:
             return path
+        if self.lean:  # nothing here can export: torch is not installed
+            found = runtimes.cached(sha256, runtime, self._export_dirs)
+            if found is None:
+                raise ConfigError(f"model file {path.name!r} has no {runtime} export here, and this image serves exports "
+                                  f"only (no torch): mount its .onnx or *_openvino_model export beside it, put one in "
+                                  f"RUNTIME_CACHE under {sha256[:12]}..., or serve it with the full image")
+            return found
         return (runtimes.cached(sha256, runtime, self._export_dirs)
                 or runtimes.export(path, sha256, runtime, self.settings.runtime_caches, self._export_dir,
                                    runtimes.trained_imgsz(path)))
@@ -235,8 +256,10 @@ class ModelStore:
         try:
             source = self._source(path, sha256, runtime)
             model = self._open(source, runtime, None, None)
+        except ConfigError:
+            raise
         except Exception as exc:
-            if runtime == own:
+            if runtime == own or (self.lean and own == "torch"):
                 raise ConfigError(f"model file {path.name!r} could not be loaded: {exc}") from exc
             log.warning("model %s: no %s runtime (%s: %s); it runs on %s", path.name, runtime, type(exc).__name__, exc, own)
             runtime, batch, timings = own, self.settings.batch_size or 1, {}
@@ -244,8 +267,10 @@ class ModelStore:
                 model = self._open(path, own, None, None)
             except Exception as exc2:
                 raise ConfigError(f"model file {path.name!r} could not be loaded: {exc2}") from exc2
-        names = [str(model.names[i]) for i in sorted(model.names)]
-        if runtime == "torch":
+        names = list(model.names) if self.lean else [str(model.names[i]) for i in sorted(model.names)]
+        if self.lean:  # the export's own input size, an int for a square one (as below)
+            imgsz = model.imgsz[0] if model.imgsz[0] == model.imgsz[1] else model.imgsz
+        elif runtime == "torch":
             imgsz = (getattr(model, "overrides", {}) or {}).get("imgsz")
         else:  # an export's own input size, [s, s] for a square s (what the .pt's training imgsz s gives)
             imgsz = getattr(model.predictor.model, "imgsz", None)
@@ -296,7 +321,8 @@ class ModelStore:
         if chosen is None and runtime != loaded.runtime:  # measured for another instance of the same weights
             chosen = self._open(self._source(loaded.path, loaded.sha256, runtime), runtime, loaded.task, loaded.imgsz)
         with loaded.lock:
-            runtimes.set_threads(chosen or loaded.model, runtime, self.threads, self.streams)  # torch's count is process-wide
+            if not self.lean:  # a lean.Export has its threads from the start
+                runtimes.set_threads(chosen or loaded.model, runtime, self.threads, self.streams)  # torch's count is process-wide
             loaded.serve_on(chosen or loaded.model, runtime, self.streams)
             loaded.batch, loaded.timings, loaded.measured = batch, dict(timings), True
         self._choices.remember(loaded.sha256, (loaded.runtime, loaded.batch, loaded.timings), loaded.path.name)
@@ -335,7 +361,11 @@ class ModelStore:
 
     def track(self, loaded: LoadedModel, frames: list[np.ndarray], conf: float, tracker: str, turn: Turn = contextlib.nullcontext) -> list[Any]:
         """Runs the tracker through one video's frames, in order, with a fresh tracker state. turn:
-        entered around each frame's call (a video is one call per frame, so a gate's turn is short)."""
+        entered around each frame's call (a video is one call per frame, so a gate's turn is short).
+        Raises ConfigError in the lean image (ultralytics' trackers are not in it)."""
+        if self.lean:
+            raise ConfigError("video tracking (VideoRectangle) runs ultralytics' trackers, which this image does not "
+                              "have (INFERENCE=lean): serve video projects with the full image")
         kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.settings.device, "tracker": tracker}
         if loaded.imgsz:
             kwargs["imgsz"] = loaded.imgsz
@@ -348,6 +378,8 @@ class ModelStore:
         return outputs
 
     def _predict(self, loaded: LoadedModel, images: list[np.ndarray], conf: float, model: Any = None) -> list[Any]:
+        if self.lean:
+            return (model or loaded.model).predict(images, conf=conf, imgsz=loaded.imgsz)  # type: ignore[no-any-return]
         kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.settings.device}
         if loaded.imgsz:
             kwargs["imgsz"] = loaded.imgsz

@@ -85,14 +85,16 @@ def plan(wanted: tuple[str, ...], batches: tuple[int, ...], known: Choice | None
     `batches`. Final when measured before (`known`: this process, or an earlier start: MODEL_DIR) or
     when RUNTIME and BATCH_SIZE leave nothing to choose. Otherwise provisional, for a fast start: a
     cached ONNX export (`ready`; opening it needs no torch model and no export), else the .pt on
-    torch, at batch 1; the measurement follows."""
+    torch (without torch among `wanted`, the lean image: the first wanted), at batch 1; the
+    measurement follows."""
     if known is not None and known[0] in wanted and known[1] in batches:
         return known[0], known[1], dict(known[2]), True
     final = len(wanted) == 1 and len(batches) == 1
     if len(wanted) == 1:
         return wanted[0], batches[0] if final else 1, {}, final
     exported = [r for r in ("onnx", "openvino") if r in wanted and ready(r)]
-    return (exported[0] if exported else "torch"), (batches[0] if len(batches) == 1 else 1), {}, False
+    fallback = "torch" if "torch" in wanted else wanted[0]
+    return (exported[0] if exported else fallback), (batches[0] if len(batches) == 1 else 1), {}, False
 
 
 def _probe_image(imgsz: int | tuple[int, int] | list[int] | None) -> np.ndarray:

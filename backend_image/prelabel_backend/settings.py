@@ -119,6 +119,10 @@ class Settings:
     # RUNTIME (Prelabel): how a .pt runs: "auto" (torch, onnx and openvino timed in the background
     # after the start; the fastest serves), or one of those. Exported files (.onnx, *_openvino_model/) run as they are.
     runtime: str = "auto"
+    # INFERENCE (Prelabel): what runs a model: "auto" (ultralytics where it is installed, the full image;
+    # else lean.py, the lean image), "ultralytics", or "lean" (numpy, OpenCV and the exports' runtime
+    # alone: no torch; a .pt serves through its ONNX or OpenVINO export, never itself; no video tracking)
+    inference: str = "auto"
     batch_size: int = 0  # BATCH_SIZE (Prelabel): images per model call; 0 = measured at load (1 or 4)
     # RUNTIME_CACHE (Prelabel): comma list of more read-only folders of ready exports (<sha256>/model.onnx,
     # <sha256>/model_openvino_model/), searched after the packaged models' (made at image build time);
@@ -197,6 +201,7 @@ class Settings:
             device=env.get("DEVICE") or "cpu",
             torch_threads=_int(env, "TORCH_THREADS", 0),
             runtime=_choice(env, "RUNTIME", ("auto", "torch", "onnx", "openvino")),
+            inference=_choice(env, "INFERENCE", ("auto", "ultralytics", "lean")),
             batch_size=max(0, _int(env, "BATCH_SIZE", 0)),
             runtime_caches=(PACKAGED_RUNTIMES, *(Path(p.strip()) for p in env.get("RUNTIME_CACHE", "").split(",") if p.strip())),
             model_idle_unload=max(0.0, _float(env, "MODEL_IDLE_UNLOAD", 0.0)),
