@@ -52,8 +52,8 @@ label-studio: env  ## install (or reuse) Label Studio in its own virtualenv (wit
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || $(APT) install -y -qq --no-install-recommends postgresql >/dev/null \
 	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends postgresql >/dev/null; }
 
-images: env  ## build (or reuse) both images from their Dockerfiles with podman (Debian packages), layers cached under ~/.cache/prelabel/containers
-	$(PY) -m prelabel_local.images build operator backend
+images: env  ## build (or reuse) the images (operator, backend, lean backend) from their Dockerfiles with podman (Debian packages), layers cached under ~/.cache/prelabel/containers
+	$(PY) -m prelabel_local.images build operator backend backend-lean
 
 test: env cluster node argocd label-studio images s3  ## every test: unit, then integration on real Label Studio, Kubernetes, Argo CD and SeaweedFS (S3)
 	$(PY) -m pytest tests -n 3 --dist loadgroup --durations=25 $(PYTEST_ARGS)

@@ -100,7 +100,7 @@ def run(images: int, keep: bool) -> int:
     work = Path(tempfile.mkdtemp(prefix="prelabel-demo-"))
     step("building the images from Dockerfile.operator and Dockerfile.backend (cached; first time about 20 minutes: "
          "the backend's torch is several GB)")
-    refs = {which: built.build(which) for which in built.IMAGES}
+    refs = {which: built.build(which) for which in ("operator", "backend")}
     archives = {which: built.archive(ref) for which, ref in refs.items()}
     step("building the control plane and the node (cached; first time about 15 minutes)")
     node = Node(build())

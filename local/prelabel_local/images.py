@@ -6,13 +6,14 @@ containerd, with no Docker and no container registry (docs/local-mode.md, "What 
   storage under ~/.cache/prelabel/containers/, never the user's global configuration.
 - `base_image()`: what the Dockerfiles' `PYTHON_IMAGE` stands for, made with debootstrap (Debian
   bookworm, python3 3.11): `localhost/prelabel-base:<key>`, its rootfs tarball cached.
-- `build("operator" | "backend")`: `podman build` of Dockerfile.<which> on that base, layers cached in
-  the project's podman storage, so a second build redoes only what changed.
+- `build("operator" | "backend" | "backend-lean")`: `podman build` of Dockerfile.<which> on that base,
+  layers cached in the project's podman storage, so a second build redoes only what changed. The lean
+  backend takes the packaged models' exports from the full one, which it builds first.
 - `archive(tag)`: a docker-archive tar for `ctr -n k8s.io images import`, cached by image ID.
 
 Every podman call goes through `podman()` (the project's configuration in its environment): tests
 run containers with it, and `python -m prelabel_local.images build operator backend` prebuilds
-(`make images`). Long commands run in their own process group and are ended with it (`stop_group`).
+(`make images`: all three). Long commands run in their own process group and are ended with it (`stop_group`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from typing import Literal
 from .cluster import REPO, stop_group
 from .venv import CACHE
 
-Image = Literal["operator", "backend"]
-IMAGES: tuple[Image, ...] = ("operator", "backend")
+Image = Literal["operator", "backend", "backend-lean"]
+IMAGES: tuple[Image, ...] = ("operator", "backend", "backend-lean")
 HOME = CACHE / "containers"  # podman's storage and the configuration files written for it
 ARCHIVES = CACHE / "images"  # the base rootfs tarball and the docker-archive tars
 # Debian packages: podman and buildah (the build), debootstrap (the base), uidmap and conmon (podman
@@ -128,10 +129,11 @@ def _installed(package: str) -> bool:
     return out.stdout.endswith("installed")
 
 
-def podman(*args: str, check: bool = True, capture: bool = True, timeout: float | None = 120) -> subprocess.CompletedProcess[str]:
-    """`podman <args>` with the project's configuration (call ensure_tools() first). Raises
-    ImageError with podman's stderr when `check` and it fails."""
-    done = subprocess.run(["podman", *args], env=env(), text=True, check=False, timeout=timeout,
+def podman(*args: str, check: bool = True, capture: bool = True, timeout: float | None = 120,
+           input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`podman <args>` with the project's configuration (call ensure_tools() first), `input_text` on
+    its stdin. Raises ImageError with podman's stderr when `check` and it fails."""
+    done = subprocess.run(["podman", *args], env=env(), text=True, check=False, timeout=timeout, input=input_text,
                           stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None)
     if check and done.returncode != 0:
         raise ImageError(f"podman {' '.join(args[:2])} failed ({done.returncode}): {(done.stderr or '').strip()[-2000:]}")
@@ -205,9 +207,10 @@ def build(which: Image) -> str:
     host's trust store through a build-time mount; RUN steps use the host's network (no bridge and
     no iptables rules to leave behind). Layers are cached: an unchanged step is not run again."""
     base = base_image()
+    extra = ["--build-arg", f"FULL_IMAGE={build('backend')}"] if which == "backend-lean" else []
     ref = tag(which)
     print(f"[images] building {ref}", file=sys.stderr)
-    _long(["podman", *BUILD, "--build-arg", f"PYTHON_IMAGE={base}", "-f", str(REPO / f"Dockerfile.{which}"), "-t", ref, str(REPO)],
+    _long(["podman", *BUILD, "--build-arg", f"PYTHON_IMAGE={base}", *extra, "-f", str(REPO / f"Dockerfile.{which}"), "-t", ref, str(REPO)],
           f"podman build of Dockerfile.{which}", env=env(), stdout=sys.stderr)
     return ref
 

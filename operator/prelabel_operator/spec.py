@@ -262,7 +262,7 @@ class TrainingSpec:
     min_train: int = 8  # tasks on each side of the split before a run may start
     min_validation: int = 4
     device: str = "cpu"
-    image: str | None = None  # the Job's image; None: spec.image (the backend's, with torch and ultralytics)
+    image: str | None = None  # the Job's image; None: spec.image (with training, the full image unless set)
     resources: dict[str, Any] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
@@ -343,10 +343,24 @@ class BackendSpec:
         )
 
 
+# Prelabel's backend images (Dockerfile.backend, Dockerfile.backend-lean): what serves when spec.image is unset.
+FULL_IMAGE = f"ghcr.io/prelabel/prelabel-backend:{__version__}"  # torch and ultralytics: GPUs, training, exporting a .pt
+LEAN_IMAGE = f"ghcr.io/prelabel/prelabel-backend-lean:{__version__}"  # no torch: ONNX Runtime and OpenVINO on CPU, a tenth the size
+
+
+def default_image(device: str, training: bool, store: bool, weights: Weights) -> str:
+    """The image spec.image defaults to: the lean one on CPU, unless what it serves needs torch: a
+    GPU, the training loop (its Jobs, and the .pt versions it promotes), the model store's versions
+    (.pt files), or a .pt from a volume or a URL (the lean image cannot export it). An image's own
+    weights (weights.file) have their exports in both images."""
+    from_outside = (weights.pvc_claim or weights.url) and str(weights.file_name or "").endswith(".pt")
+    return FULL_IMAGE if device != "cpu" or training or store or weights.version or from_outside else LEAN_IMAGE
+
+
 @dataclass(frozen=True)
 class MLBackendSpec:
     label_studio: LabelStudioSpec
-    image: str = f"ghcr.io/prelabel/prelabel-backend:{__version__}"
+    image: str = LEAN_IMAGE  # parse() picks it: default_image
     image_pull_policy: str = "IfNotPresent"
     replicas: int = 1
     score_threshold: float = 0.5
@@ -404,8 +418,10 @@ class MLBackendSpec:
         backend = BackendSpec.parse(spec.get("backend"))
         if backend is not None and spec.get("training") is not None:
             raise SpecError("spec.training fine-tunes Prelabel's own backend: remove it, or spec.backend (any Label Studio ML backend)")
-        if backend is not None and spec.get("image", cls.image) == cls.image:
+        if backend is not None and spec.get("image") in (None, FULL_IMAGE, LEAN_IMAGE):
             raise SpecError("spec.backend runs any Label Studio ML backend: set spec.image to its image")
+        weights = _weights(model.get("weights") or {})
+        device = model.get("device", "cpu")
         return cls(
             label_studio=LabelStudioSpec(
                 url=str(ls["url"]).rstrip("/"),
@@ -419,12 +435,12 @@ class MLBackendSpec:
                 public_urls=tuple(str(u).rstrip("/") for u in ls.get("publicUrls") or ()),
                 selector=selector,
             ),
-            image=spec.get("image", cls.image),
+            image=spec.get("image") or default_image(device, spec.get("training") is not None, store is not None, weights),
             image_pull_policy=spec.get("imagePullPolicy", cls.image_pull_policy),
             replicas=int(spec.get("replicas", 1)),
             score_threshold=float(model.get("scoreThreshold", 0.5)),
-            weights=_weights(model.get("weights") or {}),
-            device=model.get("device", "cpu"),
+            weights=weights,
+            device=device,
             env=tuple(model.get("env") or ()),
             resources=dict(spec.get("resources") or {}),
             node_selector=dict(spec.get("nodeSelector") or {}),

@@ -1,9 +1,10 @@
-"""Both images, built from this checkout's Dockerfiles by podman (prelabel_local.images), run as the
+"""The images, built from this checkout's Dockerfiles by podman (prelabel_local.images), run as the
 chart and the operator run them: user 10001, a read-only root filesystem with only /tmp writable (the
 pods' emptyDir), every capability dropped, no privilege escalation, and no network but loopback. Each
 starts, answers its probe, logs no error line, and stops cleanly on SIGTERM.
 
 The backend runs with no network at all (its own loopback: the image's HEALTHCHECK runs inside it).
+The lean backend (no torch, no ultralytics: issue 28) also answers /predict for every control type.
 The operator needs the local apiserver: it shares the host's network namespace and binds its
 liveness endpoint to 127.0.0.1. The real node's scenario runs the same images as pods.
 """
@@ -31,7 +32,7 @@ HARDENED = ("--read-only", "--tmpfs", "/tmp", "--user", "10001", "--cap-drop", "
 
 @pytest.fixture(scope="session")
 def built() -> Iterator[dict[str, str]]:
-    """Both images, built (or found unchanged in the layer cache: `make images` prebuilds them)."""
+    """The images, built (or found unchanged in the layer cache: `make images` prebuilds them)."""
     images.ensure_tools()
     yield {which: images.build(which) for which in images.IMAGES}
     images.remove_empty_cgroups()
@@ -104,3 +105,54 @@ def test_the_operator_image_carries_none_of_the_sdks_converter_packages(built: d
                           "import importlib.util as u; print(' '.join(m for m in ('pandas', 'numpy', 'cv2', 'nltk', 'black', 'faker', "
                           "'lxml', 'PIL', 'pip', 'setuptools') if u.find_spec(m)))").stdout.split()
     assert found == []
+
+
+# Run inside the lean container (no network): /setup and /predict for a project with every control type.
+LEAN_PREDICT = """
+import json, sys, urllib.request
+request = json.loads(sys.stdin.read())
+def post(path, body):
+    call = urllib.request.Request("http://127.0.0.1:9090" + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(call, timeout=300) as answer:
+        return json.loads(answer.read())
+setup = post("/setup", {"project": "1.1", "schema": request["config"]})
+print(json.dumps({"setup": setup["model_version"], "predict": post("/predict", {"tasks": request["tasks"], "label_config": request["config"],
+                                                                               "project": "1.1"})}))
+"""
+
+
+def test_the_lean_backend_image_serves_every_control_type_read_only_without_torch(built: dict[str, str], settings) -> None:  # noqa: ANN001
+    from prelabel_backend.label_config import parse
+    from prelabel_backend.media import MediaFetcher
+    from prelabel_backend.metrics import Metrics
+    from prelabel_backend.model_store import ModelStore
+    from prelabel_backend.predictor import Predictor
+    from tests.conftest import data_uri, scenes
+    from tests.unit.backend.test_lean_serving import every_control
+
+    ref = built["backend-lean"]
+    size = images.size_mb(ref)
+    assert size <= 600, f"the lean image is {size} MB"  # issue 28: a tenth of the full image
+    absent = images.podman("run", "--rm", "--network", "none", *HARDENED, "--entrypoint", "python", ref, "-c",
+                           "import importlib.util as u; print(' '.join(m for m in ('torch', 'torchvision', 'ultralytics', 'onnx', 'pandas', "
+                           "'pip') if u.find_spec(m)))").stdout.split()
+    assert absent == []
+    healthcheck = json.loads(images.podman("image", "inspect", ref).stdout)[0]["Healthcheck"]["Test"]
+    xml = every_control(settings)
+    tasks = [{"id": i + 1, "data": {"image": data_uri(s.image)}} for i, s in enumerate(scenes(2900, 3, width=320, height=240))]
+    with container(ref, "--network", "none") as cid:
+        wait_for("the lean image's HEALTHCHECK (/health: models loaded)",
+                 lambda: images.podman("exec", cid, *healthcheck[1:], check=False).returncode == 0, 120)
+        done = images.podman("exec", "--interactive", cid, "python", "-c", LEAN_PREDICT, input_text=json.dumps({"config": xml, "tasks": tasks}),
+                             timeout=300)
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+        code, log = stop(cid)
+    store = ModelStore(settings)
+    expected = Predictor(settings, store, MediaFetcher(settings), Metrics()).model_version(parse(xml, settings))
+    predictions = answer["predict"]["results"]
+    assert answer["setup"] == expected and [p["model_version"] for p in predictions] == [expected] * len(tasks)
+    kinds = {r["type"] for p in predictions for r in p["result"]}
+    assert kinds >= {"rectanglelabels", "polygonlabels", "brushlabels", "keypointlabels", "choices"}, kinds
+    assert re.search(r"loaded model shapes-detect\.pt \(task detect, .*\) on (onnx|openvino)", log), log[-2000:]
+    assert not error_lines(log), error_lines(log)
+    assert code == 0, log[-2000:]

@@ -1,10 +1,10 @@
-"""The product as users run it, on a real node: both images built from this commit's Dockerfiles
+"""The product as users run it, on a real node: the images built from this commit's Dockerfiles
 (prelabel_local.images), imported into containerd, `helm install` of the chart, the operator pod
 and the backend pods it makes run by the kubelet, reached through kube-proxy; a real Label Studio
 on the node's bridge (a host process, where pods reach it).
 
 1. the chart installs the locally built operator image; 2. its pod passes its real liveness probe;
-3. an MLBackend starts a real backend pod that passes its real readiness probe; 4. Label Studio
+3. an MLBackend starts a real backend pod of the lean image (no torch) that passes its real readiness probe; 4. Label Studio
 registers the backend's ClusterIP; 5. predictions are stored, through both paths (the operator's
 pre-labeling: pod -> Service -> pod; Label Studio's action: host -> ClusterIP -> pod); 6. a rotated
 key rolls the pods; 7. a backend pod deleted by hand is replaced and the registration stays true;
@@ -110,7 +110,7 @@ def test_the_chart_and_the_backend_on_a_real_node(real: dict[str, Any]) -> None:
     assert operator and operator["status"]["containerStatuses"][0]["restartCount"] == 0
     assert "Unhealthy" not in events(cluster, chart.NAMESPACE, operator["metadata"]["name"])
 
-    # 3. An MLBackend with the image built from Dockerfile.backend, pre-labeling a small project.
+    # 3. An MLBackend with the lean image (Dockerfile.backend-lean: no torch), pre-labeling a small project.
     ns = f"real-{uuid.uuid4().hex[:6]}"
     chart.restricted_namespace(cluster, ns)
     cluster.kubectl("create", "secret", "generic", "ls-key", "-n", ns, f"--from-literal=api-key={label_studio.token}")
@@ -119,11 +119,11 @@ def test_the_chart_and_the_backend_on_a_real_node(real: dict[str, Any]) -> None:
                                                           for i, s in enumerate(scenes(701, 4))}).values())
     resource = {"apiVersion": "prelabel.dev/v1alpha1", "kind": "MLBackend", "metadata": {"name": "shapes", "namespace": ns},
                 "spec": {"labelStudio": {"url": label_studio.url, "apiKeySecretRef": {"name": "ls-key"}, "projects": [{"id": project.id}]},
-                         "image": real["refs"]["backend"], "imagePullPolicy": "Never",
+                         "image": real["refs"]["backend-lean"], "imagePullPolicy": "Never",
                          "prelabel": {"batchSize": 2, "concurrency": 1, "pollSeconds": 5}}}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
     backend = wait_for("a backend pod Ready", lambda: one_ready(cluster, ns, BACKEND_SELECTOR), 300)
-    assert backend["spec"]["nodeName"] == node.NODE_NAME and backend["spec"]["containers"][0]["image"] == real["refs"]["backend"]
+    assert backend["spec"]["nodeName"] == node.NODE_NAME and backend["spec"]["containers"][0]["image"] == real["refs"]["backend-lean"]
     assert "readinessProbe" in backend["spec"]["containers"][0]
 
     # 4. Label Studio (a host process) registers the Service's ClusterIP, reached through kube-proxy.

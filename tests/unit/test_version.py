@@ -39,12 +39,17 @@ def test_the_packages_read_the_one_version() -> None:
 def test_the_chart_and_the_default_images_state_the_same_version() -> None:
     assert CHART["appVersion"] == VERSION  # the operator image's default tag (values.yaml image.tag: "")
     images = {i["name"]: i["image"] for i in yaml.safe_load(CHART["annotations"]["artifacthub.io/images"])}
-    assert {name: _tag(image) for name, image in images.items()} == {"prelabel-operator": VERSION, "prelabel-backend": VERSION}
+    assert {name: _tag(image) for name, image in images.items()} == {"prelabel-operator": VERSION, "prelabel-backend": VERSION,
+                                                                      "prelabel-backend-lean": VERSION}
     crd = yaml.safe_load((REPO / "crds" / "mlbackend.yaml").read_text())
     spec_schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    backend_default = spec_schema["properties"]["image"]["default"]
-    assert _tag(backend_default) == VERSION
-    assert MLBackendSpec.parse({"labelStudio": {"url": "http://ls", "apiKeySecretRef": {"name": "s"}, "projects": [{"id": 1}]}}).image == backend_default
+    # The operator picks the backend image (spec.default_image); the CRD says which, by name and version.
+    explained = spec_schema["properties"]["image"]["description"]
+    assert "default" not in spec_schema["properties"]["image"]
+    assert images["prelabel-backend"] in explained and images["prelabel-backend-lean"] in explained
+    minimal = {"labelStudio": {"url": "http://ls", "apiKeySecretRef": {"name": "s"}, "projects": [{"id": 1}]}}
+    assert MLBackendSpec.parse(minimal).image == images["prelabel-backend-lean"]
+    assert MLBackendSpec.parse({**minimal, "model": {"device": "cuda"}}).image == images["prelabel-backend"]
     example = yaml.safe_load((REPO / "examples" / "mlbackend.yaml").read_text())
     assert _tag(example["spec"]["image"]) == VERSION
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 import yaml
 
-from prelabel_operator.spec import MLBackendSpec
+from prelabel_operator.spec import FULL_IMAGE, LEAN_IMAGE, MLBackendSpec
 from tests.conftest import REPO
 
 STORE = {"s3": {"url": "s3://models", "credentialsSecretRef": {"name": "s3"}}}
@@ -76,3 +77,18 @@ def test_every_schema_default_is_exercised() -> None:
 
     missing = [p for p in schema_defaults(schema) if p != "spec" and not present(filled, p.split(".")[1:])]
     assert not missing, f"defaults the comparison never fills in: {missing}"
+
+
+@pytest.mark.parametrize(("extra", "image"), [
+    ({}, LEAN_IMAGE),  # CPU, the image's own models: the lean image serves them (their exports are in it)
+    ({"model": {"weights": {"file": "yolov8n.pt"}}}, LEAN_IMAGE),  # baked into the image: exported at its build
+    ({"model": {"weights": {"url": {"href": "https://models.example/best.onnx", "sha256": "a" * 64}}}}, LEAN_IMAGE),
+    ({"model": {"device": "cuda"}}, FULL_IMAGE),
+    ({"model": {"weights": {"pvc": {"claimName": "models", "file": "best.pt"}}}}, FULL_IMAGE),  # a .pt the lean image cannot export
+    ({"model": {"weights": {"url": {"href": "https://models.example/best.pt", "sha256": "a" * 64}}}}, FULL_IMAGE),
+    ({"model": {"store": STORE}}, FULL_IMAGE),  # stored versions are .pt files
+    ({"model": {"store": STORE}, "training": {}}, FULL_IMAGE),
+    ({"image": "team/backend:2"}, "team/backend:2"),  # set: as it is
+])
+def test_the_operator_picks_the_lean_image_on_cpu_and_the_full_one_where_torch_is_needed(extra: dict[str, Any], image: str) -> None:
+    assert MLBackendSpec.parse({**MINIMAL, **extra}).image == image
