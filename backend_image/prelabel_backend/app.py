@@ -246,7 +246,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     @app.get("/")
     @app.get("/health")
     def health() -> tuple[Response, int]:
-        body: dict[str, Any] = {"status": backend.state, "model_class": MODEL_CLASS,
+        # inference: what runs the models, lean.py or ultralytics (INFERENCE; the lean image: lean)
+        body: dict[str, Any] = {"status": backend.state, "model_class": MODEL_CLASS, "inference": "lean" if backend.store.lean else "ultralytics",
                                 "training": training_requests.read(Path(settings.model_dir)).as_json()}
         if kills := memory.oom_kills():  # a process of this container killed for memory (the operator's diagnosis reads it)
             body["oom_kills"] = kills
@@ -254,6 +255,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
             body["reason"] = backend.reason
             return jsonify(body), 503
         body["models"] = {m.path.name: m.task for m in backend.store.loaded()}
+        body["runtimes"] = {m.path.name: m.runtime for m in backend.store.loaded()}
         return jsonify(body), 200
 
     @app.post("/setup")

@@ -35,6 +35,7 @@ def test_health_reports_up_with_loaded_models(client) -> None:  # noqa: ANN001
         body = response.get_json()
         assert body["status"] == "UP" and body["model_class"] == "PrelabelYOLO"
         assert body["models"]["shapes-detect.pt"] == "detect"
+        assert body["inference"] == "ultralytics" and body["runtimes"]["shapes-detect.pt"] in ("torch", "onnx", "openvino")
 
 
 def test_health_is_503_with_a_reason_until_models_load(settings, store) -> None:  # noqa: ANN001

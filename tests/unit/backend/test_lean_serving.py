@@ -114,7 +114,8 @@ client = create_app(settings, Backend(settings, store), load="none").test_client
 setup = client.post("/setup", json={"project": "1.1", "schema": request["config"]}).get_json()
 answer = client.post("/predict", json={"tasks": request["tasks"], "label_config": request["config"], "project": "1.1"})
 assert answer.status_code == 200, answer.get_data(as_text=True)
-print(json.dumps({"setup": setup["model_version"], "predict": answer.get_json()}))
+print(json.dumps({"setup": setup["model_version"], "predict": answer.get_json(), "health": client.get("/health").get_json(),
+                  "runtimes": {m.path.name: m.runtime for m in store.loaded()}}))
 """
 
 
@@ -134,3 +135,6 @@ def test_a_process_without_torch_or_ultralytics_serves_every_control_type(full_a
     kinds = {r["type"] for p in predictions for r in p["result"]}
     assert kinds >= {"rectanglelabels", "polygonlabels", "brushlabels", "keypointlabels", "choices"}, kinds
     assert any("rotation" in r["value"] for p in predictions for r in p["result"] if r["type"] == "rectanglelabels"), "no oriented box"
+    assert answer["health"]["inference"] == "lean"  # what serves, said where a person (or a probe) looks
+    assert set(answer["runtimes"]) == {f"shapes-{task}.pt" for task in ("detect", "obb", "segment", "pose", "classify")}
+    assert set(answer["runtimes"].values()) <= {"onnx", "openvino"}
