@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 help:  ## this list: every target and what it does
 	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_-]+:[^#]*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: env cluster node argocd label-studio images s3 test test-unit demo bench bench-learning bench-prelabel bench-priority bench-lean bench-ls-db bench-50k bench-fuzz bench-chaos bench-scale lint format clean
+.PHONY: env cluster node argocd label-studio images s3 test test-unit demo bench bench-learning bench-prelabel bench-priority bench-lean bench-images bench-ls-db bench-50k bench-fuzz bench-chaos bench-scale lint format clean
 
 env: $(STAMP)  ## the project's virtualenv (.venv) with the three packages and the test tools
 $(STAMP): VERSION requirements-dev.txt backend_image/pyproject.toml operator/pyproject.toml local/pyproject.toml
@@ -78,6 +78,9 @@ bench-priority: env  ## annotators first: a person's 1-task /predict latency whi
 
 bench-lean: env  ## torch-free inference (lean.py) beside ultralytics' predictor on the same export: img/s, cold start, peak RSS, in one run
 	$(PY) bench/lean_bench.py
+
+bench-images: env images  ## both backend images side by side (full, lean): size, cold start, tasks/s at concurrency 1 and 4, RSS, in one run
+	$(PY) bench/images_bench.py --rounds 3
 
 bench-ls-db: env label-studio  ## Label Studio's ceiling for the operator's registrations on SQLite, PostgreSQL, and PostgreSQL under gunicorn, side by side
 	$(PY) bench/ls_db_bench.py

@@ -12,8 +12,8 @@ containerd, with no Docker and no container registry (docs/local-mode.md, "What 
 - `archive(tag)`: a docker-archive tar for `ctr -n k8s.io images import`, cached by image ID.
 
 Every podman call goes through `podman()` (the project's configuration in its environment): tests
-run containers with it, and `python -m prelabel_local.images build operator backend` prebuilds
-(`make images`: all three). Long commands run in their own process group and are ended with it (`stop_group`).
+run containers with it, and `python -m prelabel_local.images build operator backend backend-lean`
+prebuilds them (`make images`). Long commands run in their own process group and are ended with it (`stop_group`).
 """
 
 from __future__ import annotations
