@@ -7,8 +7,10 @@ a batch's images at once (cpus.inference_streams), with a twin model object per 
 same compiled network, so that two calls keep the streams busy through each other's pre- and
 post-processing. A `.pt` is exported to ONNX and OpenVINO (runtimes.py, cached by the weights'
 sha256); the runtime and batch size that serve it are chosen by timing each on the model's own
-input size (runtime_choice.py). Until measured, a model serves on a provisional runtime; the store
-opens the candidates, lets runtime_choice time them, and switches the model between two calls.
+input size (runtime_choice.py). Until measured, a model serves on a provisional runtime; a child
+process (`python -m prelabel_backend.model_store`) opens the candidates and times them, and the
+store opens the fastest alone and switches the model to it between two calls: what the timing
+loaded leaves with the child (it held about 0.9 GB for as long as the backend ran).
 The identity of a model (sha256, hence model_version) is always its weight file's, whatever runs it.
 
 Without ultralytics (the lean image, INFERENCE=lean) lean.py runs the exports instead: a `.pt` serves
@@ -22,8 +24,12 @@ import contextlib
 import functools
 import gc
 import importlib.util
+import json
 import logging
+import pickle
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -299,37 +305,65 @@ class ModelStore:
         switches the model to the fastest (seconds per image), between two of its calls."""
         started = time.monotonic()
         known = self._choices.measured(loaded.sha256)
-        batches = runtime_choice.batch_sizes(self.settings.batch_size)
-        candidates: dict[str, Any] = {}
         if known is None:
-            for runtime in self._wanted(runtimes.runtime_of(loaded.path)):
-                runtime_choice.stop_point()
-                try:
-                    source = self._source(loaded.path, loaded.sha256, runtime)
-                    candidates[runtime] = self._open(source, runtime, loaded.task, loaded.imgsz)
-                except Exception as exc:  # noqa: BLE001 - a runtime that cannot run this model leaves the others
-                    log.warning("model %s: no %s runtime (%s: %s); it runs on the others", loaded.path.name, runtime,
-                                type(exc).__name__, exc)
-            if not candidates:
+            measured = self._time_in_child(loaded)
+            if not measured:
                 log.warning("model %s: nothing to measure; it stays on %s", loaded.path.name, loaded.runtime)
                 return
-            known = runtime_choice.fastest(self._time(loaded, candidates, batches))
+            known = runtime_choice.fastest(measured)
             self._choices.add(loaded.sha256, known)
         runtime, batch, timings = known
-        chosen = candidates.pop(runtime, None)
-        candidates.clear()  # the others are dropped here
-        if chosen is None and runtime != loaded.runtime:  # measured for another instance of the same weights
-            chosen = self._open(self._source(loaded.path, loaded.sha256, runtime), runtime, loaded.task, loaded.imgsz)
+        # A model object of its own even when the provisional runtime won: calls running now keep theirs
+        # (ultralytics keeps a call's state on the object), and the new one gets this batch's streams.
+        chosen = self._open(self._source(loaded.path, loaded.sha256, runtime), runtime, loaded.task, loaded.imgsz)
         with loaded.lock:
             if not self.lean:  # a lean.Export has its threads from the start
-                runtimes.set_threads(chosen or loaded.model, runtime, self.threads, self.streams)  # torch's count is process-wide
-            loaded.serve_on(chosen or loaded.model, runtime, self.streams)
+                runtimes.set_threads(chosen, runtime, self.threads, self.streams)  # torch's count is process-wide
+            loaded.serve_on(chosen, runtime, self.streams)
             loaded.batch, loaded.timings, loaded.measured = batch, dict(timings), True
         self._choices.remember(loaded.sha256, (loaded.runtime, loaded.batch, loaded.timings), loaded.path.name)
         gc.collect()
         memory.trim()
         log.info("measured model %s: serves on %s, batch %d (measured in %.2fs); s/image: %s", loaded.path.name,
                  loaded.runtime, loaded.batch, time.monotonic() - started, {k: round(v, 4) for k, v in timings.items()})
+
+    def _time_in_child(self, loaded: LoadedModel) -> dict[str, float]:
+        """runtime_choice's timings of every runtime the model may serve on, measured by a child process
+        (`measure_here`) that exits with what it loaded. Raises runtime_choice.Stopped when this process
+        exits meanwhile (the child is killed); {} when the child fails (its stderr is logged)."""
+        request = pickle.dumps((self.settings, loaded.path, loaded.sha256, loaded.task, loaded.imgsz))
+        # In this process's group: whatever stops the backend's group (a terminal's ^C, a harness) stops it too.
+        child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        reply: list[bytes] = []
+        talk = threading.Thread(target=lambda: reply.extend(child.communicate(request)), daemon=True)
+        talk.start()
+        try:
+            while talk.is_alive():
+                runtime_choice.stop_point()
+                talk.join(0.5)
+        except runtime_choice.Stopped:
+            child.kill()
+            raise
+        out, err = reply if len(reply) == 2 else (b"", b"")
+        lines = out.decode(errors="replace").strip().splitlines()
+        if child.returncode != 0 or not lines:
+            log.warning("model %s: the measurement failed (exit %s): %s", loaded.path.name, child.returncode,
+                        err.decode(errors="replace")[-2000:])
+            return {}
+        return {str(k): float(v) for k, v in json.loads(lines[-1]).items()}
+
+    def measure_here(self, path: Path, sha256: str, task: str, imgsz: Any) -> dict[str, float]:
+        """The timings of every runtime the model may serve on (what `_time_in_child` runs in the child)."""
+        loaded = LoadedModel(path=path, task=task, names=[], sha256=sha256, imgsz=imgsz, model=None)
+        candidates: dict[str, Any] = {}
+        for runtime in self._wanted(runtimes.runtime_of(path)):
+            try:
+                candidates[runtime] = self._open(self._source(path, sha256, runtime), runtime, task, imgsz)
+            except Exception as exc:  # noqa: BLE001 - a runtime that cannot run this model leaves the others
+                log.warning("model %s: no %s runtime (%s: %s); it runs on the others", path.name, runtime, type(exc).__name__, exc)
+        if not candidates:
+            return {}
+        return self._time(loaded, candidates, runtime_choice.batch_sizes(self.settings.batch_size))
 
     def _time(self, loaded: LoadedModel, candidates: dict[str, Any], batches: tuple[int, ...]) -> dict[str, float]:
         """runtime_choice.time_runtimes on each candidate runtime's instances (its model and, with
@@ -386,3 +420,17 @@ class ModelStore:
         if loaded.task == "classify":
             kwargs.pop("conf")
         return list((model or loaded.model).predict(images, **kwargs))
+
+
+def _measure_child() -> None:
+    """`python -m prelabel_backend.model_store`: the parent's (settings, path, sha256, task, imgsz),
+    pickled on stdin; the timings as JSON, the last line on stdout (ultralytics prints before it)."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    settings, path, sha256, task, imgsz = pickle.loads(sys.stdin.buffer.read())  # from our own parent process: trusted
+    timings = ModelStore(settings).measure_here(path, sha256, task, imgsz)
+    sys.stdout.write("\n" + json.dumps(timings) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    _measure_child()

@@ -232,6 +232,9 @@ def test_auto_serves_at_once_then_measures_every_runtime_and_keeps_the_fastest(t
     from ultralytics import YOLO  # after the store made ultralytics offline (here, at import, it would go online)
 
     store = ModelStore(Settings(model_dir=tmp_path))
+    opened: list[str] = []  # the runtimes this process opened the model on
+    open_here = store._open
+    store._open = lambda path, runtime, *args: (opened.append(runtime), open_here(path, runtime, *args))[1]  # type: ignore[method-assign]
     with store.measurements_held():
         loaded = store.get("shapes-detect.pt")
         assert (loaded.runtime, loaded.batch, loaded.measured, loaded.timings) == ("onnx", 1, False, {})
@@ -239,6 +242,8 @@ def test_auto_serves_at_once_then_measures_every_runtime_and_keeps_the_fastest(t
     store.settle()
     assert loaded.measured and set(loaded.timings) == {f"{r}/{b}" for r in runtimes.RUNTIMES for b in (1, 4)}
     assert loaded.timings[f"{loaded.runtime}/{loaded.batch}"] == min(loaded.timings.values())
+    # The timing ran in a child process: this one opened the provisional runtime and the chosen one, no other.
+    assert opened == ["onnx", loaded.runtime], opened
     assert runtimes.runtime_of(Path(str(loaded.model.ckpt_path or loaded.model.model_name))) == loaded.runtime
     # A restart in the same pod (MODEL_DIR is kept) takes the measured choice instead of measuring again.
     again = ModelStore(Settings(model_dir=tmp_path)).get("shapes-detect.pt")
