@@ -300,38 +300,43 @@ class ModelStore:
         """Waits until every queued measurement is done (tests, the bench)."""
         self._measurements.settle()
 
-    def _measure(self, loaded: LoadedModel) -> None:
-        """Times each runtime the model may serve on at each batch size on a photo-shaped probe and
-        switches the model to the fastest (seconds per image), between two of its calls."""
+    def _measure(self, models: list[LoadedModel]) -> None:
+        """Times each runtime the models may serve on at each batch size on a photo-shaped probe (those
+        not measured yet: all in one child process) and switches each model to its fastest (seconds
+        per image), between two of its calls."""
         started = time.monotonic()
-        known = self._choices.measured(loaded.sha256)
-        if known is None:
-            measured = self._time_in_child(loaded)
-            if not measured:
+        unknown = {m.sha256: m for m in models if self._choices.measured(m.sha256) is None}
+        for sha256, measured in self._time_in_child(list(unknown.values())).items():
+            if measured:
+                self._choices.add(sha256, runtime_choice.fastest(measured))
+        for loaded in models:
+            known = self._choices.measured(loaded.sha256)
+            if known is None:
                 log.warning("model %s: nothing to measure; it stays on %s", loaded.path.name, loaded.runtime)
-                return
-            known = runtime_choice.fastest(measured)
-            self._choices.add(loaded.sha256, known)
-        runtime, batch, timings = known
-        # A model object of its own even when the provisional runtime won: calls running now keep theirs
-        # (ultralytics keeps a call's state on the object), and the new one gets this batch's streams.
-        chosen = self._open(self._source(loaded.path, loaded.sha256, runtime), runtime, loaded.task, loaded.imgsz)
-        with loaded.lock:
-            if not self.lean:  # a lean.Export has its threads from the start
-                runtimes.set_threads(chosen, runtime, self.threads, self.streams)  # torch's count is process-wide
-            loaded.serve_on(chosen, runtime, self.streams)
-            loaded.batch, loaded.timings, loaded.measured = batch, dict(timings), True
-        self._choices.remember(loaded.sha256, (loaded.runtime, loaded.batch, loaded.timings), loaded.path.name)
+                continue
+            runtime, batch, timings = known
+            # A model object of its own even when the provisional runtime won: calls running now keep theirs
+            # (ultralytics keeps a call's state on the object), and the new one gets this batch's streams.
+            chosen = self._open(self._source(loaded.path, loaded.sha256, runtime), runtime, loaded.task, loaded.imgsz)
+            with loaded.lock:
+                if not self.lean:  # a lean.Export has its threads from the start
+                    runtimes.set_threads(chosen, runtime, self.threads, self.streams)  # torch's count is process-wide
+                loaded.serve_on(chosen, runtime, self.streams)
+                loaded.batch, loaded.timings, loaded.measured = batch, dict(timings), True
+            self._choices.remember(loaded.sha256, (loaded.runtime, loaded.batch, loaded.timings), loaded.path.name)
+            log.info("measured model %s: serves on %s, batch %d (measured in %.2fs); s/image: %s", loaded.path.name,
+                     loaded.runtime, loaded.batch, time.monotonic() - started, {k: round(v, 4) for k, v in timings.items()})
         gc.collect()
         memory.trim()
-        log.info("measured model %s: serves on %s, batch %d (measured in %.2fs); s/image: %s", loaded.path.name,
-                 loaded.runtime, loaded.batch, time.monotonic() - started, {k: round(v, 4) for k, v in timings.items()})
 
-    def _time_in_child(self, loaded: LoadedModel) -> dict[str, float]:
-        """runtime_choice's timings of every runtime the model may serve on, measured by a child process
-        (`measure_here`) that exits with what it loaded. Raises runtime_choice.Stopped when this process
-        exits meanwhile (the child is killed); {} when the child fails (its stderr is logged)."""
-        request = pickle.dumps((self.settings, loaded.path, loaded.sha256, loaded.task, loaded.imgsz))
+    def _time_in_child(self, models: list[LoadedModel]) -> dict[str, dict[str, float]]:
+        """sha256 -> runtime_choice's timings of every runtime each model may serve on ({} for one that
+        none can run), measured by a child process (`measure_here`) that exits with what it loaded.
+        Raises runtime_choice.Stopped when this process exits meanwhile (the child is killed); {} when
+        the child fails (its stderr is logged)."""
+        if not models:
+            return {}
+        request = pickle.dumps((self.settings, [(m.path, m.sha256, m.task, m.imgsz) for m in models]))
         # In this process's group: whatever stops the backend's group (a terminal's ^C, a harness) stops it too.
         child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         reply: list[bytes] = []
@@ -347,13 +352,14 @@ class ModelStore:
         out, err = reply if len(reply) == 2 else (b"", b"")
         lines = out.decode(errors="replace").strip().splitlines()
         if child.returncode != 0 or not lines:
-            log.warning("model %s: the measurement failed (exit %s): %s", loaded.path.name, child.returncode,
+            log.warning("models %s: the measurement failed (exit %s): %s", ", ".join(m.path.name for m in models), child.returncode,
                         err.decode(errors="replace")[-2000:])
             return {}
-        return {str(k): float(v) for k, v in json.loads(lines[-1]).items()}
+        return {str(sha): {str(k): float(v) for k, v in timings.items()} for sha, timings in json.loads(lines[-1]).items()}
 
     def measure_here(self, path: Path, sha256: str, task: str, imgsz: Any) -> dict[str, float]:
-        """The timings of every runtime the model may serve on (what `_time_in_child` runs in the child)."""
+        """The timings of every runtime the model may serve on (what `_time_in_child` runs in the child);
+        the candidates are dropped before it returns."""
         loaded = LoadedModel(path=path, task=task, names=[], sha256=sha256, imgsz=imgsz, model=None)
         candidates: dict[str, Any] = {}
         for runtime in self._wanted(runtimes.runtime_of(path)):
@@ -423,11 +429,12 @@ class ModelStore:
 
 
 def _measure_child() -> None:
-    """`python -m prelabel_backend.model_store`: the parent's (settings, path, sha256, task, imgsz),
-    pickled on stdin; the timings as JSON, the last line on stdout (ultralytics prints before it)."""
+    """`python -m prelabel_backend.model_store`: the parent's settings and [(path, sha256, task, imgsz)],
+    pickled on stdin; {sha256: timings} as JSON, the last line on stdout (ultralytics prints before it)."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    settings, path, sha256, task, imgsz = pickle.loads(sys.stdin.buffer.read())  # from our own parent process: trusted
-    timings = ModelStore(settings).measure_here(path, sha256, task, imgsz)
+    settings, models = pickle.loads(sys.stdin.buffer.read())  # from our own parent process: trusted
+    store = ModelStore(settings)
+    timings = {sha256: store.measure_here(path, sha256, task, imgsz) for path, sha256, task, imgsz in models}
     sys.stdout.write("\n" + json.dumps(timings) + "\n")
     sys.stdout.flush()
 

@@ -186,10 +186,11 @@ class Choices:
 
 
 class Measurements(Generic[T]):
-    """Models that serve on a provisional runtime until measured, one at a time, on a background
-    thread: measure(model) for each model put here. One that fails stays as it is."""
+    """Models that serve on a provisional runtime until measured, on a background thread: measure(models)
+    with every model waiting when it runs (the default models, put while held, go together: one child
+    process times them all). A batch that fails stays as it is."""
 
-    def __init__(self, measure: Callable[[T], None]) -> None:
+    def __init__(self, measure: Callable[[list[T]], None]) -> None:
         self._measure = measure
         self._queue: queue.Queue[T] = queue.Queue()
         self._allowed = threading.Event()
@@ -215,17 +216,20 @@ class Measurements(Generic[T]):
 
     def _loop(self) -> None:
         while True:
-            model = self._queue.get()
+            models = [self._queue.get()]
             _busy.add(threading.current_thread())
             try:
                 self._allowed.wait()
-                self._measure(model)
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        models.append(self._queue.get_nowait())
+                self._measure(models)
             except Stopped:
                 return
             except Exception:
-                log.exception("measuring the runtimes of %s failed; it stays on %s, batch %d",
-                              model.path.name, model.runtime, model.batch)
+                log.exception("measuring the runtimes of %s failed; they stay as they are", ", ".join(m.path.name for m in models))
             finally:
+                for _ in models:
+                    self._queue.task_done()
                 _busy.discard(threading.current_thread())
-                self._queue.task_done()
 
