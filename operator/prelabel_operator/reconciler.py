@@ -384,6 +384,10 @@ class Reconciler:
         MLBackend says it is (then its status says so). Call with memory.lock(owner_uid) held."""
         if backend.deleting:
             return False  # being deregistered: nothing to bring up
+        if (deployment.get("spec") or {}).get("replicas") == 0:
+            # Scaled to zero on purpose (the sleep): a reconcile now, from an MLBackend as the index last saw
+            # it (status.sleep not there yet under load), would scale it up again; the resync timer says it.
+            return False
         available = deployment_available(deployment)[0]
         said = condition(dict(backend.status), "Available").get("status") == "True"
         waiting = owner_uid in self.memory.waiting

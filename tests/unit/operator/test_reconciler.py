@@ -115,6 +115,8 @@ def test_wakes_only_when_availability_changed_against_what_status_says() -> None
     assert not world.reconciler.wakes(UID, up, world.resource())  # Available, and status says so
     assert world.reconciler.wakes(UID, down, world.resource())  # it stopped: status must say so now
     assert not world.reconciler.wakes(UID, down, world.resource(deleting=True))  # being deregistered
+    asleep = {**down, "spec": {**down["spec"], "replicas": 0}}
+    assert not world.reconciler.wakes(UID, asleep, world.resource())  # scaled to zero on purpose: the resync timer follows it
 
 
 def test_a_missing_secret_is_shown_and_retried_with_backoff_without_calling_label_studio() -> None:
