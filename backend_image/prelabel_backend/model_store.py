@@ -339,17 +339,17 @@ class ModelStore:
         request = pickle.dumps((self.settings, [(m.path, m.sha256, m.task, m.imgsz) for m in models]))
         # In this process's group: whatever stops the backend's group (a terminal's ^C, a harness) stops it too.
         child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        reply: list[bytes] = []
-        talk = threading.Thread(target=lambda: reply.extend(child.communicate(request)), daemon=True)
-        talk.start()
-        try:
-            while talk.is_alive():
+        sent: bytes | None = request
+        while True:
+            try:
                 runtime_choice.stop_point()
-                talk.join(0.5)
-        except runtime_choice.Stopped:
-            child.kill()
-            raise
-        out, err = reply if len(reply) == 2 else (b"", b"")
+                out, err = child.communicate(sent, timeout=0.5)  # retried without losing output (the input goes once)
+                break
+            except subprocess.TimeoutExpired:
+                sent = None
+            except runtime_choice.Stopped:
+                child.kill()
+                raise
         lines = out.decode(errors="replace").strip().splitlines()
         if child.returncode != 0 or not lines:
             log.warning("models %s: the measurement failed (exit %s): %s", ", ".join(m.path.name for m in models), child.returncode,

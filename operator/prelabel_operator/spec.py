@@ -354,7 +354,7 @@ def default_image(device: str, training: bool, store: bool, weights: Weights) ->
     (.pt files), or a .pt from a volume or a URL (the lean image cannot export it). An image's own
     weights (weights.file) have their exports in both images."""
     from_outside = (weights.pvc_claim or weights.url) and str(weights.file_name or "").endswith(".pt")
-    return FULL_IMAGE if device != "cpu" or training or store or weights.version or from_outside else LEAN_IMAGE
+    return FULL_IMAGE if device != "cpu" or training or store or from_outside else LEAN_IMAGE  # weights.version needs a store
 
 
 @dataclass(frozen=True)
