@@ -176,9 +176,9 @@ def start_backend(tmp_path: Path) -> Iterator:
 
 @pytest.fixture(scope="session")
 def label_studio(request: pytest.FixtureRequest) -> Iterator:
-    """One real Label Studio per version and worker (first start ~70 s: migrations on a fresh SQLite): the
-    newest supported release, or each one for the version matrix's modules (pytest_generate_tests);
-    "<version>/postgresql" on a PostgreSQL of its own."""
+    """One real Label Studio per version and worker: the newest supported release, or each one for the
+    version matrix's modules (pytest_generate_tests); "<version>/postgresql" on a PostgreSQL of its own.
+    The first of a version on a machine migrates (about 70 s); the others start from that migrated template."""
     from prelabel_local.label_studio_server import LabelStudio
 
     version, _, database = request.param.partition("/")

@@ -112,7 +112,7 @@ def run(images: int, keep: bool) -> int:
              "into containerd (once per machine)")
         for archive in archives.values():
             node.import_image(archive)
-        step("starting Label Studio (first start ~70 s)")
+        step("starting Label Studio (the first time on this machine ~70 s: its migrations)")
         ls.start()
         client = Client(base_url=ls.url, api_key=ls.token)
         project = client.projects.create(title="Prelabel demo: shapes", label_config=SEED_LABEL_CONFIG)

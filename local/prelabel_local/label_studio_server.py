@@ -2,6 +2,11 @@
 with ours), started with its own HOME and data dir, a known user and legacy token, and stopped by
 PID. Measured here: ~2.5 min to install, 60-80 s for the first start (docs/local-mode.md, "Label Studio").
 
+That first start is Label Studio's own migrations: they run once per version and database kind on a
+machine, and the migrated, user-less database is kept (`migrated_template`). Every later server starts
+from a copy of it, in seconds (20-30 s under the test suite's load, against about 200 s migrating).
+What the tests check is still what this Label Studio itself stored.
+
 Its database is SQLite (what `label-studio start` uses) or a PostgreSQL of its own (postgres.py), as
 big installs run it; its server is `label-studio start` (Django's threaded runserver, one process)
 or, with `workers`, gunicorn on its WSGI app with that many processes, as its Docker image runs
@@ -10,16 +15,20 @@ uwsgi in production (deploy/uwsgi.ini: 2 processes a core, 1 thread each).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,7 +39,7 @@ from prelabel_operator import support
 
 from . import processes
 from .cluster import free_port, stop_group
-from .postgres import Postgres
+from .postgres import Postgres, bin_dir
 from .venv import CACHE, uv
 from .venv import create as create_venv
 
@@ -39,6 +48,7 @@ from .venv import create as create_venv
 SUPPORTED = ("1.21.0", "1.22.0", "1.23.2")
 VERSION = SUPPORTED[-1]
 GUNICORN = "gunicorn==27.0.1"  # the backend image's pin (backend_image/requirements.lock)
+TEMPLATES = CACHE / "label-studio-migrated"
 
 
 def venv_dir(version: str = VERSION) -> Path:
@@ -89,6 +99,7 @@ class LabelStudio:
     postgres: Postgres | None = None  # started with Label Studio when database is "postgresql"
     version: str = VERSION  # one of SUPPORTED (another is installed on demand too)
     access_token_seconds: int | None = None  # the lifetime of the access tokens a personal access token gets (default 5 min)
+    blank: bool = False  # migrate only: no user, no copy of the template (what migrated_template makes)
 
     @property
     def release(self) -> tuple[int, int]:
@@ -129,6 +140,11 @@ class LabelStudio:
             **self._settings_env(),
             **self.extra_env,
         }
+        if self.blank:
+            for name in ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN"):
+                env.pop(name)
+        else:
+            self._from_template()
         (self.workdir / "home").mkdir(parents=True, exist_ok=True)
         start = [str(exe), "start", "--no-browser", "--internal-host", self.host, "--port", str(self.port)]
         self.process = processes.spawn("label-studio", start, log=self.log, env=env, cwd=self.workdir)
@@ -146,6 +162,21 @@ class LabelStudio:
             self.process = processes.spawn("label-studio", argv, log=self.log, env=env, cwd=self.workdir)
             self._wait_ready(timeout)
         return self
+
+    def _from_template(self) -> None:
+        """Starts this server's empty database as a copy of its version's migrated template: a SQLite
+        file in the data dir, or a plain-SQL dump restored into the PostgreSQL database."""
+        template = migrated_template(self.version, self.database)
+        if self.database == "sqlite":
+            database = self.workdir / "data" / template.name
+            if not database.exists():
+                database.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(template, database)
+            return
+        assert self.postgres is not None
+        subprocess.run([str(bin_dir() / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.postgres.port),
+                        "-U", "postgres", "-d", self.postgres.database, "-f", str(template)],
+                       check=True, stdout=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"})
 
     def _settings_env(self) -> dict[str, str]:
         """Label Studio's own settings module with the access-token lifetime changed (simplejwt's
@@ -178,7 +209,9 @@ class LabelStudio:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"Label Studio exited with {self.process.returncode}:\n{self.log.read_text(errors='replace')[-3000:]}")
             try:
-                request = urllib.request.Request(f"{self.url}/api/projects", headers={"Authorization": f"Token {self.token}"})
+                # A blank server has no user to ask with: its health answers once the migrations are done.
+                request = urllib.request.Request(f"{self.url}/health/") if self.blank else \
+                    urllib.request.Request(f"{self.url}/api/projects", headers={"Authorization": f"Token {self.token}"})
                 with urllib.request.urlopen(request, timeout=5) as response:
                     if response.status == 200:
                         json.loads(response.read())
@@ -213,3 +246,53 @@ class LabelStudio:
             self.postgres = None
         if not keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (made if missing): test workers that want the same template wait for one to make it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def migrated_template(version: str = VERSION, database: Literal["sqlite", "postgresql"] = "sqlite") -> Path:
+    """The database that Label Studio `version` migrated itself, with no user in it: `label-studio start`
+    on an empty database (its own `migrate`, as every first start runs it), stopped once its /health/
+    answers. A SQLite file (`label_studio.sqlite3`, its default name) or a plain-SQL `pg_dump` of the
+    PostgreSQL database. Made once per version, database kind and Label Studio venv (its install stamp is
+    in the key: a reinstall makes it again), under ~/.cache/prelabel/label-studio-migrated/."""
+    ensure_installed(version)
+    stamp = (venv_dir(version) / ".prelabel-complete").stat().st_mtime_ns
+    folder = TEMPLATES / f"{version}-{database}-{stamp}"
+    template = folder / ("label_studio.sqlite3" if database == "sqlite" else "labelstudio.sql")
+    if template.exists():
+        return template
+    with _locked(TEMPLATES / f".{version}-{database}.lock"):
+        if template.exists():
+            return template
+        server = LabelStudio(version=version, database=database, blank=True)
+        partial = template.with_suffix(".partial")
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            server.start()
+            if server.process is not None:
+                stop_group(server.process)
+                server.process = None
+            if database == "sqlite":
+                # sqlite3's backup API: a consistent copy whatever the stopped server left in its journal.
+                with contextlib.closing(sqlite3.connect(server.workdir / "data" / template.name)) as source, \
+                        contextlib.closing(sqlite3.connect(partial)) as target:
+                    source.backup(target)
+            else:
+                assert server.postgres is not None
+                with partial.open("wb") as out:
+                    subprocess.run([str(bin_dir() / "pg_dump"), "--no-owner", "--no-privileges", "-h", "127.0.0.1",
+                                    "-p", str(server.postgres.port), "-U", "postgres", server.postgres.database],
+                                   check=True, stdout=out, env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"})
+            partial.rename(template)
+        finally:
+            server.stop()
+            partial.unlink(missing_ok=True)
+    return template

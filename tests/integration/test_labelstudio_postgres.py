@@ -45,3 +45,33 @@ def test_registrations_land_in_postgresql_under_gunicorn(start_backend) -> None:
         postgres_process = server.postgres.process if server.postgres else None
         server.stop()
     assert postgres_process is not None and postgres_process.poll() is not None
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_servers_start_from_the_migrated_template_each_with_only_its_own_admin(database: str) -> None:
+    """Label Studio migrates once per version and database kind (label_studio_server.migrated_template);
+    each server then starts from a copy: the template holds the migrations and no user, and two servers
+    made from it share nothing (each admin's token works on its own server only, a project stays put)."""
+    from label_studio_sdk import LabelStudio as Sdk
+    from label_studio_sdk.core.api_error import ApiError
+
+    from prelabel_local.label_studio_server import migrated_template
+
+    template = migrated_template(database=database)
+    made = template.stat().st_mtime_ns
+    first, second = LabelStudio(database=database).start(), LabelStudio(database=database).start()
+    try:
+        assert migrated_template(database=database).stat().st_mtime_ns == made, "made again"
+        text = template.read_bytes()
+        assert b"django_migrations" in text and first.username.encode() not in text
+        ones, twos = Sdk(base_url=first.url, api_key=first.token), Sdk(base_url=second.url, api_key=second.token)
+        assert [u.email for u in ones.users.list()] == [first.username]
+        ones.projects.create(title="only on the first", label_config=SEED_CONFIG)
+        assert [p.title for p in ones.projects.list()] == ["only on the first"]
+        assert list(twos.projects.list()) == []
+        with pytest.raises(ApiError) as refused:
+            Sdk(base_url=second.url, api_key=first.token).projects.list().items  # noqa: B018
+        assert refused.value.status_code == 401
+    finally:
+        first.stop()
+        second.stop()
