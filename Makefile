@@ -47,10 +47,10 @@ argocd:  ## build (or reuse) Argo CD for the GitOps test; install Debian's redis
 s3:  ## build (or reuse) SeaweedFS's weed, the real S3 server the model store's tests start (Apache-2.0; never MinIO's AGPL server)
 	@local/build/build-seaweedfs.sh >/dev/null
 
-label-studio: env  ## install (or reuse) Label Studio in its own virtualenv (with gunicorn), and Debian's postgresql for it
-	@$(PY) -c "from prelabel_local import label_studio_server; label_studio_server.ensure_all()"
+label-studio: env  ## install (or reuse) Label Studio in its own virtualenv (with gunicorn), Debian's postgresql for it, and each version's migrated database
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || $(APT) install -y -qq --no-install-recommends postgresql >/dev/null \
 	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends postgresql >/dev/null; }
+	@$(PY) -c "from prelabel_local import label_studio_server; label_studio_server.ensure_all()"
 
 images: env  ## build (or reuse) the images (operator, backend, lean backend) from their Dockerfiles with podman (Debian packages), layers cached under ~/.cache/prelabel/containers
 	$(PY) -m prelabel_local.images build operator backend backend-lean

@@ -68,10 +68,14 @@ def ensure_installed(version: str = VERSION) -> Path:
 
 
 def ensure_all() -> None:
-    """Every supported version (what `make label-studio` prepares for the tests), and gunicorn beside the newest."""
+    """Every supported version (what `make label-studio` prepares for the tests), gunicorn beside the newest,
+    and the migrated databases the tests start from: each version's on SQLite, the newest's on PostgreSQL."""
     for version in SUPPORTED:
         ensure_installed(version)
     ensure_gunicorn()
+    for version in SUPPORTED:
+        migrated_template(version, "sqlite")
+    migrated_template(VERSION, "postgresql")
 
 
 def ensure_gunicorn() -> Path:
