@@ -215,9 +215,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     signal.signal(signal.SIGHUP, interrupt)
 
 
-# Modules that run this machine's one real node (a lock) or build the images: one worker runs them.
-REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_lifecycle", "test_images", "test_training",
-                     "test_ml_sdk_backend"}
+# Modules that run this machine's one real node (a lock) or build the images: one worker runs them, with
+# the tests marked real_node elsewhere (the demo killed in test_lifecycle).
+REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_images", "test_training", "test_ml_sdk_backend"}
+
+
+def on_real_node(item: pytest.Item) -> bool:
+    return (item.module.__name__.rsplit(".", 1)[-1] if item.module else "") in REAL_NODE_MODULES or item.get_closest_marker("real_node") is not None
 
 
 # The version matrix (docs/label-studio-versions.md): these modules run on every supported Label Studio
@@ -251,11 +255,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         version = callspec.params.get("label_studio", VERSION) if callspec else VERSION
         # The version matrix's other Label Studios: one group each, so each starts once (about a minute).
-        group = "real-node" if module in REAL_NODE_MODULES else module if version == VERSION else f"label-studio-{version.replace('/', '-')}"
+        group = "real-node" if on_real_node(item) else module if version == VERSION else f"label-studio-{version.replace('/', '-')}"
         item.add_marker(pytest.mark.xdist_group(group))
     # The real-node group is the longest (one node, its tests in turn): first in the collection, xdist
     # hands it to a worker at once instead of after the groups collected before it.
-    items.sort(key=lambda item: (item.module.__name__.rsplit(".", 1)[-1] if item.module else "") not in REAL_NODE_MODULES)
+    items.sort(key=lambda item: not on_real_node(item))
 
 
 @pytest.hookimpl(trylast=True)

@@ -148,6 +148,7 @@ def test_a_reused_pid_is_never_stopped(tmp_path: Path, run_dir: Path) -> None:
 
 
 @pytest.mark.labelstudio
+@pytest.mark.real_node
 def test_prelabel_demo_keep_killed_then_prelabel_down(run_dir: Path) -> None:
     """As a new user tried it: `prelabel demo --keep`, then `kill -9` of the demo itself, then
     `prelabel down`: every recorded server stops, and what the real node left (containers whose shims
