@@ -9,9 +9,13 @@ exports for both) and the same 640x480 photos (predict_bench.photos), on one run
 - image size: podman's uncompressed size;
 - cold start: from `podman run` to /health UP with the packaged models loaded (every control type's);
 - throughput: tasks/s of 16-task /predict requests at concurrency 1 and 4; medians over rounds;
-- memory: the container's processes' RSS after the load (VmRSS summed) and their peak (VmHWM).
+- memory: the container's processes' RSS after the load (VmRSS summed) and their peak (VmHWM);
+- pod start on a real node (prelabel_local.node), the image not yet in containerd: its import (a
+  docker-archive from local disk, where a cluster pulls compressed layers from a registry), then the
+  operator's own Deployment for each image (manifests.deployment: the packaged models, the runtime
+  chosen by measurement) from `kubectl apply` to Ready; the images alternate, medians over rounds.
 
-    .venv/bin/python bench/images_bench.py --rounds 3
+    .venv/bin/python bench/images_bench.py --rounds 3 --pod-rounds 2
 """
 
 from __future__ import annotations
@@ -88,12 +92,62 @@ class Backend:
         images.podman("rm", "--force", "--time", "10", self.cid, check=False)
 
 
+def pod_start(refs: dict[str, str], rounds: int) -> dict[str, float]:
+    """Seconds to import each image into a real node's containerd, and from `kubectl apply` of its
+    Deployment to Ready (medians over `rounds`, the images alternating)."""
+    from prelabel_local import cluster as local_cluster
+    from prelabel_local import node
+    from prelabel_operator import manifests
+    from prelabel_operator.spec import MLBackendSpec
+
+    archives = {which: images.archive(ref) for which, ref in refs.items()}
+    worker = node.Node(local_cluster.build(quiet=True))
+    cluster = worker.start_cluster()
+    cells: dict[str, list[float]] = {}
+    try:
+        cluster.kubectl("create", "secret", "generic", "label-studio", "--from-literal=api-key=unused")
+        for _ in range(rounds):
+            for which, ref in refs.items():
+                worker.ctr("images", "rm", "--sync", ref, check=False)
+                started = time.monotonic()
+                assert worker.import_image(archives[which]), f"{ref} was still imported"
+                imported = time.monotonic()
+                spec = MLBackendSpec.parse({"image": ref, "imagePullPolicy": "Never", "labelStudio": {
+                    "url": "http://127.0.0.1:9", "apiKeySecretRef": {"name": "label-studio"}, "projects": [{"id": 1}]}})
+                body = manifests.deployment("bench", spec, "unused")
+                cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+                name = body["metadata"]["name"]
+                while cluster.kubectl("get", "deployment", name, "-o", "jsonpath={.status.readyReplicas}").stdout.strip() != "1":
+                    if time.monotonic() - imported > 600:
+                        raise RuntimeError(f"{ref}: no Ready pod in 600 s: {cluster.kubectl('describe', 'pods').stdout[-3000:]}")
+                    time.sleep(0.2)
+                ready = time.monotonic()
+                cells.setdefault(f"{which}/import_s", []).append(imported - started)
+                cells.setdefault(f"{which}/apply_to_ready_s", []).append(ready - imported)
+                cells.setdefault(f"{which}/total_s", []).append(ready - started)
+                cluster.kubectl("delete", "deployment", name, "--wait=true", "--timeout=120s")
+                while cluster.kubectl("get", "pods", "-o", "name").stdout.strip():
+                    time.sleep(0.5)
+    finally:
+        worker.stop()
+        cluster.stop()
+    medians = {k: statistics.median(v) for k, v in cells.items()}
+    print("\npod start on the real node (import, then apply to Ready):")
+    for key in ("import_s", "apply_to_ready_s", "total_s"):
+        full, lean = medians[f"backend/{key}"], medians[f"backend-lean/{key}"]
+        print(f"  {key}: full {full:.1f}, lean {lean:.1f}, lean/full {lean / full:.2f}x "
+              f"(rounds: {', '.join(f'{x:.1f}' for x in cells[f'backend-lean/{key}'])} vs "
+              f"{', '.join(f'{x:.1f}' for x in cells[f'backend/{key}'])})")
+    return medians
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runtimes", default="onnx,openvino")
+    parser.add_argument("--pod-rounds", type=int, default=2, help="rounds of pod start on a real node (0: none)")
     args = parser.parse_args()
     from prelabel_backend import offline, runtimes
 
@@ -141,6 +195,8 @@ def main() -> None:
                   f"(rounds: {', '.join(f'{x:.2f}' for x in cells[f'backend-lean/{key}'])} vs "
                   f"{', '.join(f'{x:.2f}' for x in cells[f'backend/{key}'])})")
     images.remove_empty_cgroups()
+    if args.pod_rounds:
+        report["pod_start"] = pod_start(refs, args.pod_rounds)
     print("\n" + json.dumps(report))
 
 
