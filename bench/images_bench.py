@@ -106,17 +106,17 @@ def pod_start(refs: dict[str, str], rounds: int) -> dict[str, float]:
     cells: dict[str, list[float]] = {}
     try:
         cluster.kubectl("create", "secret", "generic", "label-studio", "--from-literal=api-key=unused")
+        bodies = {which: manifests.deployment("bench", MLBackendSpec.parse({"image": ref, "imagePullPolicy": "Never", "labelStudio": {
+            "url": "http://127.0.0.1:9", "apiKeySecretRef": {"name": "label-studio"}, "projects": [{"id": 1}]}}), "unused")
+            for which, ref in refs.items()}
         for _ in range(rounds):
             for which, ref in refs.items():
                 worker.ctr("images", "rm", "--sync", ref, check=False)
                 started = time.monotonic()
                 assert worker.import_image(archives[which]), f"{ref} was still imported"
                 imported = time.monotonic()
-                spec = MLBackendSpec.parse({"image": ref, "imagePullPolicy": "Never", "labelStudio": {
-                    "url": "http://127.0.0.1:9", "apiKeySecretRef": {"name": "label-studio"}, "projects": [{"id": 1}]}})
-                body = manifests.deployment("bench", spec, "unused")
-                cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
-                name = body["metadata"]["name"]
+                cluster.kubectl("apply", "-f", "-", input=json.dumps(bodies[which]))
+                name = bodies[which]["metadata"]["name"]
                 while cluster.kubectl("get", "deployment", name, "-o", "jsonpath={.status.readyReplicas}").stdout.strip() != "1":
                     if time.monotonic() - imported > 600:
                         raise RuntimeError(f"{ref}: no Ready pod in 600 s: {cluster.kubectl('describe', 'pods').stdout[-3000:]}")

@@ -220,8 +220,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 REAL_NODE_MODULES = {"test_node", "test_real_node", "test_demo", "test_images", "test_training", "test_ml_sdk_backend"}
 
 
+def module_name(item: pytest.Item) -> str:
+    return item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
+
+
 def on_real_node(item: pytest.Item) -> bool:
-    return (item.module.__name__.rsplit(".", 1)[-1] if item.module else "") in REAL_NODE_MODULES or item.get_closest_marker("real_node") is not None
+    return module_name(item) in REAL_NODE_MODULES or item.get_closest_marker("real_node") is not None
 
 
 # The version matrix (docs/label-studio-versions.md): these modules run on every supported Label Studio
@@ -251,7 +255,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     from prelabel_local.label_studio_server import VERSION
 
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
+        module = module_name(item)
         callspec = getattr(item, "callspec", None)
         version = callspec.params.get("label_studio", VERSION) if callspec else VERSION
         # The version matrix's other Label Studios: one group each, so each starts once (about a minute).

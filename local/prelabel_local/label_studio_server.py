@@ -39,7 +39,7 @@ from prelabel_operator import support
 
 from . import processes
 from .cluster import free_port, stop_group
-from .postgres import Postgres, bin_dir
+from .postgres import Postgres
 from .venv import CACHE, uv
 from .venv import create as create_venv
 
@@ -178,9 +178,7 @@ class LabelStudio:
                 shutil.copyfile(template, database)
             return
         assert self.postgres is not None
-        subprocess.run([str(bin_dir() / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.postgres.port),
-                        "-U", "postgres", "-d", self.postgres.database, "-f", str(template)],
-                       check=True, stdout=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"})
+        self.postgres.client("psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.postgres.database, "-f", str(template), stdout=subprocess.DEVNULL)
 
     def _settings_env(self) -> dict[str, str]:
         """Label Studio's own settings module with the access-token lifetime changed (simplejwt's
@@ -281,20 +279,15 @@ def migrated_template(version: str = VERSION, database: Literal["sqlite", "postg
         folder.mkdir(parents=True, exist_ok=True)
         try:
             server.start()
-            if server.process is not None:
-                stop_group(server.process)
-                server.process = None
             if database == "sqlite":
-                # sqlite3's backup API: a consistent copy whatever the stopped server left in its journal.
+                # sqlite3's backup API (and pg_dump's snapshot below): a consistent copy while the idle server runs.
                 with contextlib.closing(sqlite3.connect(server.workdir / "data" / template.name)) as source, \
                         contextlib.closing(sqlite3.connect(partial)) as target:
                     source.backup(target)
             else:
                 assert server.postgres is not None
                 with partial.open("wb") as out:
-                    subprocess.run([str(bin_dir() / "pg_dump"), "--no-owner", "--no-privileges", "-h", "127.0.0.1",
-                                    "-p", str(server.postgres.port), "-U", "postgres", server.postgres.database],
-                                   check=True, stdout=out, env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"})
+                    server.postgres.client("pg_dump", "--no-owner", "--no-privileges", server.postgres.database, stdout=out)
             partial.rename(template)
         finally:
             server.stop()

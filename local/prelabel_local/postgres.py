@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import processes
 from .cluster import free_port, stop_group
@@ -71,9 +72,14 @@ class Postgres:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not start on 127.0.0.1:{self.port}:\n{self.log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.2)
-        subprocess.run([str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, self.database],
-                       check=True, env=env)
+        self.client("createdb", self.database)
         return self
+
+    def client(self, program: str, *args: str, **run: Any) -> subprocess.CompletedProcess[Any]:
+        """Runs one of PostgreSQL's client programs (psql, createdb, pg_dump, ...) against this server, as
+        its superuser over loopback (trust); `run`: subprocess.run's other arguments. Raises on failure."""
+        return subprocess.run([str(bin_dir() / program), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, *args],
+                              check=True, env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}, **run)
 
     def stop(self, keep: bool = False) -> None:
         if self.process is not None:

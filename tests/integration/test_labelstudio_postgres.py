@@ -4,13 +4,11 @@ in that PostgreSQL (not a silent SQLite), PostgreSQL listens on loopback only, a
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from prelabel_local import processes
 from prelabel_local.label_studio_server import LabelStudio
-from prelabel_local.postgres import USER, bin_dir
+from prelabel_local.postgres import Postgres
 from prelabel_operator.labelstudio import Client
 from prelabel_operator.registration import Desired, marker
 from prelabel_operator.spec import ProjectRef
@@ -19,10 +17,8 @@ from tests.conftest import SEED_CONFIG
 pytestmark = pytest.mark.labelstudio
 
 
-def sql(port: int, database: str, query: str) -> str:
-    done = subprocess.run([str(bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-d", database, "-Atc", query],
-                          check=True, capture_output=True, text=True)
-    return done.stdout.strip()
+def sql(pg: Postgres, query: str) -> str:
+    return str(pg.client("psql", "-d", pg.database, "-Atc", query, capture_output=True, text=True).stdout).strip()
 
 
 def test_registrations_land_in_postgresql_under_gunicorn(start_backend) -> None:  # noqa: ANN001
@@ -38,9 +34,9 @@ def test_registrations_land_in_postgresql_under_gunicorn(start_backend) -> None:
         client.ensure(project_id, desired, "uid-pg")
         client.set_model_version(client.resolve(ProjectRef(id=project_id)), desired.title)
 
-        assert sql(pg.port, pg.database, f"select title from project where id = {project_id}") == "on postgresql"
-        assert sql(pg.port, pg.database, f"select url from ml_mlbackend where project_id = {project_id}") == backend.url
-        assert sql(pg.port, pg.database, "show listen_addresses") == "127.0.0.1"
+        assert sql(pg, f"select title from project where id = {project_id}") == "on postgresql"
+        assert sql(pg, f"select url from ml_mlbackend where project_id = {project_id}") == backend.url
+        assert sql(pg, "show listen_addresses") == "127.0.0.1"
     finally:
         postgres_process = server.postgres.process if server.postgres else None
         server.stop()
