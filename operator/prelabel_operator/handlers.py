@@ -23,7 +23,7 @@ from . import drift, kube, manifests, prelabel_driver, startup
 from .backend_client import Backend
 from .labelstudio import Client
 from .memory import Memory
-from .reconciler import DEREGISTER_TIMEOUT, Outcome, Reconciler, Resource
+from .reconciler import DEREGISTER_SETTLE, DEREGISTER_TIMEOUT, Outcome, Reconciler, Resource
 from .status import Event, trained, with_condition
 from .training_loop import TrainingLoop, merge_patch
 
@@ -44,7 +44,8 @@ def _adopt(obj: dict[str, Any], owner: Any) -> None:
 
 
 RECONCILER = Reconciler(kube=kube.API(), label_studio=CLIENTS, backend=Backend(), memory=MEMORY, adopt=_adopt,
-                        deregister_timeout=float(os.environ.get("PRELABEL_DEREGISTER_TIMEOUT_SECONDS", DEREGISTER_TIMEOUT)))
+                        deregister_timeout=float(os.environ.get("PRELABEL_DEREGISTER_TIMEOUT_SECONDS", DEREGISTER_TIMEOUT)),
+                        deregister_settle=float(os.environ.get("PRELABEL_DEREGISTER_SETTLE_SECONDS", DEREGISTER_SETTLE)))
 TRAINING = TrainingLoop(kube=kube.API(), label_studio=CLIENTS, backend=Backend(), memory=MEMORY, adopt=_adopt)
 # The training timer's tick: a running Job is followed at each; annotations are counted every spec.training.checkSeconds.
 TRAINING_TICK_SECONDS = float(os.environ.get("PRELABEL_TRAINING_TICK_SECONDS", "5"))
@@ -124,10 +125,19 @@ def deployment_event(body: kopf.Body, **kwargs: Any) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def deregister(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:
+async def deregister(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:
     """Removes this resource's registrations (and their webhooks) unless deletionPolicy is Orphan; lets
-    go within PRELABEL_DEREGISTER_TIMEOUT_SECONDS when it cannot, saying what is left (reconciler.deregister)."""
-    _hand_to_kopf(body, patch, RECONCILER.deregister(_resource(body), retry))
+    go within PRELABEL_DEREGISTER_TIMEOUT_SECONDS when it cannot, saying what is left (reconciler.deregister).
+    Its rechecks wait on kopf's loop (PRELABEL_DEREGISTER_SETTLE_SECONDS apart), holding no worker thread."""
+    resource = _resource(body)
+    outcome = await asyncio.to_thread(RECONCILER.deregister, resource, retry)
+    recheck = 0
+    while outcome.again_in is not None:
+        _emit(body, outcome.events)
+        await asyncio.sleep(outcome.again_in)
+        recheck += 1
+        outcome = await asyncio.to_thread(RECONCILER.deregister, resource, retry, recheck)
+    _hand_to_kopf(body, patch, outcome)
 
 
 def training_wanted(spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> bool:

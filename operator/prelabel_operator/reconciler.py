@@ -30,6 +30,13 @@ ORPHAN_HINT = "; to let go without deregistering, set spec.deletionPolicy: Orpha
 DEREGISTER_TIMEOUT = 120.0  # seconds a deletion retries while Label Studio or the API cannot be reached
 VERSION_CHECK = 600.0  # seconds a Label Studio's release is trusted before it is read again (an upgrade shows within this)
 RETRY_WHILE_DELETING = 15.0  # at most this many seconds between two tries during a deletion
+# Label Studio brings a deleted registration back when a request it was answering meanwhile (a list of
+# the project's ML backends, the UI's model page) saves it after its /health and /setup calls: Django's
+# save() inserts the row again, and Label Studio makes its webhook again. Those calls time out within
+# 6 s (ML_TIMEOUT_HEALTH 1 s, ML_TIMEOUT_SETUP 3 s, each with a 1 s connect timeout), so a deletion
+# looks again this long after and removes what came back, at most DEREGISTER_RECHECKS times.
+DEREGISTER_SETTLE = 8.0
+DEREGISTER_RECHECKS = 3
 
 
 def leftovers(status: Mapping[str, Any]) -> str:
@@ -65,11 +72,14 @@ class Resource:
 class Outcome:
     """What a use case wants said and done: `status`, the status keys that changed (a merge patch;
     a None value removes a key); `events`; `retry_in` seconds, when it is not done (kopf's
-    TemporaryError, with `error`); `permanent`: it cannot be done as declared (kopf's PermanentError)."""
+    TemporaryError, with `error`); `permanent`: it cannot be done as declared (kopf's PermanentError);
+    `again_in` seconds, when it is done so far and wants to look once more (no error: a deletion's
+    recheck, DEREGISTER_SETTLE)."""
 
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     retry_in: float | None = None
+    again_in: float | None = None
     error: str = ""
     permanent: bool = False
     ready: bool = False
@@ -98,9 +108,11 @@ class Reconciler:
 
     def __init__(self, kube: Kube, label_studio: LabelStudioFor, backend: Backend, memory: Memory,
                  adopt: Callable[[dict[str, Any], Mapping[str, Any]], None], clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, deregister_timeout: float = DEREGISTER_TIMEOUT) -> None:
+                 wall: Callable[[], float] = time.time, deregister_timeout: float = DEREGISTER_TIMEOUT,
+                 deregister_settle: float = DEREGISTER_SETTLE) -> None:
         self.kube, self.label_studio, self.backend, self.memory = kube, label_studio, backend, memory
         self.adopt, self.clock, self.wall, self.deregister_timeout = adopt, clock, wall, deregister_timeout
+        self.deregister_settle = deregister_settle
         self._versions: dict[str, tuple[str, float]] = {}  # Label Studio URL -> (its release, when read)
 
     # -- reconcile -------------------------------------------------------------------------------
@@ -409,8 +421,13 @@ class Reconciler:
         return outcome
 
     # -- deletion -------------------------------------------------------------------------------
-    def deregister(self, resource: Resource, retry: int = 0) -> Outcome:
+    def deregister(self, resource: Resource, retry: int = 0, recheck: int = 0) -> Outcome:
         """Removes the resource's registrations (and their webhooks) unless deletionPolicy is Orphan.
+
+        Done once a look finds nothing to remove: when this one removed something (or status says
+        something was registered: a killed predecessor may have removed it just now), `again_in` asks
+        to be called again with `recheck` + 1 after `deregister_settle` seconds, for what Label Studio
+        saved back (DEREGISTER_SETTLE); at most DEREGISTER_RECHECKS times.
 
         Never holds the deletion hostage: when it cannot deregister, it says what may be left in Label
         Studio (an Event, a log line) and lets go: at once when the API key cannot be had (the Secret
@@ -421,9 +438,9 @@ class Reconciler:
         # started before the deletion was seen) finishes first, and none after it registers again.
         with self.memory.lock(resource.uid):
             self.memory.forget(resource.uid)
-            return self._deregister_locked(resource, retry)
+            return self._deregister_locked(resource, retry, recheck)
 
-    def _deregister_locked(self, resource: Resource, retry: int) -> Outcome:
+    def _deregister_locked(self, resource: Resource, retry: int, recheck: int) -> Outcome:
         try:
             parsed = MLBackendSpec.parse(dict(resource.spec))
         except SpecError:
@@ -443,7 +460,15 @@ class Reconciler:
             return self._retry_or_let_go(resource, retry, exc.reason, exc.message, condition=False)
         with contextlib.suppress(KeyError):  # never reconciled by this process
             metrics.READY.remove(resource.namespace, resource.name)
-        return Outcome(events=[Event("Deregistered", f"removed {removed} registration(s) from Label Studio")])
+        if recheck == 0:
+            events = [Event("Deregistered", f"removed {removed} registration(s) from Label Studio")]
+        elif removed:
+            events = [Event("Deregistered", f"removed {removed} registration(s) again: Label Studio saved them back after their deletion "
+                                            "(a request it was answering meanwhile, such as a list of the project's ML backends)", warning=True)]
+        else:
+            events = []
+        look_again = removed > 0 or (recheck == 0 and bool(leftovers(resource.status)))
+        return Outcome(events=events, again_in=self.deregister_settle if look_again and recheck < DEREGISTER_RECHECKS else None)
 
     def _deregister(self, resource: Resource, spec: MLBackendSpec, api_key: str) -> int:
         client = self.label_studio(spec.label_studio.url, api_key)

@@ -16,7 +16,7 @@ from prelabel_operator import drift
 from prelabel_operator.configcheck import ConfigCheck
 from prelabel_operator.errors import KubeError, LabelStudioError
 from prelabel_operator.memory import Memory
-from prelabel_operator.reconciler import DEREGISTER_TIMEOUT, Outcome, Reconciler, Resource, backoff
+from prelabel_operator.reconciler import DEREGISTER_RECHECKS, DEREGISTER_SETTLE, DEREGISTER_TIMEOUT, Outcome, Reconciler, Resource, backoff
 from prelabel_operator.registration import Registration, marker
 from prelabel_operator.status import condition
 from tests.unit.operator.fakes import FakeBackend, FakeKube, FakeLabelStudio, Project, b64
@@ -272,7 +272,7 @@ def test_deregister_removes_only_this_resources_registrations_and_forgets_it() -
     outcome = world.reconciler.deregister(world.resource(deleting=True))
     assert world.ls.registered[1] == [theirs] and world.ls.registered[2] == []
     assert [e.reason for e in outcome.events] == ["Deregistered"] and "removed 2 registration(s)" in outcome.events[0].message
-    assert outcome.retry_in is None
+    assert outcome.retry_in is None and outcome.again_in == DEREGISTER_SETTLE
     assert UID not in world.memory.remembered and UID not in world.memory.drift.costs
 
 
@@ -310,6 +310,43 @@ def test_deregister_removes_a_duplicate_a_crashed_create_left_too() -> None:
     world.ls.registered[1].append(Registration(55, ours.url, ours.title, ours.description))
     outcome = world.reconciler.deregister(world.resource(deleting=True))
     assert world.ours(1) == [] and "removed 3 registration(s)" in outcome.events[0].message
+
+
+def test_deregister_looks_again_and_removes_what_label_studio_saved_back_then_finishes() -> None:
+    """The chaos test's leftover (seed 374868): a list of the project's ML backends that Label Studio
+    was answering during the deletion saved the registration back (Django's save() inserts a deleted
+    row again) with a new webhook. The deletion looks again DEREGISTER_SETTLE s later."""
+    world = World()
+    world.reconcile()
+    (ours,) = world.ours(1)
+    first = world.reconciler.deregister(world.resource(deleting=True))
+    assert first.again_in == DEREGISTER_SETTLE and first.retry_in is None and world.ours(1) == []
+    world.ls.registered[1].append(ours)  # saved back by the list Label Studio was answering
+    again = world.reconciler.deregister(world.resource(deleting=True), recheck=1)
+    (event,) = again.events
+    assert world.ours(1) == [] and event.warning and "removed 1 registration(s) again" in event.message
+    assert again.again_in == DEREGISTER_SETTLE  # it came back once: look once more
+    done = world.reconciler.deregister(world.resource(deleting=True), recheck=2)
+    assert done.again_in is None and done.events == [] and done.retry_in is None
+
+
+def test_deregister_looks_again_after_a_killed_predecessor_removed_everything_and_at_most_so_often() -> None:
+    world = World()
+    world.reconcile()
+    for project in (1, 2):  # removed by an operator killed right after: this pass finds nothing
+        world.ls.registered[project] = []
+    first = world.reconciler.deregister(world.resource(deleting=True))
+    assert "removed 0 registration(s)" in first.events[0].message and first.again_in == DEREGISTER_SETTLE  # status says it registered
+    never = World(secrets={})
+    never.reconcile()
+    assert never.reconciler.deregister(never.resource(deleting=True)).again_in is None  # nothing was ever registered
+    world = World()
+    world.reconcile()
+    (kept,) = world.ours(1)
+    for recheck in range(1, DEREGISTER_RECHECKS + 1):  # saved back at every look: bounded all the same
+        world.ls.registered[1].append(kept)
+        outcome = world.reconciler.deregister(world.resource(deleting=True), recheck=recheck)
+        assert world.ours(1) == [] and outcome.again_in == (DEREGISTER_SETTLE if recheck < DEREGISTER_RECHECKS else None)
 
 
 def test_deregister_with_orphan_policy_touches_nothing() -> None:
