@@ -79,8 +79,8 @@ bench-priority: env  ## annotators first: a person's 1-task /predict latency whi
 bench-lean: env  ## torch-free inference (lean.py) beside ultralytics' predictor on the same export: img/s, cold start, peak RSS, in one run
 	$(PY) bench/lean_bench.py
 
-bench-images: env images  ## both backend images side by side (full, lean): size, cold start, tasks/s at concurrency 1 and 4, RSS, in one run
-	$(PY) bench/images_bench.py --rounds 3
+bench-images: env images cluster node  ## both backend images side by side (full, lean): size, cold start, tasks/s at concurrency 1 and 4, RSS, and a pod's start on the real node, in one run
+	$(PY) bench/images_bench.py --rounds 3 --pod-rounds 2
 
 bench-ls-db: env label-studio  ## Label Studio's ceiling for the operator's registrations on SQLite, PostgreSQL, and PostgreSQL under gunicorn, side by side
 	$(PY) bench/ls_db_bench.py
