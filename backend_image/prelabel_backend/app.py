@@ -106,7 +106,7 @@ class Backend:
             if xml in self._configs:
                 self._configs.move_to_end(xml)
                 return self._configs[xml]
-        config = parse(xml, self.settings)
+        config = parse(xml, self.settings, tracking=not self.store.lean)
         self.predictor.check(config)
         with self._lock:
             self._configs[xml] = config
@@ -118,7 +118,7 @@ class Backend:
         """The parsed config and the model files it needs that are still loading (their loads started
         here, in the background), or None when every model it needs serves now (then `config` answers
         without waiting). Raises ConfigError for a file not found, or a background load that failed."""
-        parsed = parse(xml, self.settings)
+        parsed = parse(xml, self.settings, tracking=not self.store.lean)
         files = sorted({c.model_file for c in parsed.controls})
         for model_file in files:
             failure = self.store.load_failure(model_file)

@@ -168,9 +168,15 @@ def _labels(el: Element, sources: list[Element]) -> list[tuple[Element, tuple[st
     return out
 
 
-def parse(xml: str, settings: Settings) -> LabelConfig:
+# Why the lean image serves no VideoRectangle (a skipped control's reason, in /setup's answer).
+NO_TRACKER = ("tracking through a video runs ultralytics' trackers, which the lean image (INFERENCE=lean) does not have: "
+              "serve video projects with the full image (prelabel-backend, not prelabel-backend-lean: an MLBackend's spec.image)")
+
+
+def parse(xml: str, settings: Settings, tracking: bool = True) -> LabelConfig:
     """The controls of a labeling config this backend serves. Raises ConfigError (invalid XML, a bad
-    attribute) or UnsupportedConfig (nothing to serve: each control's reason in its message)."""
+    attribute) or UnsupportedConfig (nothing to serve: each control's reason in its message).
+    tracking: False in the lean image, where a VideoRectangle is skipped with NO_TRACKER as its reason."""
     if not xml or not xml.strip():
         raise UnsupportedConfig([])
     try:
@@ -200,6 +206,9 @@ def parse(xml: str, settings: Settings) -> LabelConfig:
         attrs = dict(el.attrib)
         if attrs.get("model_skip", "").lower() in TRUE:
             skipped.append(f'{where}: model_skip="true"')
+            continue
+        if tag == "VideoRectangle" and not tracking:
+            skipped.append(f"{where}: {NO_TRACKER}")
             continue
         task, object_tags = SUPPORTED[tag]
         target = objects.get(to_name.split(",")[0])

@@ -121,7 +121,8 @@ class Settings:
     runtime: str = "auto"
     # INFERENCE (Prelabel): what runs a model: "auto" (ultralytics where it is installed, the full image;
     # else lean.py, the lean image), "ultralytics", or "lean" (numpy, OpenCV and the exports' runtime
-    # alone: no torch; a .pt serves through its ONNX or OpenVINO export, never itself; no video tracking)
+    # alone: no torch; a .pt serves through its ONNX or OpenVINO export, never itself; no video tracking:
+    # /setup lists a VideoRectangle as not served, naming the full image)
     inference: str = "auto"
     batch_size: int = 0  # BATCH_SIZE (Prelabel): images per model call; 0 = measured at load (1 or 4)
     # RUNTIME_CACHE (Prelabel): comma list of more read-only folders of ready exports (<sha256>/model.onnx,

@@ -95,6 +95,29 @@ def test_video_tracking_in_lean_says_it_needs_the_full_image(full_and_lean: dict
         store.track(loaded, [s.image for s in scenes(2811, 2)], 0.25, "bytetrack.yaml")
 
 
+def test_lean_setup_says_a_tracked_video_is_not_served_and_names_the_full_image(full_and_lean: dict[str, ModelStore]) -> None:
+    """What Label Studio and the operator's ConfigCompatible condition see, not a 500 at each task."""
+    from prelabel_backend.app import Backend, create_app
+    from prelabel_backend.label_config import NO_TRACKER
+    from tests.unit.backend.test_video import TIMELINE_CONFIG, VIDEO_CONFIG
+
+    both = VIDEO_CONFIG.replace("</View>", TIMELINE_CONFIG.split("/>", 1)[1])  # a VideoRectangle and a TimelineLabels on one <Video>
+    answers = {}
+    for name in ("torch", "onnx"):
+        store = full_and_lean[name]
+        for control in parse(both, store.settings).controls:
+            store.get(control.model_file)  # loaded: /setup answers for the config, not "loading"
+        client = create_app(store.settings, Backend(store.settings, store), load="none").test_client()
+        answers[name] = [client.post("/setup", json={"project": "7.1", "schema": xml}).get_json() for xml in (VIDEO_CONFIG, both)]
+        answers[name].append(client.post("/predict", json={"tasks": [{"id": 1, "data": {"video": "/data/upload/7/clip.mp4"}}],
+                                                           "label_config": VIDEO_CONFIG, "project": "7.1"}).status_code)
+    assert answers["torch"][0]["compatible"] is True and answers["torch"][1]["compatible"] is True
+    alone, mixed, predicted = answers["onnx"]
+    assert alone["compatible"] is False and f'<VideoRectangle name="box">: {NO_TRACKER}' in alone["reasons"] and "full image" in alone["error"]
+    assert mixed["compatible"] is True and f'not served: <VideoRectangle name="box">: {NO_TRACKER}' in mixed["warnings"]
+    assert predicted == 422
+
+
 # A process where torch, torchvision and ultralytics cannot be imported (the lean image has none):
 # INFERENCE left unset, the backend goes lean by itself and answers Label Studio's /setup and /predict
 # for a project with every control type.
