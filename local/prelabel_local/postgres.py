@@ -32,6 +32,11 @@ def bin_dir() -> Path:
     return majors[-1].parent
 
 
+def _env() -> dict[str, str]:
+    """What PostgreSQL's programs run with: the PATH, and a UTF-8 locale whatever the caller's."""
+    return {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
 @dataclass
 class Postgres:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prelabel-pg-")))
@@ -60,7 +65,7 @@ class Postgres:
             pw = pwd.getpwnam(USER)
             for path in (self.workdir, sockets):
                 os.chown(path, pw.pw_uid, pw.pw_gid)
-        env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        env = _env()
         subprocess.run([*self._as_owner(), str(binaries / "initdb"), "-D", str(data), "-U", USER, "--auth=trust",
                         "--encoding=UTF8", "--no-instructions"], check=True, env=env, stdout=subprocess.DEVNULL)
         options = {"listen_addresses": "127.0.0.1", "port": str(self.port), "unix_socket_directories": str(sockets),
@@ -79,7 +84,7 @@ class Postgres:
         """Runs one of PostgreSQL's client programs (psql, createdb, pg_dump, ...) against this server, as
         its superuser over loopback (trust); `run`: subprocess.run's other arguments. Raises on failure."""
         return subprocess.run([str(bin_dir() / program), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, *args],
-                              check=True, env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}, **run)
+                              check=True, env=_env(), **run)
 
     def stop(self, keep: bool = False) -> None:
         if self.process is not None:
